@@ -1,0 +1,287 @@
+"""One-file model checkpoints (``.pt``) and the registry of built-in models.
+
+A checkpoint is a plain dict saved with :func:`torch.save` and read back with
+``torch.load(weights_only=True)``: only tensors, numbers, strings, lists and dicts, so
+loading a file never runs code. Keys::
+
+    format        "tiled-unet-checkpoint"
+    version       1
+    config        UNetConfig as a dict
+    state_dict    tensor weights (float32, or float16 to save space)
+    normalization Normalization as a dict
+    class_names   list of class names, index = output channel
+    object_class  index of the class whose connected regions are objects (or -1)
+    boundary_class index of the object-boundary class (or -1)
+    provenance    free dict: data, steps, metrics, date, command, base model ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .model import UNet, UNetConfig
+
+FORMAT = "tiled-unet-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file is not a usable tiled-unet checkpoint (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How raw pixel values are scaled before they enter the network.
+
+    Attributes
+    ----------
+    mode : {"percentile", "fixed"}
+        ``"percentile"``: per image and channel, map the ``low`` and ``high`` percentiles
+        to 0 and 1 (robust to any dtype and bit depth). ``"fixed"``: map the values
+        ``low`` and ``high`` to 0 and 1.
+    low, high : float
+        Percentiles (``percentile`` mode) or values (``fixed`` mode).
+    """
+
+    mode: Literal["percentile", "fixed"] = "percentile"
+    low: float = 1.0
+    high: float = 99.8
+
+    def stats(self, image: np.ndarray, *, max_samples: int = 4_000_000) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (low, high) values for a ``(C, Y, X)`` array (numpy or dask).
+
+        Large images are subsampled on a regular grid, so the statistics of a huge
+        image can be computed without reading all of it.
+        """
+        c = image.shape[0]
+        if self.mode == "fixed":
+            return np.full(c, self.low, np.float32), np.full(c, self.high, np.float32)
+        n = int(np.prod(image.shape[1:]))
+        step = max(1, int(np.ceil(np.sqrt(n / max_samples))))
+        sample = np.asarray(image[:, ::step, ::step], dtype=np.float32).reshape(c, -1)
+        lo, hi = np.percentile(sample, [self.low, self.high], axis=1).astype(np.float32)
+        return lo, hi
+
+    def apply(self, image: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Scale a ``(C, Y, X)`` block with precomputed per-channel ``lo``/``hi`` values."""
+        scale = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
+        out = np.asarray(image, dtype=np.float32) - lo[:, None, None]
+        out /= scale[:, None, None]
+        return out
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Normalise a whole ``(C, Y, X)`` image."""
+        lo, hi = self.stats(image)
+        return self.apply(image, lo, hi)
+
+
+@dataclass
+class Checkpoint:
+    """A trained U-Net with everything needed to use it."""
+
+    config: UNetConfig
+    state_dict: dict[str, torch.Tensor]
+    normalization: Normalization = field(default_factory=Normalization)
+    class_names: tuple[str, ...] = ("background", "object")
+    object_class: int = 1
+    boundary_class: int = -1
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) != self.config.n_classes:
+            raise CheckpointError(
+                f"{len(self.class_names)} class names for a model with {self.config.n_classes} classes"
+            )
+
+    def build_model(self, device: str | torch.device = "cpu") -> UNet:
+        """Instantiate the network with these weights, in eval mode, on ``device``."""
+        model = UNet(self.config)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(f"weights do not match the architecture config: {first}") from None
+        return model.to(device).eval()
+
+    @classmethod
+    def from_model(cls, model: UNet, **kwargs: Any) -> Checkpoint:
+        """Snapshot a model's weights (copied to the CPU) into a checkpoint."""
+        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return cls(config=model.config, state_dict=state, **kwargs)
+
+    def to_dict(self, *, half: bool = False) -> dict[str, Any]:
+        """The plain dict stored on disk; ``half`` stores float weights as float16."""
+        state = {
+            k: (v.half() if half and v.is_floating_point() else v.float() if v.is_floating_point() else v)
+            for k, v in self.state_dict.items()
+        }
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "state_dict": state,
+            "normalization": dataclasses.asdict(self.normalization),
+            "class_names": list(self.class_names),
+            "object_class": int(self.object_class),
+            "boundary_class": int(self.boundary_class),
+            "provenance": _plain(self.provenance),
+        }
+
+
+def _plain(value: Any) -> Any:
+    """Convert numpy scalars/arrays and paths in provenance into plain Python values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def now_iso() -> str:
+    """The current UTC time as an ISO 8601 string, for provenance."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def save_checkpoint(
+    checkpoint: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False, half: bool = False
+) -> Path:
+    """Write ``checkpoint`` to ``path`` atomically (temporary file, then rename).
+
+    Parameters
+    ----------
+    overwrite : bool
+        If False (default) an existing file is never replaced: ``FileExistsError``.
+    half : bool
+        Store float weights as float16 (half the size; loaded back as float32).
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: file exists; choose another name or allow overwriting")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(checkpoint.to_dict(half=half), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def checkpoint_from_dict(data: Any, *, source: str = "checkpoint") -> Checkpoint:
+    """Validate the on-disk dict and build a :class:`Checkpoint` (one clear error if not)."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{source}: not a tiled-unet checkpoint")
+    if data.get("version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{source}: checkpoint format version {data.get('version')} is newer than this "
+            f"tiled-unet understands ({FORMAT_VERSION}); upgrade napari-tiled-unet"
+        )
+    try:
+        config = UNetConfig.from_dict(data["config"])
+        ckpt = Checkpoint(
+            config=config,
+            state_dict=dict(data["state_dict"]),
+            normalization=Normalization(**data.get("normalization", {})),
+            class_names=tuple(data["class_names"]),
+            object_class=int(data.get("object_class", 1)),
+            boundary_class=int(data.get("boundary_class", -1)),
+            provenance=dict(data.get("provenance", {})),
+        )
+    except CheckpointError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
+    # check the weights fit the architecture now, not at first use
+    try:
+        ckpt.build_model("cpu")
+    except CheckpointError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint file; raise :class:`CheckpointError` with one clear line if unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such model file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated/foreign files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable tiled-unet checkpoint ({reason[:200]})") from None
+    return checkpoint_from_dict(data, source=str(path))
+
+
+# --------------------------------------------------------------------------- built-in models
+
+
+def _models_dir() -> Any:
+    return resources.files("tiled_unet") / "models"
+
+
+def builtin_models() -> dict[str, str]:
+    """Names of the models shipped in the package, with a one-line description each.
+
+    The description is the first non-heading line of the model card ``<name>.md``.
+    """
+    found: dict[str, str] = {}
+    root = _models_dir()
+    if not root.is_dir():
+        return found
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".pt"):
+            name = entry.name[:-3]
+            found[name] = _card_summary(model_card(name))
+    return found
+
+
+def _card_summary(card: str) -> str:
+    for line in card.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            return line
+    return ""
+
+
+def model_card(name: str) -> str:
+    """The markdown model card of a built-in model ('' if it has none)."""
+    card = _models_dir() / f"{name}.md"
+    return card.read_text(encoding="utf-8") if card.is_file() else ""
+
+
+def resolve_model(model: str | os.PathLike | Checkpoint) -> Checkpoint:
+    """Load a model given as a built-in name (``nuclei``), a checkpoint path, or a Checkpoint."""
+    if isinstance(model, Checkpoint):
+        return model
+    text = str(model)
+    if not text.endswith(".pt") and os.sep not in text and "/" not in text:
+        entry = _models_dir() / f"{text}.pt"
+        if entry.is_file():
+            with resources.as_file(entry) as path:
+                return load_checkpoint(path)
+        if not Path(text).exists():
+            names = ", ".join(builtin_models()) or "none installed"
+            raise CheckpointError(f"{text}: no built-in model or file of that name (built-in: {names})")
+    return load_checkpoint(text)

@@ -1,0 +1,45 @@
+"""Choosing the torch device: ``auto`` picks CUDA, then Apple MPS, then the CPU."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+
+
+def available_devices() -> list[str]:
+    """Devices usable on this machine, best first, always ending with ``"cpu"``."""
+    found = []
+    if torch.cuda.is_available():
+        found.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    found.append("cpu")
+    return found
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"mps"`` into a usable device.
+
+    Raises
+    ------
+    ValueError
+        If the named device is unknown or not available here.
+    """
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device(available_devices()[0])
+    kind = name.split(":")[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r} is unknown; use auto, cpu, cuda or mps")
+    if kind not in available_devices():
+        raise ValueError(
+            f"device {device!r} is not available on this machine; available: "
+            + ", ".join(available_devices())
+        )
+    return torch.device(name)
