@@ -20,7 +20,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import os
+import re
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -106,10 +108,14 @@ class Checkpoint:
     def build_model(self, device: str | torch.device = "cpu") -> UNet:
         """Instantiate the network with these weights, in eval mode, on ``device``."""
         model = UNet(self.config)
-        state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
+        state = {
+            k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+            for k, v in self.state_dict.items()
+        }
+        _check_state_dict(model, state, self.config)
         try:
             model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
+        except RuntimeError as exc:  # pragma: no cover - _check_state_dict catches the known cases
             first = str(exc).strip().splitlines()[0]
             raise CheckpointError(f"weights do not match the architecture config: {first}") from None
         return model.to(device).eval()
@@ -137,6 +143,35 @@ class Checkpoint:
             "boundary_class": int(self.boundary_class),
             "provenance": _plain(self.provenance),
         }
+
+
+def _check_state_dict(model: UNet, state: dict[str, Any], config: UNetConfig) -> None:
+    """Raise one :class:`CheckpointError` line if ``state`` does not fit ``model``."""
+    expected = model.state_dict()
+    bad_type = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(
+        k
+        for k in set(expected) & set(state)
+        if isinstance(state[k], torch.Tensor) and tuple(state[k].shape) != tuple(expected[k].shape)
+    )
+    if not (bad_type or missing or unexpected or wrong):
+        return
+    parts = []
+    for label, keys in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong-shaped", wrong),
+        ("non-tensor", bad_type),
+    ):
+        if keys:
+            parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+    raise CheckpointError(
+        f"weights do not match the architecture config (depth {config.depth}, "
+        f"{config.base_features} base features, {config.in_channels} in / {config.n_classes} out "
+        f"channels): " + ", ".join(parts)
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -193,6 +228,8 @@ def checkpoint_from_dict(data: Any, *, source: str = "checkpoint") -> Checkpoint
     """Validate the on-disk dict and build a :class:`Checkpoint` (one clear error if not)."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{source}: not a tiled-unet checkpoint")
+    if not isinstance(data.get("version", 0), int):
+        raise CheckpointError(f"{source}: damaged checkpoint (format version {data.get('version')!r})")
     if data.get("version", 0) > FORMAT_VERSION:
         raise CheckpointError(
             f"{source}: checkpoint format version {data.get('version')} is newer than this "
@@ -211,8 +248,11 @@ def checkpoint_from_dict(data: Any, *, source: str = "checkpoint") -> Checkpoint
         )
     except CheckpointError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{source}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
+    except KeyError as exc:
+        raise CheckpointError(f"{source}: damaged checkpoint (no {exc.args[0]!r} entry)") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{source}: damaged checkpoint ({first})") from None
     # check the weights fit the architecture now, not at first use
     try:
         ckpt.build_model("cpu")
@@ -221,16 +261,49 @@ def checkpoint_from_dict(data: Any, *, source: str = "checkpoint") -> Checkpoint
     return ckpt
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _describe_load_failure(path: Path, exc: BaseException) -> str:
+    """One line saying why ``torch.load`` could not read ``path``."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as err:
+        return f"cannot read the file ({err.strerror or err})"
+    if not head:
+        return "empty file; not a tiled-unet checkpoint"
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    if match:
+        return (
+            f"not a tiled-unet checkpoint: it holds a pickled Python object ({match.group(1)}); "
+            "refused to load it, since that could run code"
+        )
+    if head == _ZIP_MAGIC:
+        if "Weights only load failed" in str(exc):
+            return "not a tiled-unet checkpoint (the PyTorch file holds more than weights)"
+        return "truncated or damaged checkpoint file (the PyTorch archive cannot be read)"
+    return "not a tiled-unet checkpoint (not a PyTorch file)"
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint file; raise :class:`CheckpointError` with one clear line if unusable."""
+    """Read a checkpoint file; raise :class:`CheckpointError` with one clear line if unusable.
+
+    The file is read with ``torch.load(weights_only=True)``: a file holding pickled Python
+    objects other than tensors and plain containers is refused rather than executed.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a model file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 4" for foreign pickles: the error below says it all
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/foreign files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable tiled-unet checkpoint ({reason[:200]})") from None
+        raise CheckpointError(f"{path}: {_describe_load_failure(path, exc)}") from None
     return checkpoint_from_dict(data, source=str(path))
 
 
