@@ -1,0 +1,40 @@
+"""Imports run one way: widgets -> core. Core never imports Qt, napari or magicgui."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "tiled_unet"
+FORBIDDEN_IN_CORE = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui", "superqt")
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("path", sorted((SRC / "core").rglob("*.py")), ids=lambda p: p.name)
+def test_core_never_imports_gui(path: Path) -> None:
+    bad = _imported_modules(path) & set(FORBIDDEN_IN_CORE)
+    assert not bad, f"{path.name} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("path", sorted((SRC / "cli").rglob("*.py")), ids=lambda p: p.name)
+def test_cli_never_imports_gui(path: Path) -> None:
+    bad = _imported_modules(path) & set(FORBIDDEN_IN_CORE)
+    assert not bad, f"{path.name} imports {sorted(bad)}"
+
+
+def test_package_import_is_light() -> None:
+    code = "import sys, tiled_unet; print('torch' in sys.modules, 'qtpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
