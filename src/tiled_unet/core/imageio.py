@@ -1,0 +1,334 @@
+"""Reading, checking and writing images on disk.
+
+* :func:`read_image` reads TIFF (tifffile), PNG/JPEG/BMP/GIF (imageio), ``.npy`` and
+  Zarr / OME-Zarr directories. Zarr is opened lazily as a dask array, so an image larger
+  than memory is only read tile by tile during prediction.
+* :func:`validate_image` rejects what the network cannot segment (empty arrays, fewer than
+  2 or more than 4 dimensions, non-numeric dtypes, NaN/Inf pixels) with a ``ValueError``
+  whose message is one line, ``"<name>: <problem>"``.
+* :func:`write_tiff_atomic` and :func:`write_zarr` write results without ever leaving a
+  half-written file under the final name.
+
+Every reading problem is an :class:`ImageError` (a ``ValueError``) with one line naming
+the file, so a command line tool can report it and move on to the next file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
+IMAGEIO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+ZARR_SUFFIXES = (".zarr", ".ome.zarr")
+
+#: Blocks of at most this many elements are checked for NaN/Inf at a time (bounded memory).
+_FINITE_CHUNK = 1 << 24
+
+
+class ImageError(ValueError):
+    """An image file cannot be read or used; the message is one line naming the file."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def is_zarr_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a Zarr store (by suffix, or a directory with Zarr metadata)."""
+    p = Path(path)
+    if p.suffix.lower() == ".zarr":
+        return True
+    return p.is_dir() and any((p / m).exists() for m in (".zarray", ".zgroup", "zarr.json"))
+
+
+def read_image(path: str | os.PathLike) -> Any:
+    """Read an image file into an array.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A TIFF (``.tif``/``.tiff``), PNG, JPEG, BMP, GIF, ``.npy`` file, or a Zarr
+        directory. For OME-Zarr the first (full-resolution) multiscale level is read and
+        axes of size 1 other than Y and X are dropped (``(1, 1, 1, Y, X)`` -> ``(Y, X)``).
+
+    Returns
+    -------
+    numpy.ndarray or dask.array.Array
+        The pixels in the file's own layout, e.g. ``(Y, X)``, ``(Y, X, 3)`` for RGB,
+        ``(Z, Y, X)`` for a stack. Zarr stores come back as lazy dask arrays.
+
+    Raises
+    ------
+    ImageError
+        One line ``"<path>: <problem>"`` if the file is missing or cannot be decoded.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageError(f"{p}: no such file")
+    if is_zarr_path(p):
+        return _read_zarr(p)
+    if p.is_dir():
+        raise ImageError(f"{p}: is a directory, not an image file")
+    suffix = p.suffix.lower()
+    try:
+        if p.stat().st_size == 0:
+            raise ImageError(f"{p}: empty file")
+        if suffix in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(p) as tif:
+                if not tif.series:
+                    raise ImageError(f"{p}: cannot read image (damaged TIFF: no image data found)")
+                return tif.asarray()
+        if suffix == ".npy":
+            return np.load(p, allow_pickle=False)
+        import imageio.v3 as iio
+
+        return iio.imread(p)
+    except ImageError:
+        raise
+    except MemoryError:
+        raise ImageError(f"{p}: too large to read into memory; convert it to Zarr") from None
+    except Exception as exc:  # decoders raise many exception types for damaged files
+        raise ImageError(f"{p}: cannot read image ({_first_line(exc)})") from None
+
+
+def _read_zarr(path: Path) -> Any:
+    """Open a Zarr array or (OME-)Zarr group lazily as a dask array."""
+    import dask.array as da
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:
+        raise ImageError(f"{path}: cannot open Zarr store ({_first_line(exc)})") from None
+    axes: list[str] | None = None
+    if isinstance(node, zarr.Group):
+        attrs = dict(node.attrs)
+        multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+        if multiscales:
+            first = multiscales[0]
+            try:
+                key = first["datasets"][0]["path"]
+            except (KeyError, IndexError, TypeError):
+                raise ImageError(f"{path}: OME-Zarr metadata lists no datasets") from None
+            axes = [a["name"] if isinstance(a, dict) else str(a) for a in first.get("axes", [])] or None
+        else:
+            arrays = sorted(name for name, _ in node.arrays())
+            if len(arrays) != 1:
+                raise ImageError(
+                    f"{path}: Zarr group holds {len(arrays)} arrays and no OME multiscales metadata; "
+                    "give the path of one array"
+                )
+            key = arrays[0]
+        try:
+            node = node[key]
+        except KeyError:
+            raise ImageError(f"{path}: Zarr group has no array {key!r}") from None
+    array = da.from_zarr(node)
+    # drop singleton non-spatial axes, as OME-Zarr always has 5 (TCZYX)
+    if array.ndim > 2:
+        drop = tuple(i for i in range(array.ndim - 2) if array.shape[i] == 1)
+        if drop:
+            array = array.squeeze(axis=drop)
+            if axes is not None and len(axes) == array.ndim + len(drop):
+                axes = [a for i, a in enumerate(axes) if i not in drop]
+    if axes is not None:
+        log.info("%s: OME-Zarr axes %s, shape %s", path, "".join(axes).upper(), array.shape)
+    return array
+
+
+def _is_dask(array: Any) -> bool:
+    return type(array).__module__.startswith("dask.")
+
+
+def validate_image(array: Any, *, name: str) -> Any:
+    """Check that ``array`` is an image the network can segment.
+
+    Parameters
+    ----------
+    array : numpy.ndarray or dask.array.Array
+        The image, 2-D to 4-D, any integer, boolean or float dtype.
+    name : str
+        How the image is named in messages (a file name or layer name).
+
+    Returns
+    -------
+    numpy.ndarray or dask.array.Array
+        The same array. For a dask array the NaN/Inf check cannot be done without reading
+        all of it, so it is done lazily: the returned array checks each block as it is
+        computed and raises the same ``ValueError`` then.
+
+    Raises
+    ------
+    ValueError
+        ``"<name>: <problem>"`` for an empty array, fewer than 2 or more than 4
+        dimensions, a non-numeric dtype, or NaN/Inf pixels.
+    """
+    shape = tuple(int(s) for s in getattr(array, "shape", ()))
+    dtype = getattr(array, "dtype", None)
+    if dtype is None or not hasattr(array, "ndim"):
+        raise ValueError(f"{name}: not an array (got {type(array).__name__})")
+    dtype = np.dtype(dtype)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype.kind == "b"):
+        raise ValueError(f"{name}: pixel type {dtype} is not numeric; expected integers or floats")
+    if array.ndim < 2 or array.ndim > 4:
+        raise ValueError(
+            f"{name}: expected a 2-D to 4-D image (YX, YXC, CYX, ZYX, ZYXC or ZCYX), got shape {shape}"
+        )
+    if 0 in shape:
+        raise ValueError(f"{name}: empty image (shape {shape})")
+    if not np.issubdtype(dtype, np.floating):
+        return array
+    if _is_dask(array):
+        log.debug("%s: NaN/Inf pixels are checked block by block during prediction", name)
+        return array.map_blocks(_check_finite_block, dtype=array.dtype, image_name=name)
+    _check_finite(np.asarray(array), name)
+    return array
+
+
+def _check_finite(array: np.ndarray, name: str) -> None:
+    """Raise ``ValueError`` naming the count of NaN and Inf pixels, in bounded memory."""
+    flat = array.reshape(-1)
+    n_nan = n_inf = 0
+    for start in range(0, flat.size, _FINITE_CHUNK):
+        block = flat[start : start + _FINITE_CHUNK]
+        if np.isfinite(block).all():
+            continue
+        n_nan += int(np.isnan(block).sum())
+        n_inf += int(np.isinf(block).sum())
+    if n_nan or n_inf:
+        parts = [f"{n} {what}" for n, what in ((n_nan, "NaN"), (n_inf, "Inf")) if n]
+        raise ValueError(
+            f"{name}: {' and '.join(parts)} pixel value{'s' if n_nan + n_inf > 1 else ''}; "
+            "replace them (e.g. with 0) before segmenting"
+        )
+
+
+def _check_finite_block(block: np.ndarray, image_name: str) -> np.ndarray:
+    _check_finite(block, image_name)
+    return block
+
+
+def _tmp_name(path: Path, suffix: str) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
+def write_tiff_atomic(
+    path: str | os.PathLike,
+    array: Any,
+    *,
+    axes: str | None = None,
+    compression: str | None = "zlib",
+    overwrite: bool = True,
+) -> Path:
+    """Write ``array`` to a TIFF file atomically (temporary file in the same folder, then rename).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Destination; its folder is created if needed.
+    array : array-like
+        Labels (``(Y, X)``, ``(P, Y, X)``) or probabilities (``(C, Y, X)``, ...). Channels are
+        stored as separate pages (``photometric="minisblack"``), never as RGB.
+    axes : str, optional
+        Axis letters stored in the TIFF description (e.g. ``"CYX"``), read back by tifffile.
+    compression : str or None
+        ``"zlib"`` (default, lossless, needs no extra codec) or None.
+    overwrite : bool
+        If False, raise ``FileExistsError`` rather than replace an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+    """
+    import tifffile
+
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path}: file exists")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.asarray(array)
+    metadata = {"axes": axes} if axes else {}
+    tmp = _tmp_name(path, ".tif")
+    try:
+        tifffile.imwrite(
+            tmp,
+            data,
+            compression=compression,
+            photometric="minisblack",
+            metadata=metadata,
+            bigtiff=data.nbytes > 2**32 - 2**25,
+        )
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_zarr(
+    path: str | os.PathLike,
+    array: Any,
+    *,
+    chunks: tuple[int, ...] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a numpy or dask array to a Zarr directory, via a temporary directory and a rename.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Destination directory (conventionally ending in ``.zarr``).
+    array : numpy.ndarray or dask.array.Array
+        The data; a dask array is written block by block without loading all of it.
+    chunks : tuple of int, optional
+        Chunk shape on disk; default: the dask chunks, or 1 x 1024 x 1024 style blocks.
+    overwrite : bool
+        If False, raise ``FileExistsError`` if ``path`` exists. If True an existing store is
+        replaced (the old one is removed only after the new one is complete).
+    """
+    import dask.array as da
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: file exists")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not _is_dask(array):
+        array = np.asarray(array)
+        if chunks is None:
+            chunks = tuple(1 for _ in array.shape[:-2]) + tuple(min(s, 1024) for s in array.shape[-2:])
+        array = da.from_array(array, chunks=chunks)
+    elif chunks is not None:
+        array = array.rechunk(chunks)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        da.to_zarr(array, str(tmp), overwrite=True)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.rmdir(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
