@@ -1,0 +1,267 @@
+"""Training data: image/annotation pairs, their targets and weights, and patch sampling.
+
+Patches are centred near annotated pixels: the centre is an annotated pixel drawn uniformly
+from all annotated pixels of all images (so an image contributes in proportion to its
+annotation), jittered by up to a quarter of the output size. Positions outside an image are
+mirrored, so border pixels are trained with a full context window.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .augment import AugmentSettings, extract_patch
+from .checkpoint import Normalization
+from .targets import AnnotationKind, TargetMode, Targets, make_targets
+from .weights import weight_map
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
+
+
+@dataclass(frozen=True)
+class TrainingImage:
+    """One annotated image, ready for patch sampling.
+
+    Attributes
+    ----------
+    name : str
+        Name for messages and provenance (file stem or ``image 0``).
+    image : np.ndarray
+        ``(C, Y, X)`` float32, normalised.
+    targets : Targets
+        Class map, annotated mask, object ids.
+    weights : np.ndarray
+        ``(Y, X)`` float32 weight map (0 where not annotated).
+    """
+
+    name: str
+    image: np.ndarray
+    targets: Targets
+    weights: np.ndarray
+
+
+def dense_kind(labels: np.ndarray, mode: TargetMode) -> AnnotationKind:
+    """Annotation kind of a dense label image for a model of the given target mode.
+
+    Instance models read dense labels as instance labels. Semantic (2-class) models read
+    labels with at most two values as a binary mask (objects = connected components) and
+    labels with more values as instance labels.
+    """
+    if mode == "instance":
+        return "instance"
+    values = np.unique(np.asarray(labels))
+    return "binary" if len(values) <= 2 else "instance"
+
+
+def prepare_image(
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    name: str,
+    in_channels: int,
+    normalization: Normalization,
+    sparse: bool,
+    mode: TargetMode,
+    object_class: int,
+    boundary_class: int,
+    w0: float,
+    sigma: float,
+) -> TrainingImage:
+    """Check one image/annotation pair and compute its targets and weight map.
+
+    Raises
+    ------
+    ValueError
+        One line naming ``name``: unusable image layout, shape mismatch with the labels, or
+        no annotated pixel.
+    """
+    from .image import to_planes
+
+    try:
+        planes, _ = to_planes(np.asarray(image), in_channels=in_channels)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    if planes.shape[0] != 1:
+        raise ValueError(f"{name}: image of shape {np.shape(image)} is a stack; give its planes separately")
+    img = np.asarray(planes[0], np.float32)
+    lab = np.asarray(labels)
+    if lab.ndim == 3 and lab.shape[0] == 1:
+        lab = lab[0]
+    if lab.shape != img.shape[1:]:
+        raise ValueError(
+            f"{name}: image size {img.shape[1]}x{img.shape[2]} does not match labels shape {lab.shape}"
+        )
+    kind: AnnotationKind = "sparse" if sparse else dense_kind(lab, mode)
+    try:
+        targets = make_targets(
+            lab, kind=kind, mode=mode, object_class=object_class, boundary_class=boundary_class
+        )
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    if targets.n_annotated == 0:
+        raise ValueError(
+            f"{name}: labels have no annotated pixel (sparse labels: paint 1 = background, 2.. = objects)"
+        )
+    weights = weight_map(
+        targets, w0=w0, sigma=sigma, boundary_class=boundary_class if mode == "instance" else -1
+    )
+    norm = normalization(img)
+    return TrainingImage(
+        name=name, image=np.ascontiguousarray(norm, np.float32), targets=targets, weights=weights
+    )
+
+
+class PatchSampler:
+    """Draws (augmented) training batches from prepared images.
+
+    Parameters
+    ----------
+    items : sequence of TrainingImage
+        The training data; must contain at least one annotated pixel.
+    in_size, out_size : int
+        Network input size and output size (the valid region targets are cropped to).
+    rng : numpy.random.Generator
+        Source of all randomness (patch positions and augmentation).
+    augment : AugmentSettings or None
+        None = no augmentation.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[TrainingImage],
+        *,
+        in_size: int,
+        out_size: int,
+        rng: np.random.Generator,
+        augment: AugmentSettings | None,
+    ) -> None:
+        self.items = list(items)
+        self.in_size = in_size
+        self.out_size = out_size
+        self.rng = rng
+        self.augment = augment
+        self._pixels = [np.flatnonzero(it.targets.annotated) for it in self.items]
+        counts = np.array([len(p) for p in self._pixels], np.int64)
+        if counts.sum() == 0:
+            raise ValueError("no annotated pixels in the training data; nothing to train on")
+        self._cum = np.cumsum(counts)
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One patch ``(image (C, in, in), classes (out, out), weights (out, out))``.
+
+        Raises
+        ------
+        RuntimeError
+            If 50 patches in a row carry no weight (never returns an all-zero patch).
+        """
+        jitter = self.out_size / 4.0
+        for _ in range(50):
+            k = int(self.rng.integers(self._cum[-1]))
+            i = int(np.searchsorted(self._cum, k, side="right"))
+            flat = self._pixels[i][k - (self._cum[i - 1] if i else 0)]
+            item = self.items[i]
+            cy, cx = np.unravel_index(flat, item.weights.shape)
+            center = (cy + self.rng.uniform(-jitter, jitter), cx + self.rng.uniform(-jitter, jitter))
+            img, cls, w = extract_patch(
+                item.image,
+                item.targets.classes,
+                item.weights,
+                center=center,
+                in_size=self.in_size,
+                out_size=self.out_size,
+                rng=self.rng,
+                settings=self.augment,
+            )
+            if np.any(w > 0):
+                return img, cls, w
+        raise RuntimeError("could not draw a patch with annotated pixels in 50 tries")
+
+    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``size`` patches stacked: images ``(N, C, in, in)``, classes and weights ``(N, out, out)``."""
+        parts = [self.sample() for _ in range(size)]
+        return tuple(np.stack([p[j] for p in parts]) for j in range(3))  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _expand(entries: Sequence[str | os.PathLike]) -> list[Path]:
+    files: list[Path] = []
+    for entry in entries:
+        p = Path(entry)
+        if p.is_dir():
+            files.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ValueError(f"{p}: no such file or folder")
+    return files
+
+
+def file_stem(path: Path) -> str:
+    """File name without its image suffix (``a.ome.tif`` -> ``a``)."""
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif", *IMAGE_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def pair_files(
+    images: Sequence[str | os.PathLike], labels: Sequence[str | os.PathLike]
+) -> list[tuple[Path, Path]]:
+    """Pair image and label files (folders are expanded) by file stem.
+
+    Raises
+    ------
+    ValueError
+        One line naming the files without a partner, or duplicate stems.
+    """
+    imgs = _expand(images)
+    labs = _expand(labels)
+    if not imgs:
+        raise ValueError("no image files given")
+    by_stem: dict[str, Path] = {}
+    for kind, files in (("image", imgs), ("label", labs)):
+        seen: dict[str, Path] = {}
+        for f in files:
+            s = file_stem(f)
+            if s in seen:
+                raise ValueError(f"two {kind} files with the stem {s!r}: {seen[s]} and {f}")
+            seen[s] = f
+        if kind == "image":
+            by_stem = seen
+        else:
+            lab_by_stem = seen
+    missing = [str(by_stem[s]) for s in by_stem if s not in lab_by_stem]
+    extra = [str(lab_by_stem[s]) for s in lab_by_stem if s not in by_stem]
+    if missing:
+        raise ValueError(f"no labels for image(s): {', '.join(missing)}")
+    if extra:
+        raise ValueError(f"no image for label file(s): {', '.join(extra)}")
+    return [(by_stem[s], lab_by_stem[s]) for s in by_stem]
+
+
+def read_array(path: str | os.PathLike) -> np.ndarray:
+    """Read an image or label file (``core.imageio.read_image``; ``.npy`` with numpy)."""
+    p = Path(path)
+    if p.suffix.lower() == ".npy":
+        return np.load(p, allow_pickle=False)
+    try:
+        from .imageio import read_image
+    except ImportError:  # pragma: no cover - fallback while imageio.py is absent
+        read_image = None
+    if read_image is not None:
+        return np.asarray(read_image(p))
+    if p.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        return tifffile.imread(p)
+    import imageio.v3 as iio
+
+    return iio.imread(p)
