@@ -1,0 +1,84 @@
+"""Augmentation keeps image, targets and weights aligned and is reproducible."""
+
+import numpy as np
+import pytest
+
+from tiled_unet.core.augment import (
+    NO_AUGMENTATION,
+    AugmentSettings,
+    augment,
+    elastic_displacement,
+    extract_patch,
+)
+
+
+def label_image() -> np.ndarray:
+    yy, xx = np.mgrid[:80, :96]
+    lab = np.zeros((80, 96), np.int64)
+    for k, (cy, cx) in enumerate([(20, 20), (25, 60), (60, 40), (55, 80)], start=1):
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= 120] = k
+    return lab
+
+
+GEOMETRY_ONLY = AugmentSettings(gamma=(1.0, 1.0), contrast=(1.0, 1.0), brightness=0.0)
+
+
+def test_image_equal_to_label_stays_aligned():
+    lab = label_image()
+    img = lab[None].astype(np.float32)
+    for seed in range(3):
+        s = AugmentSettings(gamma=(1.0, 1.0), contrast=(1.0, 1.0), brightness=0.0, image_order=0)
+        out_img, out_lab, out_w = augment(
+            img, lab, lab.astype(np.float32), rng=np.random.default_rng(seed), settings=s
+        )
+        assert (out_img[0] == out_lab).all()
+        assert (out_w == out_lab).all()
+        assert not (out_lab == lab).all()  # something happened
+        # linear interpolation of the image agrees with the nearest-neighbour labels almost everywhere
+        out_lin, out_lab2, _ = augment(img, lab, lab, rng=np.random.default_rng(seed), settings=GEOMETRY_ONLY)
+        assert (out_lab2 == out_lab).all()
+        assert np.mean(np.abs(out_lin[0] - out_lab) < 0.5) > 0.97
+
+
+def test_seeded_determinism():
+    lab = label_image()
+    img = np.random.default_rng(0).random((2, *lab.shape)).astype(np.float32)
+    a = augment(img, lab, lab, rng=np.random.default_rng(7))
+    b = augment(img, lab, lab, rng=np.random.default_rng(7))
+    c = augment(img, lab, lab, rng=np.random.default_rng(8))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_elastic_displacement_statistics():
+    d = elastic_displacement((64, 64), rng=np.random.default_rng(0), grid=3, sigma=10.0)
+    assert d.shape == (2, 64, 64)
+    # the grid points (corners) carry the coarse N(0, 10^2) vectors, the field is smooth
+    assert np.abs(np.diff(d, axis=1)).max() < 5
+    many = [elastic_displacement((9, 9), rng=np.random.default_rng(s))[:, 0, 0] for s in range(300)]
+    assert np.std(many) == pytest.approx(10.0, rel=0.15)
+
+
+def test_patch_without_augmentation_is_a_crop():
+    lab = label_image()
+    img = lab[None].astype(np.float32) * 2
+    w = np.ones(lab.shape, np.float32)
+    p_img, p_cls, p_w = extract_patch(
+        img, lab, w, center=(40.5, 47.5), in_size=44, out_size=20, rng=np.random.default_rng(0), settings=None
+    )
+    np.testing.assert_array_equal(p_img[0], img[0, 19:63, 26:70])
+    np.testing.assert_array_equal(p_cls, lab[31:51, 38:58])
+    # near the border the image is mirrored
+    p_img, _, _ = extract_patch(
+        img,
+        lab,
+        w,
+        center=(0.5, 0.5),
+        in_size=8,
+        out_size=4,
+        rng=np.random.default_rng(0),
+        settings=NO_AUGMENTATION,
+    )
+    np.testing.assert_array_equal(p_img[0, 3:, 3:], img[0, :5, :5])
+    np.testing.assert_array_equal(p_img[0, 2, 3:], img[0, 1, :5])
