@@ -1,0 +1,222 @@
+"""Qt helpers shared by the widgets: layer combo boxes, notifications, running jobs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator
+from typing import Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QListWidget, QListWidgetItem, QWidget
+
+from ._logic import error_message
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- notifications
+# One place to call napari's notifications, so tests can watch them.
+
+
+def notify_error(message: str) -> None:
+    """Show an error notification (no traceback)."""
+    from napari.utils.notifications import show_error
+
+    show_error(message)
+
+
+def notify_warning(message: str) -> None:
+    """Show a warning notification."""
+    from napari.utils.notifications import show_warning
+
+    show_warning(message)
+
+
+def notify_info(message: str) -> None:
+    """Show an information notification."""
+    from napari.utils.notifications import show_info
+
+    show_info(message)
+
+
+def report_exception(exc: BaseException, *, device: str = "", context: str = "") -> str:
+    """Tell the user about ``exc`` in one line; log a traceback only for unexpected errors.
+
+    Returns
+    -------
+    str
+        The message shown.
+    """
+    message, expected = error_message(exc, device=device)
+    if context:
+        message = f"{context}: {message}"
+    if not expected:
+        logger.error("%s", message, exc_info=(type(exc), exc, exc.__traceback__))
+    notify_error(message)
+    return message
+
+
+# --------------------------------------------------------------------------- layer choosers
+
+
+def _layers_of(viewer: Any, kind: type) -> list[Any]:
+    return [layer for layer in viewer.layers if isinstance(layer, kind)]
+
+
+class _LayerTracker:
+    """Calls ``refresh`` whenever layers are added, removed, reordered or renamed."""
+
+    def _track_layers(self, viewer: Any, refresh: Callable[..., None]) -> None:
+        viewer.layers.events.inserted.connect(self._on_inserted)
+        viewer.layers.events.removed.connect(refresh)
+        viewer.layers.events.reordered.connect(refresh)
+        for layer in viewer.layers:
+            layer.events.name.connect(refresh)
+        self._refresh_cb = refresh
+
+    def _on_inserted(self, event: Any) -> None:
+        layer = event.value
+        layer.events.name.connect(self._refresh_cb)
+        self._refresh_cb()
+
+
+class LayerComboBox(QComboBox, _LayerTracker):
+    """A combo box of the viewer's layers of one type, kept up to date, selection kept by name."""
+
+    def __init__(self, viewer: Any, kind: type, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._kind = kind
+        self._track_layers(viewer, self.refresh)
+        self.refresh()
+
+    def refresh(self, *_: Any) -> None:
+        """Re-read the layer list, keeping the current choice if it still exists."""
+        current = self.currentText()
+        self.blockSignals(True)
+        self.clear()
+        names = [layer.name for layer in _layers_of(self._viewer, self._kind)]
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+        self.blockSignals(False)
+        if self.currentText() != current:
+            self.currentTextChanged.emit(self.currentText())
+
+    def layer(self) -> Any:
+        """The chosen layer, or None."""
+        name = self.currentText()
+        for layer in _layers_of(self._viewer, self._kind):
+            if layer.name == name:
+                return layer
+        return None
+
+    def set_layer(self, layer: Any) -> None:
+        """Choose ``layer`` (refreshing first, so a just-added layer is found)."""
+        self.refresh()
+        self.setCurrentText(layer.name)
+
+
+class LayerListWidget(QListWidget, _LayerTracker):
+    """A multi-selection list of the viewer's layers of one type, kept up to date."""
+
+    def __init__(self, viewer: Any, kind: type, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._kind = kind
+        self.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
+        self._track_layers(viewer, self.refresh)
+        self.refresh()
+
+    def refresh(self, *_: Any) -> None:
+        """Re-read the layer list, keeping the selection; select the first layer if none is."""
+        selected = {item.text() for item in self.selectedItems()}
+        self.blockSignals(True)
+        self.clear()
+        for layer in _layers_of(self._viewer, self._kind):
+            item = QListWidgetItem(layer.name)
+            self.addItem(item)
+            item.setSelected(layer.name in selected)
+        if not self.selectedItems() and self.count():
+            self.item(0).setSelected(True)
+        self.blockSignals(False)
+
+    def layers(self) -> list[Any]:
+        """The selected layers, in viewer order."""
+        names = {item.text() for item in self.selectedItems()}
+        return [layer for layer in _layers_of(self._viewer, self._kind) if layer.name in names]
+
+    def select_layers(self, layers: list[Any]) -> None:
+        """Select exactly ``layers``."""
+        self.refresh()
+        names = {layer.name for layer in layers}
+        for i in range(self.count()):
+            item = self.item(i)
+            item.setSelected(item.text() in names)
+
+
+def fill_combo(combo: QComboBox, choices: list[tuple[str, Any]], keep: str | None = None) -> None:
+    """Replace a combo box's items by ``(label, data)`` pairs, keeping ``keep`` if present."""
+    keep = combo.currentText() if keep is None else keep
+    combo.blockSignals(True)
+    combo.clear()
+    for label, data in choices:
+        combo.addItem(label, data)
+    index = combo.findText(keep, Qt.MatchFlag.MatchExactly)
+    combo.setCurrentIndex(max(index, 0))
+    combo.blockSignals(False)
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def start_job(
+    func: Callable[..., Generator[Any, None, Any]],
+    *args: Any,
+    use_thread: bool,
+    on_yield: Callable[[Any], None],
+    on_return: Callable[[Any], None],
+    on_error: Callable[[BaseException], None],
+    on_finish: Callable[[], None],
+    on_abort: Callable[[], None] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Run the generator function ``func(*args, **kwargs)`` in a napari thread worker.
+
+    The callbacks run on the GUI thread (Qt queued signals). Errors go to ``on_error`` only:
+    napari's own error relay, which would show a traceback for expected problems, is not used.
+    With ``use_thread=False`` the generator runs inline (tests, debugging) and None is returned.
+
+    Returns
+    -------
+    GeneratorWorker or None
+        The started worker (``worker.quit()`` cancels at the next yield).
+    """
+    if not use_thread:
+        try:
+            gen = func(*args, **kwargs)
+            while True:
+                try:
+                    item = next(gen)
+                except StopIteration as stop:
+                    on_return(stop.value)
+                    break
+                on_yield(item)
+        except Exception as exc:  # reported to the user by on_error
+            on_error(exc)
+        finally:
+            on_finish()
+        return None
+
+    from napari.qt.threading import create_worker
+    from superqt.utils import GeneratorWorker  # napari's subclass would relay errors with a traceback
+
+    worker = create_worker(func, *args, _worker_class=GeneratorWorker, _ignore_errors=True, **kwargs)
+    worker.yielded.connect(on_yield)
+    worker.returned.connect(on_return)
+    worker.errored.connect(on_error)
+    if on_abort is not None:
+        worker.aborted.connect(on_abort)
+    worker.finished.connect(on_finish)
+    worker.start()
+    return worker

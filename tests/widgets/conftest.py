@@ -1,0 +1,89 @@
+"""Fixtures for the widget tests: a private Qt/napari environment and tiny checkpoints.
+
+GUI tests run under Xvfb (pytest-xvfb) with the default xcb platform: napari's OpenGL canvas
+does not work with ``QT_QPA_PLATFORM=offscreen``. napari, Qt and Mesa write their settings
+and caches into a temporary folder, never into the home directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_TMP = tempfile.mkdtemp(prefix="tiled-unet-qt-")
+os.environ.pop("QT_QPA_PLATFORM", None)
+for _name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR"):
+    os.environ[_name] = os.path.join(_TMP, _name.lower())
+    os.makedirs(os.environ[_name], mode=0o700, exist_ok=True)
+os.environ.setdefault("NAPARI_CONFIG", os.path.join(_TMP, "napari-settings.yaml"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def make_intensity_checkpoint(threshold: float = 0.25, gain: float = 20.0, in_channels: int = 1):
+    """A tiny U-Net (depth 2, 4 features, 3 classes) whose object logit follows the input.
+
+    All weights are zero except an identity path through the first encoder block, the
+    level-0 skip connection and the last decoder block; the head turns the normalised
+    intensity ``x`` into logits ``(-g (x - t), g (x - t), -g)`` for background, object and
+    boundary. Bright regions therefore become objects, deterministically.
+    """
+    import torch
+
+    from tiled_unet.core.checkpoint import Checkpoint
+    from tiled_unet.core.model import UNet, UNetConfig
+
+    config = UNetConfig(in_channels=in_channels, n_classes=3, depth=2, base_features=4, dropout=0.0)
+    model = UNet(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for block in (model.down[0], model.up[-1]):
+            block[0].weight[0, : in_channels if block is model.down[0] else 1, 1, 1] = 1.0 / (
+                in_channels if block is model.down[0] else 1
+            )
+            block[2].weight[0, 0, 1, 1] = 1.0
+        model.head.weight[:, 0, 0, 0] = torch.tensor([-gain, gain, 0.0])
+        model.head.bias[:] = torch.tensor([gain * threshold, -gain * threshold, -gain])
+    return Checkpoint.from_model(
+        model,
+        class_names=("background", "object", "boundary"),
+        object_class=1,
+        boundary_class=2,
+        provenance={"note": "test model: object logit follows intensity"},
+    )
+
+
+@pytest.fixture(scope="session")
+def intensity_checkpoint():
+    """The deterministic tiny checkpoint (see :func:`make_intensity_checkpoint`)."""
+    return make_intensity_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def checkpoint_file(tmp_path_factory, intensity_checkpoint):
+    """The tiny checkpoint saved to a file."""
+    from tiled_unet.core.checkpoint import save_checkpoint
+
+    return save_checkpoint(intensity_checkpoint, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture
+def nuclei_image() -> np.ndarray:
+    """The packaged nuclei sample (520 x 696 uint8)."""
+    from tiled_unet._sample_data import nuclei
+
+    return nuclei()[0][0]
+
+
+@pytest.fixture
+def notifications(monkeypatch):
+    """Record napari notifications instead of showing them: ``{"error": [...], ...}``."""
+    import napari.utils.notifications as nt
+
+    seen: dict[str, list[str]] = {"error": [], "warning": [], "info": []}
+    monkeypatch.setattr(nt, "show_error", lambda msg: seen["error"].append(str(msg)))
+    monkeypatch.setattr(nt, "show_warning", lambda msg: seen["warning"].append(str(msg)))
+    monkeypatch.setattr(nt, "show_info", lambda msg: seen["info"].append(str(msg)))
+    return seen
