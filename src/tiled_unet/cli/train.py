@@ -1,0 +1,231 @@
+"""``tiled-unet train``: train or fine-tune a U-Net on image/label files paired by file stem.
+
+Examples::
+
+    tiled-unet train --images imgs/ --labels labels/ --out my.pt --init nuclei --steps 500
+    tiled-unet train --images a.tif b.tif --labels la/ --out em.pt --targets semantic --minutes 30
+
+Every problem with the inputs (missing partner, shape mismatch, labels without annotated
+pixels, an existing ``--out``) is reported as one line before training starts. The model file
+is written atomically at the end; an interrupted run writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+PROG = "tiled-unet"
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``train`` options to ``parser``."""
+    parser.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files or folders")
+    parser.add_argument(
+        "--labels",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="label files or folders (paired by file stem)",
+    )
+    parser.add_argument("--out", required=True, metavar="MODEL.pt", help="where to write the trained model")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--init", metavar="MODEL", help="fine-tune this model (built-in name or .pt file)")
+    start.add_argument("--config", metavar="JSON", help="train from scratch with this UNetConfig (JSON file)")
+    parser.add_argument(
+        "--targets",
+        choices=("instance", "semantic"),
+        default="instance",
+        help="from scratch without --config: instance (background/object/boundary) or semantic (2 classes)",
+    )
+    parser.add_argument(
+        "--class-names", metavar="A,B,..", help="class names for a model trained from scratch"
+    )
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=_positive_int, help="optimisation steps (default 1000)")
+    budget.add_argument("--minutes", type=_positive_float, help="time budget instead of a step count")
+    parser.add_argument(
+        "--sparse", action="store_true", help="labels are sparse: 0 unannotated, 1 bg, 2.. objects"
+    )
+    parser.add_argument("--val-images", nargs="+", metavar="PATH", help="validation images")
+    parser.add_argument("--val-labels", nargs="+", metavar="PATH", help="validation labels")
+    parser.add_argument("--val-every", type=_positive_int, default=100, help="validate every N steps")
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    parser.add_argument("--lr", type=_positive_float, help="learning rate (default: adam 1e-4, sgd 1e-3)")
+    parser.add_argument("--patch", type=_positive_int, default=572, help="network input size of a patch")
+    parser.add_argument("--batch-size", type=_positive_int, default=1)
+    parser.add_argument("--w0", type=float, default=10.0, help="border weight amplitude (paper: 10)")
+    parser.add_argument(
+        "--sigma", type=_positive_float, default=5.0, help="border weight width in px (paper: 5)"
+    )
+    parser.add_argument("--no-augment", action="store_true", help="switch data augmentation off")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``train`` subcommand on an ``argparse`` subparsers object."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train or fine-tune a model on annotated images",
+        description=__doc__.split("\n\n")[0],
+    )
+    return configure_parser(parser)
+
+
+def _load_pairs(images: Sequence[str], labels: Sequence[str]) -> tuple[list, list, list[str]]:
+    from tiled_unet.core.data import file_stem, pair_files, read_array
+
+    pairs = pair_files(images, labels)
+    imgs, labs, names = [], [], []
+    for img_path, lab_path in pairs:
+        try:
+            img = read_array(img_path)
+        except Exception as exc:  # decoders raise many types
+            raise ValueError(f"{img_path}: cannot read image ({str(exc).strip().splitlines()[0]})") from None
+        try:
+            lab = read_array(lab_path)
+        except Exception as exc:
+            raise ValueError(f"{lab_path}: cannot read labels ({str(exc).strip().splitlines()[0]})") from None
+        imgs.append(img)
+        labs.append(lab)
+        names.append(file_stem(img_path))
+    return imgs, labs, names
+
+
+def _describe(names: Sequence[str]) -> str:
+    more = " ..." if len(names) > 10 else ""
+    return f"{len(names)} images: {', '.join(names[:10])}{more}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tiled-unet train``; return the exit code (0 ok, 2 bad input)."""
+    from tqdm import tqdm
+
+    from tiled_unet.core.checkpoint import CheckpointError, resolve_model, save_checkpoint
+    from tiled_unet.core.model import UNetConfig
+    from tiled_unet.core.train import TrainSettings, train_iter
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        _error(f"{out}: file exists; choose another --out or pass --overwrite")
+        return 2
+    if (args.val_images is None) != (args.val_labels is None):
+        _error("give both --val-images and --val-labels, or neither")
+        return 2
+    try:
+        settings = TrainSettings(
+            optimizer=args.optimizer,
+            lr=args.lr,
+            steps=None if args.minutes else (args.steps or 1000),
+            minutes=args.minutes,
+            batch_size=args.batch_size,
+            patch=args.patch,
+            w0=args.w0,
+            sigma=args.sigma,
+            augment=not args.no_augment,
+            val_every=args.val_every,
+            seed=args.seed,
+            device=args.device,
+        )
+        init = resolve_model(args.init) if args.init else None
+        config = None
+        if init is None:
+            if args.config:
+                config = UNetConfig.from_json(args.config)
+            else:
+                config = UNetConfig(n_classes=3 if args.targets == "instance" else 2)
+        class_names = tuple(args.class_names.split(",")) if args.class_names else None
+        images, labels, names = _load_pairs(args.images, args.labels)
+        val = {}
+        if args.val_images:
+            vi, vl, vn = _load_pairs(args.val_images, args.val_labels)
+            val = {"val_images": vi, "val_labels": vl, "val_names": vn}
+        gen = train_iter(
+            images=images,
+            labels=labels,
+            settings=settings,
+            init=init,
+            config=config,
+            sparse=args.sparse,
+            names=names,
+            class_names=class_names,
+            data_description=_describe(names),
+            **val,
+        )
+        bar = tqdm(total=settings.steps, disable=args.no_progress, unit="step", file=sys.stderr)
+        try:
+            while True:
+                try:
+                    p = next(gen)
+                except StopIteration as stop:
+                    ckpt = stop.value
+                    break
+                post = {"loss": f"{p.loss:.4f}"}
+                if p.metrics:
+                    post.update({k: f"{v:.3f}" for k, v in p.metrics.items() if k in ("f1", "pixel_error")})
+                bar.set_postfix(post, refresh=False)
+                bar.update(1)
+        finally:
+            bar.close()
+    except (ValueError, CheckpointError, FileNotFoundError, FloatingPointError) as exc:
+        _error(str(exc).strip().splitlines()[0])
+        return 2
+    argv = getattr(args, "argv", None)
+    ckpt.provenance["command"] = f"{PROG} " + shlex.join(
+        ["train", *argv] if argv is not None else sys.argv[1:]
+    )
+    try:
+        save_checkpoint(ckpt, out, overwrite=args.overwrite)
+    except (FileExistsError, OSError) as exc:
+        _error(str(exc))
+        return 2
+    sys.stderr.write(f"{PROG}: wrote {out} ({ckpt.provenance['steps']} steps)\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``train`` as a stand-alone command (``python -m tiled_unet.cli.train``)."""
+    parser = configure_parser(
+        argparse.ArgumentParser(prog=f"{PROG} train", description=__doc__.split("\n\n")[0])
+    )
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        _error("interrupted; nothing written")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

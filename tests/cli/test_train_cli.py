@@ -1,0 +1,100 @@
+"""``tiled-unet train`` on tiny files: pairing, errors before training, no overwrite."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from tiled_unet.cli.train import main
+from tiled_unet.core.checkpoint import load_checkpoint
+
+CONFIG = {"depth": 2, "base_features": 4, "n_classes": 3, "dropout": 0.0}
+
+
+def disc(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:64, :64]
+    lab = np.zeros((64, 64), np.uint16)
+    lab[(yy - 30) ** 2 + (xx - 30) ** 2 <= 90] = 1
+    lab[(yy - 30) ** 2 + (xx - 50) ** 2 <= 60] = 2
+    img = ((lab > 0) * 100 + rng.integers(0, 50, lab.shape)).astype(np.uint8)
+    return img, lab
+
+
+@pytest.fixture
+def data(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    for i in range(2):
+        img, lab = disc(i)
+        tifffile.imwrite(tmp_path / "img" / f"s{i}.tif", img)
+        tifffile.imwrite(tmp_path / "lab" / f"s{i}.tif", lab)
+    (tmp_path / "cfg.json").write_text(json.dumps(CONFIG))
+    return tmp_path
+
+
+def args(d, *extra):
+    return [
+        "--images", str(d / "img"), "--labels", str(d / "lab"), "--out", str(d / "m.pt"),
+        "--config", str(d / "cfg.json"), "--patch", "60", "--steps", "3", "--no-progress", "--device", "cpu",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_train_writes_model_and_refuses_overwrite(data, capsys):
+    assert main(args(data)) == 0
+    ckpt = load_checkpoint(data / "m.pt")
+    assert ckpt.provenance["steps"] == 3
+    assert ckpt.provenance["training_images"] == ["s0", "s1"]
+    assert ckpt.provenance["command"].startswith("tiled-unet train --images")
+    before = (data / "m.pt").read_bytes()
+    assert main(args(data)) == 2
+    assert "exists" in capsys.readouterr().err
+    assert (data / "m.pt").read_bytes() == before
+    assert main(args(data, "--overwrite", "--init", str(data / "m.pt"))) == 2  # --init with --config
+
+
+def test_fine_tune_from_file_with_validation(data):
+    assert main(args(data)) == 0
+    out = data / "ft.pt"
+    argv = args(
+        data, "--val-images", str(data / "img" / "s0.tif"), "--val-labels", str(data / "lab" / "s0.tif")
+    )
+    argv[argv.index("--config") : argv.index("--config") + 2] = ["--init", str(data / "m.pt")]
+    argv[argv.index("--out") + 1] = str(out)
+    assert main([*argv, "--val-every", "2", "--optimizer", "sgd"]) == 0
+    assert "f1" in load_checkpoint(out).provenance["metrics"]
+
+
+def test_missing_partner(data, capsys):
+    tifffile.imwrite(data / "img" / "extra.tif", np.zeros((8, 8), np.uint8))
+    assert main(args(data)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no labels for image" in err and "extra.tif" in err
+    assert not (data / "m.pt").exists()
+
+
+def test_shape_mismatch(data, capsys):
+    tifffile.imwrite(data / "lab" / "s1.tif", np.zeros((8, 8), np.uint16))
+    assert main(args(data)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "s1" in err and "does not match" in err
+
+
+def test_sparse_without_annotation(data, capsys):
+    tifffile.imwrite(data / "lab" / "s1.tif", np.zeros((64, 64), np.uint16))
+    assert main(args(data, "--sparse")) == 2
+    err = capsys.readouterr().err
+    assert "s1: labels have no annotated pixel" in err
+
+
+def test_registers_as_subcommand():
+    import argparse
+
+    from tiled_unet.cli.train import add_parser
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    ns = parser.parse_args(["train", "--images", "a", "--labels", "b", "--out", "c.pt"])
+    assert ns.func.__name__ == "run" and ns.patch == 572

@@ -1,0 +1,168 @@
+"""Training loop: learning, determinism, cancel, errors, best-checkpoint keeping."""
+
+import numpy as np
+import pytest
+import torch
+
+from tiled_unet.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from tiled_unet.core.model import UNet, UNetConfig
+from tiled_unet.core.train import TrainSettings, predict_probabilities, train, train_iter
+
+CONFIG = UNetConfig(depth=2, base_features=8, n_classes=3, dropout=0.0)
+PATCH = 92  # depth 2 valid: 92 -> 52 output pixels
+
+
+def disc_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:96, :96]
+    lab = np.zeros((96, 96), np.int32)
+    for k, (cy, cx) in enumerate([(20, 20), (20, 41), (60, 30), (70, 70), (40, 75)], start=1):
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= 100] = k
+    img = (lab > 0) * 1.0 + rng.normal(0, 0.2, lab.shape)
+    return img.astype(np.float32), lab
+
+
+def settings(**kw) -> TrainSettings:
+    base = dict(steps=30, patch=PATCH, optimizer="adam", lr=3e-3, device="cpu", seed=0)
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def test_loss_goes_down_on_synthetic_discs():
+    img, lab = disc_data()
+    losses = [p.loss for p in train_iter(images=[img], labels=[lab], settings=settings(), config=CONFIG)]
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
+
+
+def test_deterministic_on_cpu():
+    img, lab = disc_data()
+    a = train(images=[img], labels=[lab], settings=settings(steps=5), config=CONFIG)
+    b = train(images=[img], labels=[lab], settings=settings(steps=5), config=CONFIG)
+    c = train(images=[img], labels=[lab], settings=settings(steps=5, seed=1), config=CONFIG)
+    for k in a.state_dict:
+        assert torch.equal(a.state_dict[k], b.state_dict[k]), k
+    assert any(not torch.equal(a.state_dict[k], c.state_dict[k]) for k in a.state_dict)
+
+
+def init_checkpoint() -> Checkpoint:
+    torch.manual_seed(3)
+    return Checkpoint.from_model(
+        UNet(CONFIG), class_names=("background", "object", "boundary"), boundary_class=2
+    )
+
+
+@pytest.mark.parametrize("how", ["cancel", "close", "finish"])
+def test_init_checkpoint_untouched(how):
+    img, lab = disc_data()
+    init = init_checkpoint()
+    before = {k: v.clone() for k, v in init.state_dict.items()}
+    calls = []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    gen = train_iter(
+        images=[img],
+        labels=[lab],
+        settings=settings(steps=10),
+        init=init,
+        cancel=cancel if how == "cancel" else None,
+    )
+    result = "running"
+    for i, _ in enumerate(gen):
+        if how == "close" and i == 2:
+            gen.close()
+            break
+    else:
+        result = None
+    if how == "cancel":
+        assert result is None and len(calls) == 4
+    for k, v in init.state_dict.items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_cancel_returns_none():
+    img, lab = disc_data()
+    out = train(images=[img], labels=[lab], settings=settings(), config=CONFIG, cancel=lambda: True)
+    assert out is None
+
+
+def test_fine_tune_keeps_classes_and_normalization(tmp_path):
+    img, lab = disc_data()
+    init = init_checkpoint()
+    ckpt = train(images=[img], labels=[lab], settings=settings(steps=3), init=init)
+    assert ckpt.class_names == init.class_names and ckpt.normalization == init.normalization
+    assert ckpt.provenance["steps"] == 3 and "date" in ckpt.provenance
+    assert not all(torch.equal(ckpt.state_dict[k], init.state_dict[k]) for k in init.state_dict)
+    path = save_checkpoint(ckpt, tmp_path / "m.pt")
+    with pytest.raises(FileExistsError):
+        save_checkpoint(ckpt, path)
+    assert load_checkpoint(path).provenance["settings"]["optimizer"] == "adam"
+
+
+def test_validation_keeps_best():
+    img, lab = disc_data()
+    vimg, vlab = disc_data(seed=1)
+    gen = train_iter(
+        images=[img],
+        labels=[lab],
+        settings=settings(steps=6, val_every=2),
+        config=CONFIG,
+        val_images=[vimg],
+        val_labels=[vlab],
+    )
+    progress = []
+    while True:
+        try:
+            progress.append(next(gen))
+        except StopIteration as stop:
+            ckpt = stop.value
+            break
+    scores = [p.metrics["score"] for p in progress if p.metrics]
+    assert len(scores) == 3
+    assert ckpt.provenance["metrics"]["score"] == max(scores)
+    assert {"pixel_error", "iou", "f1"} <= set(ckpt.provenance["metrics"])
+    best = next(p for p in progress if p.metrics and p.metrics["score"] == max(scores))
+    assert ckpt.provenance["best_step"] == best.step
+
+
+def test_sparse_annotations_train_and_no_annotation_error():
+    img, lab = disc_data()
+    sparse = np.zeros_like(lab)
+    sparse[:5, :] = 1
+    sparse[lab == 1] = 2
+    ckpt = train(images=[img], labels=[sparse], settings=settings(steps=2), config=CONFIG, sparse=True)
+    assert ckpt.provenance["annotation"] == "sparse"
+    with pytest.raises(ValueError, match="no annotated pixel"):
+        train(images=[img], labels=[np.zeros_like(lab)], settings=settings(), config=CONFIG, sparse=True)
+
+
+def test_clear_errors_before_training():
+    img, lab = disc_data()
+    with pytest.raises(ValueError, match="does not match"):
+        train(images=[img], labels=[lab[:50]], settings=settings(), config=CONFIG, names=["a"])
+    with pytest.raises(ValueError, match="not valid"):
+        train(images=[img], labels=[lab], settings=settings(patch=90), config=CONFIG)
+    with pytest.raises(ValueError, match="steps"):
+        TrainSettings(steps=None, minutes=None)
+    with pytest.raises(ValueError, match="not both"):
+        train(images=[img], labels=[lab], settings=settings(), config=CONFIG, init=init_checkpoint())
+
+
+def test_semantic_binary_model_and_prediction_shape():
+    img, lab = disc_data()
+    binary = np.where(lab > 0, 255, 0).astype(np.uint8)
+    cfg = UNetConfig(depth=2, base_features=8, n_classes=2, dropout=0.0)
+    ckpt = train(
+        images=[img],
+        labels=[binary],
+        settings=settings(steps=2),
+        config=cfg,
+        class_names=("membrane", "cell"),
+    )
+    assert ckpt.boundary_class == -1 and ckpt.class_names == ("membrane", "cell")
+    probs = predict_probabilities(ckpt.build_model(), img[None], device=torch.device("cpu"), tile=60)
+    assert probs.shape == (2, 96, 96)
+    np.testing.assert_allclose(probs.sum(0), 1.0, rtol=1e-5)
