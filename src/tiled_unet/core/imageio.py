@@ -100,7 +100,10 @@ def read_image(path: str | os.PathLike) -> Any:
     except MemoryError:
         raise ImageError(f"{p}: too large to read into memory; convert it to Zarr") from None
     except Exception as exc:  # decoders raise many exception types for damaged files
-        raise ImageError(f"{p}: cannot read image ({_first_line(exc)})") from None
+        reason = _first_line(exc)
+        if "Could not find a backend" in reason:  # imageio: no plugin could decode the bytes
+            reason = f"not a valid {suffix.lstrip('.').upper() or 'image'} file, or an unsupported format"
+        raise ImageError(f"{p}: cannot read image ({reason})") from None
 
 
 def _read_zarr(path: Path) -> Any:

@@ -1,0 +1,141 @@
+"""``tiled-unet info``: what a model is, what sizes it takes, what it costs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from . import error
+
+N_SIZES = 5
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``info`` subcommand."""
+    parser = subparsers.add_parser(
+        "info",
+        help="describe a model: architecture, sizes, cost, classes, provenance",
+        description="Describe MODEL (a built-in name or a checkpoint file).",
+    )
+    parser.add_argument("model", metavar="MODEL", help="built-in model name or checkpoint file (.pt)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def valid_sizes(config: Any, n: int = N_SIZES) -> tuple[list[list[int]], str]:
+    """The first ``n`` valid (input, output) tile sizes along one axis, and the rule for all."""
+    from tiled_unet.core.model import halo, is_valid_input_size, output_size
+
+    step = 2**config.depth
+    first = next(s for s in range(1, 100 * step + 1000) if is_valid_input_size(s, config))
+    pairs = [[s, output_size(s, config)] for s in range(first, first + n * step, step)]
+    if config.padding == "same":
+        rule = f"input = {step} k (k >= 1), output = input"
+    else:
+        rule = f"input = {first} + {step} k (k >= 0), output = input - {2 * halo(config)}"
+    return pairs, rule
+
+
+def describe(model: str) -> dict[str, Any]:
+    """Everything ``info`` reports about ``model``, as a JSON-serialisable dict.
+
+    Raises
+    ------
+    CheckpointError
+        If ``model`` is not a usable built-in name or checkpoint file.
+    """
+    import dataclasses
+
+    from tiled_unet.core.checkpoint import builtin_models, model_card, resolve_model
+    from tiled_unet.core.model import count_parameters, flops_per_output_pixel, halo, receptive_field
+
+    ckpt = resolve_model(model)
+    config = ckpt.config
+    pairs, rule = valid_sizes(config)
+    builtin = model in builtin_models()
+    return {
+        "model": str(model),
+        "builtin": builtin,
+        "config": config.to_dict(),
+        "parameters": count_parameters(ckpt.build_model("cpu")),
+        "valid_sizes": {"first": pairs, "rule": rule},
+        "halo": halo(config),
+        "receptive_field": receptive_field(config),
+        "flops_per_output_pixel": flops_per_output_pixel(config),
+        "classes": list(ckpt.class_names),
+        "object_class": ckpt.object_class,
+        "boundary_class": ckpt.boundary_class,
+        "normalization": dataclasses.asdict(ckpt.normalization),
+        "provenance": ckpt.provenance,
+        "model_card": model_card(model) if builtin else "",
+    }
+
+
+def _class_label(info: dict[str, Any], index: int) -> str:
+    roles = []
+    if index == info["object_class"]:
+        roles.append("objects")
+    if index == info["boundary_class"]:
+        roles.append("object boundaries")
+    return f"{index}: {info['classes'][index]}" + (f" ({', '.join(roles)})" if roles else "")
+
+
+def _flops_text(flops: float) -> str:
+    for unit, scale in (("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if flops >= scale:
+            return f"{flops / scale:,.3g} {unit}"
+    return f"{flops:,.0f} FLOP"
+
+
+def format_text(info: dict[str, Any]) -> str:
+    """Human-readable report of :func:`describe`."""
+    c = info["config"]
+    norm = info["normalization"]
+    if norm["mode"] == "percentile":
+        norm_text = f"percentiles {norm['low']:g} -> 0 and {norm['high']:g} -> 1, per image and channel"
+    else:
+        norm_text = f"fixed: {norm['low']:g} -> 0, {norm['high']:g} -> 1"
+    sizes = ", ".join(f"{i}->{o}" for i, o in info["valid_sizes"]["first"])
+    lines = [
+        f"model            {info['model']}" + (" (built-in)" if info["builtin"] else ""),
+        f"architecture     U-Net, depth {c['depth']}, {c['base_features']} base features, "
+        f"{c['padding']} padding, {c['in_channels']} input channel{'s' if c['in_channels'] != 1 else ''}, "
+        f"{c['n_classes']} classes, batch norm {'on' if c['batch_norm'] else 'off'}, "
+        f"dropout {c['dropout']:g}",
+        f"parameters       {info['parameters']:,}",
+        f"valid sizes      {sizes}, ... ({info['valid_sizes']['rule']})",
+        f"halo             {info['halo']} px per side",
+        f"receptive field  {info['receptive_field']} px",
+        f"cost             {_flops_text(info['flops_per_output_pixel'])} per output pixel (ideal: no halo)",
+        "classes          " + "; ".join(_class_label(info, i) for i in range(len(info["classes"]))),
+        f"normalization    {norm_text}",
+    ]
+    if info["provenance"]:
+        lines.append("provenance")
+        for key, value in info["provenance"].items():
+            text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
+            lines.append(f"  {key}: {text}")
+    else:
+        lines.append("provenance       (none recorded)")
+    if info["model_card"]:
+        lines += ["", info["model_card"].rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tiled-unet info``; return the exit code."""
+    from tiled_unet.core.checkpoint import CheckpointError
+
+    try:
+        info = describe(args.model)
+    except CheckpointError as exc:
+        error(str(exc))
+        return 2
+    if args.json:
+        sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+    else:
+        sys.stdout.write(format_text(info))
+    return 0

@@ -1,0 +1,240 @@
+"""``tiled-unet predict``: segment image files and write one TIFF per input."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from . import error
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("instances", "semantic", "probabilities")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Suffixes removed as a whole when naming the output (``a.ome.tif`` -> ``a.tif``).
+_COMPOUND_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr")
+
+DESCRIPTION = """\
+Segment each IMAGE with MODEL and write DIR/<stem>.tif:
+  instances      uint16 (or uint32 beyond 65535 objects) labels, 0 = background
+  semantic       uint16 class index per pixel (the class names: `tiled-unet info MODEL`)
+  probabilities  float32 class probabilities, (C, Y, X), or (Z, C, Y, X) for stacks
+
+Inputs: TIFF, PNG, JPEG, .npy or (OME-)Zarr; 2-D grey or RGB(A), or stacks (see --axes).
+An input is never overwritten, and an existing output only with --overwrite.
+A bad input is reported in one line and skipped; the exit code is then 1.
+"""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``predict`` subcommand."""
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment images with a model",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or .zarr directories")
+    parser.add_argument(
+        "--model", "-m", required=True, metavar="MODEL", help="built-in model name or checkpoint file (.pt)"
+    )
+    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created if needed)")
+    parser.add_argument(
+        "--output", choices=OUTPUTS, default="instances", help="what to write (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--tile",
+        type=_positive_int,
+        metavar="N",
+        help="input tile edge in pixels, a valid input size (see `tiled-unet info`); "
+        "default: from free memory",
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, metavar="N", help="tiles per batch (default: auto)"
+    )
+    parser.add_argument(
+        "--device", choices=DEVICES, default="auto", help="compute device (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--min-size",
+        type=_non_negative_int,
+        metavar="PX",
+        help="drop objects smaller than PX pixels (instances)",
+    )
+    parser.add_argument(
+        "--axes", metavar="AXES", help="axis order of the inputs, e.g. YX, YXC, CYX, ZYX (default: inferred)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress bar and no list of written files"
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def output_stem(path: Path) -> str:
+    """File name without its image suffix (``cells.ome.tif`` -> ``cells``)."""
+    name = path.name.rstrip("/")
+    lower = name.lower()
+    for suffix in _COMPOUND_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def _tiff_axes(result: Any, output: str, axes: str | None) -> str:
+    """Axis letters of a result, for the TIFF description."""
+    plane = "T" if axes and "T" in axes.upper() else "Z"
+    if output == "probabilities":
+        return "CYX" if result.ndim == 3 else f"{plane}CYX"
+    return "YX" if result.ndim == 2 else f"{plane}YX"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and a.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _one_line(path: Path, exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if text.startswith(str(path)) else f"{path}: {text}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tiled-unet predict``; return the exit code."""
+    from tiled_unet.core.checkpoint import CheckpointError, resolve_model
+    from tiled_unet.core.devices import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        error(str(exc))
+        return 2
+    try:
+        checkpoint = resolve_model(args.model)
+    except CheckpointError as exc:
+        error(str(exc))
+        return 2
+    if args.output == "instances" and checkpoint.object_class < 0:
+        error(f"{args.model}: this model has no object class; use --output semantic or probabilities")
+        return 2
+
+    if args.tile is not None:
+        from tiled_unet.core.tiling import check_tile_size
+
+        try:
+            check_tile_size(args.tile, checkpoint.config)
+        except ValueError as exc:
+            error(f"--tile: {exc}")
+            return 2
+
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        error(f"{out_dir}: --out must be a folder")
+        return 2
+    log.debug("model %s on %s, output %s", args.model, device, args.output)
+
+    inputs = [Path(p) for p in args.images]
+    claimed: dict[Path, Path] = {}
+    failed = 0
+    for path in inputs:
+        target = out_dir / f"{output_stem(path)}.tif"
+        problem = _output_problem(path, target, inputs, claimed, args.overwrite)
+        if problem:
+            error(problem)
+            failed += 1
+            continue
+        claimed[target] = path
+        try:
+            _segment_one(path, target, checkpoint, args, str(device))
+        except KeyboardInterrupt:
+            raise
+        except (ValueError, OSError, MemoryError, RuntimeError) as exc:
+            # ValueError covers ImageError, CheckpointError and layout problems; RuntimeError
+            # covers torch failures such as running out of GPU memory
+            error(_one_line(path, exc))
+            failed += 1
+        except Exception as exc:  # report it, continue with the next input
+            if args.debug:
+                traceback.print_exc()
+            error(f"{path}: unexpected {type(exc).__name__}: {_one_line(path, exc)} (--debug shows details)")
+            failed += 1
+        else:
+            if not args.quiet:
+                sys.stdout.write(f"{target}\n")
+    if failed:
+        error(f"{failed} of {len(inputs)} input{'s' if len(inputs) > 1 else ''} failed")
+    return 1 if failed else 0
+
+
+def _output_problem(
+    path: Path, target: Path, inputs: list[Path], claimed: dict[Path, Path], overwrite: bool
+) -> str | None:
+    """Why ``target`` must not be written for ``path`` (or None)."""
+    if any(_same_file(target, p) for p in inputs):
+        return f"{path}: output {target} would overwrite an input image; choose another --out"
+    if target in claimed:
+        return f"{path}: output {target} is already written for {claimed[target]} (same file name)"
+    if target.exists() and not overwrite:
+        return f"{path}: output {target} exists; use --overwrite to replace it"
+    return None
+
+
+def _segment_one(path: Path, target: Path, checkpoint: Any, args: argparse.Namespace, device: str) -> None:
+    from tiled_unet.core.imageio import read_image, validate_image, write_tiff_atomic
+    from tiled_unet.core.predict import segment_iter
+
+    image = validate_image(read_image(path), name=str(path))
+    gen = segment_iter(
+        checkpoint,
+        image,
+        axes=args.axes,
+        output=args.output,
+        tile=args.tile,
+        device=device,
+        batch_size=args.batch_size,
+        min_size=args.min_size,
+    )
+    result = _drain_with_progress(gen, path.name, disable=args.quiet or not sys.stderr.isatty())
+    write_tiff_atomic(
+        target, result, axes=_tiff_axes(result, args.output, args.axes), overwrite=args.overwrite
+    )
+
+
+def _drain_with_progress(gen: Any, label: str, *, disable: bool) -> Any:
+    """Run a ``segment_iter`` generator to its end with a tqdm bar over tile batches."""
+    from tqdm import tqdm
+
+    with tqdm(desc=label, unit="batch", file=sys.stderr, disable=disable, leave=False) as bar:
+        while True:
+            try:
+                progress = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            total = getattr(progress, "total", None)
+            if total and bar.total != total:
+                bar.total = total
+                bar.refresh()
+            done = getattr(progress, "done", None)
+            if done is not None and done > bar.n:
+                bar.update(done - bar.n)

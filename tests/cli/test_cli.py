@@ -1,0 +1,437 @@
+"""The ``tiled-unet`` command line, run in-process through ``main([...])``.
+
+A tiny random model (depth 2, 4 base features) keeps every prediction to a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from tiled_unet import __version__
+from tiled_unet.cli import main
+from tiled_unet.cli import models as models_cli
+from tiled_unet.cli import predict as predict_cli
+from tiled_unet.core import checkpoint as ckpt_mod
+from tiled_unet.core.checkpoint import Checkpoint, Normalization, save_checkpoint
+from tiled_unet.core.model import UNet, UNetConfig, count_parameters, flops_per_output_pixel, receptive_field
+
+pytest.importorskip("tiled_unet.core.predict", reason="core.predict (segment_iter) is not written yet")
+
+TINY = UNetConfig(in_channels=1, n_classes=3, depth=2, base_features=4, dropout=0.0)
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    ckpt = Checkpoint.from_model(
+        UNet(TINY),
+        normalization=Normalization(),
+        class_names=("background", "object", "boundary"),
+        object_class=1,
+        boundary_class=2,
+        provenance={"data": "none (random weights)", "date": "2025-01-01"},
+    )
+    return save_checkpoint(ckpt, tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small synthetic images: RGBA PNG, grey uint16 TIFF, RGB JPEG."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:45, :57]
+    blobs = ((np.sin(yy / 4.0) * np.cos(xx / 5.0)) > 0.3).astype(np.float32)
+    grey = (blobs * 150 + rng.normal(0, 10, blobs.shape)).clip(0, 255).astype(np.uint8)
+    rgba = np.dstack([grey, grey, grey, np.full_like(grey, 255)])
+    paths = {
+        "png": root / "rgba.png",
+        "tif": root / "grey16.tif",
+        "jpg": root / "rgb.jpg",
+    }
+    iio.imwrite(paths["png"], rgba)
+    tifffile.imwrite(paths["tif"], grey.astype(np.uint16) * 100)
+    iio.imwrite(paths["jpg"], rgba[..., :3])
+    return paths
+
+
+def run_cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, list[str]]:
+    """Run ``main`` in-process; return the exit code, stdout and the stderr lines."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, [line for line in err.splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_version(capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.strip() == f"tiled-unet {__version__}"
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture) -> None:
+    code = main([])
+    assert code == 2
+    assert "predict" in capsys.readouterr().err
+
+
+def test_models_none_installed(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ckpt_mod, "builtin_models", lambda: {})
+    code, out, err = run_cli(capsys, "models")
+    assert code == 0 and err == []
+    assert out.strip() == "No built-in models are installed; pass a checkpoint file (.pt) as MODEL instead."
+
+
+def test_models_lists_descriptions(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    models = {"nuclei": "Nuclei in fluorescence images.", "em-membranes": "Membranes in ssTEM."}
+    monkeypatch.setattr(ckpt_mod, "builtin_models", lambda: models)
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("nuclei") and lines[0].endswith("Nuclei in fluorescence images.")
+
+
+def test_train_subcommand_hook(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``cli/train.py`` module exposing ``add_parser`` is registered as ``tiled-unet train``."""
+    fake = types.ModuleType("tiled_unet.cli.train")
+    fake.__spec__ = importlib.machinery.ModuleSpec("tiled_unet.cli.train", loader=None)
+
+    def add_parser(subparsers):
+        parser = subparsers.add_parser("train", help="fine-tune a model")
+        parser.add_argument("--steps", type=int, default=1)
+        parser.set_defaults(func=lambda args: 40 + args.steps)
+        return parser
+
+    fake.add_parser = add_parser
+    monkeypatch.setitem(sys.modules, "tiled_unet.cli.train", fake)
+    assert main(["train", "--steps", "2"]) == 42
+
+
+def test_interrupt_exit_code(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models_cli, "run", interrupted)
+    assert main(["models"]) == 130
+    assert capsys.readouterr().err.strip() == "tiled-unet: error: interrupted"
+
+
+def test_progress_bar_counts_batches(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tqdm
+
+    from tiled_unet.core.predict import Progress
+
+    bars = []
+
+    class Recorder(tqdm.tqdm):
+        def close(self):
+            bars.append((self.n, self.total, self.disable))
+            super().close()
+
+    monkeypatch.setattr(tqdm, "tqdm", Recorder)
+
+    def gen():
+        for done in range(4):
+            yield Progress(plane=0, n_planes=1, done=done, total=3, message="")
+        return "result"
+
+    assert predict_cli._drain_with_progress(gen(), "x.tif", disable=False) == "result"
+    assert bars[0] == (3, 3, False)  # tqdm may close twice (exit, then __del__)
+    assert "x.tif" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- predict
+
+
+@pytest.mark.parametrize(
+    ("output", "dtypes", "channels"),
+    [
+        ("instances", (np.uint16, np.uint32), None),
+        ("semantic", (np.uint8, np.uint16, np.uint32), None),
+        ("probabilities", (np.float32,), 3),
+    ],
+)
+def test_predict_outputs(
+    capsys: pytest.CaptureFixture,
+    tmp_path: Path,
+    model_path: Path,
+    images: dict[str, Path],
+    output: str,
+    dtypes: tuple[type, ...],
+    channels: int | None,
+) -> None:
+    out_dir = tmp_path / "seg"
+    code, out, err = run_cli(
+        capsys, "predict", *images.values(), "--model", model_path, "--out", out_dir, "--output", output
+    )
+    assert code == 0, err
+    assert err == []
+    written = [Path(line) for line in out.splitlines()]
+    assert sorted(p.name for p in written) == ["grey16.tif", "rgb.tif", "rgba.tif"]
+    for path in written:
+        result = tifffile.imread(path)
+        assert result.dtype in dtypes
+        expected = (45, 57) if channels is None else (channels, 45, 57)
+        assert result.shape == expected, path
+        if output == "probabilities":
+            np.testing.assert_allclose(result.sum(axis=0), 1.0, atol=1e-4)
+        if output == "semantic":
+            assert result.max() < TINY.n_classes
+
+
+def test_predict_stack_with_options(capsys: pytest.CaptureFixture, tmp_path: Path, model_path: Path) -> None:
+    stack = np.random.default_rng(1).random((2, 30, 34)).astype(np.float32)
+    path = tmp_path / "stack.ome.tif"
+    tifffile.imwrite(path, stack)
+    code, out, err = run_cli(
+        capsys,
+        "predict",
+        path,
+        "--model",
+        model_path,
+        "--out",
+        tmp_path / "out",
+        "--axes",
+        "ZYX",
+        "--tile",
+        "48",
+        "--device",
+        "cpu",
+        "--min-size",
+        "3",
+        "--quiet",
+    )
+    assert code == 0, err
+    assert out == ""  # --quiet: no list of written files
+    with tifffile.TiffFile(tmp_path / "out" / "stack.tif") as tif:
+        assert tif.series[0].shape == (2, 30, 34)
+        assert tif.series[0].axes == "ZYX"
+
+
+def test_bad_and_good_input(
+    capsys: pytest.CaptureFixture, tmp_path: Path, model_path: Path, images: dict[str, Path]
+) -> None:
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    out_dir = tmp_path / "seg"
+    code, out, err = run_cli(capsys, "predict", bad, images["tif"], "--model", model_path, "--out", out_dir)
+    assert code == 1
+    assert (out_dir / "grey16.tif").is_file()
+    assert not (out_dir / "corrupt.tif").exists()
+    about_bad = [line for line in err if str(bad) in line]
+    assert len(about_bad) == 1 and "cannot read image" in about_bad[0]
+    assert not any(str(images["tif"]) in line for line in err)
+
+
+@pytest.mark.parametrize(
+    ("name", "array", "problem"),
+    [
+        ("nan.tif", "nan", "NaN"),
+        ("inf.tif", "inf", "Inf"),
+        ("empty.npy", np.zeros((0, 12), np.uint8), "empty image"),
+        ("line.npy", np.zeros(12, np.uint8), "2-D to 4-D"),
+        ("five.npy", np.zeros((1, 1, 1, 8, 8), np.uint8), "2-D to 4-D"),
+    ],
+)
+def test_rejected_inputs(
+    capsys: pytest.CaptureFixture,
+    tmp_path: Path,
+    model_path: Path,
+    name: str,
+    array: object,
+    problem: str,
+) -> None:
+    path = tmp_path / name
+    if isinstance(array, str):
+        data = np.ones((20, 24), np.float32)
+        data[5, 5] = np.nan if array == "nan" else np.inf
+        tifffile.imwrite(path, data)
+    else:
+        np.save(path, array)
+    code, _, err = run_cli(capsys, "predict", path, "--model", model_path, "--out", tmp_path / "seg")
+    assert code == 1
+    about = [line for line in err if str(path) in line]
+    assert len(about) == 1 and problem in about[0]
+    assert not (tmp_path / "seg" / f"{path.stem}.tif").exists()
+
+
+def test_existing_output_not_overwritten(
+    capsys: pytest.CaptureFixture, tmp_path: Path, model_path: Path, images: dict[str, Path]
+) -> None:
+    out_dir = tmp_path / "seg"
+    out_dir.mkdir()
+    existing = out_dir / "rgba.tif"
+    existing.write_bytes(b"precious")
+    code, _, err = run_cli(capsys, "predict", images["png"], "--model", model_path, "--out", out_dir)
+    assert code == 1
+    assert existing.read_bytes() == b"precious"
+    assert any("--overwrite" in line and str(images["png"]) in line for line in err)
+    code, _, err = run_cli(
+        capsys, "predict", images["png"], "--model", model_path, "--out", out_dir, "--overwrite"
+    )
+    assert code == 0, err
+    assert tifffile.imread(existing).shape == (45, 57)
+
+
+def test_input_never_overwritten(capsys: pytest.CaptureFixture, tmp_path: Path, model_path: Path) -> None:
+    image = tmp_path / "cells.tif"
+    tifffile.imwrite(image, np.zeros((20, 20), np.uint8))
+    before = image.read_bytes()
+    code, _, err = run_cli(capsys, "predict", image, "--model", model_path, "--out", tmp_path, "--overwrite")
+    assert code == 1
+    assert image.read_bytes() == before
+    assert any("would overwrite an input" in line for line in err)
+
+
+def test_same_stem_twice(capsys: pytest.CaptureFixture, tmp_path: Path, model_path: Path) -> None:
+    a, b = tmp_path / "x.png", tmp_path / "x.tif"
+    iio.imwrite(a, np.zeros((20, 20), np.uint8))
+    tifffile.imwrite(b, np.zeros((20, 20), np.uint8))
+    code, out, err = run_cli(capsys, "predict", a, b, "--model", model_path, "--out", tmp_path / "seg")
+    assert code == 1
+    assert len(out.splitlines()) == 1
+    assert any(str(b) in line and "already written" in line for line in err)
+
+
+@pytest.mark.parametrize("content", [b"hello", None])
+def test_predict_bad_model(
+    capsys: pytest.CaptureFixture, tmp_path: Path, images: dict[str, Path], content: bytes | None
+) -> None:
+    model = tmp_path / "model.pt"
+    if content is not None:
+        model.write_bytes(content)
+    code, out, err = run_cli(capsys, "predict", images["png"], "--model", model, "--out", tmp_path / "seg")
+    assert code == 2 and out == ""
+    assert len(err) == 1 and str(model) in err[0]
+    assert not (tmp_path / "seg").exists()
+
+
+def test_predict_bad_tile(
+    capsys: pytest.CaptureFixture, tmp_path: Path, model_path: Path, images: dict[str, Path]
+) -> None:
+    code, _, err = run_cli(
+        capsys, "predict", images["png"], "--model", model_path, "--out", tmp_path, "--tile", "45"
+    )
+    assert code == 2 and len(err) == 1 and err[0].startswith("tiled-unet: error: --tile: ")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_predict_unavailable_device(
+    capsys: pytest.CaptureFixture, tmp_path: Path, model_path: Path, images: dict[str, Path]
+) -> None:
+    code, _, err = run_cli(
+        capsys, "predict", images["png"], "--model", model_path, "--out", tmp_path, "--device", "cuda"
+    )
+    assert code == 2 and len(err) == 1 and "not available" in err[0]
+
+
+def test_usage_error_exit_code(capsys: pytest.CaptureFixture, images: dict[str, Path]) -> None:
+    assert main(["predict", str(images["png"])]) == 2  # --model and --out missing
+    assert "--model" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- info
+
+
+def test_info_json_matches_core(capsys: pytest.CaptureFixture, model_path: Path) -> None:
+    code, out, err = run_cli(capsys, "info", model_path, "--json")
+    assert code == 0 and err == []
+    info = json.loads(out)
+    assert UNetConfig.from_dict(info["config"]) == TINY
+    assert info["parameters"] == count_parameters(UNet(TINY))
+    assert info["flops_per_output_pixel"] == pytest.approx(flops_per_output_pixel(TINY))
+    assert info["receptive_field"] == receptive_field(TINY)
+    assert info["classes"] == ["background", "object", "boundary"]
+    assert (info["object_class"], info["boundary_class"]) == (1, 2)
+    assert info["normalization"] == {"mode": "percentile", "low": 1.0, "high": 99.8}
+    assert info["provenance"]["date"] == "2025-01-01"
+    first = info["valid_sizes"]["first"]
+    assert first[0] == [44, 4] and all(b[0] - a[0] == 4 for a, b in zip(first, first[1:], strict=False))
+    assert "44 + 4 k" in info["valid_sizes"]["rule"]
+
+
+def test_info_text(capsys: pytest.CaptureFixture, model_path: Path) -> None:
+    code, out, _ = run_cli(capsys, "info", model_path)
+    assert code == 0
+    assert f"{count_parameters(UNet(TINY)):,}" in out
+    assert "receptive field  41 px" in out
+    assert "2: boundary (object boundaries)" in out
+
+
+@pytest.mark.parametrize("content", [b"not a model at all\n", None])
+def test_info_not_a_checkpoint(capsys: pytest.CaptureFixture, tmp_path: Path, content: bytes | None) -> None:
+    path = tmp_path / "notes.pt"
+    if content is not None:
+        path.write_bytes(content)
+    code, out, err = run_cli(capsys, "info", path)
+    assert code == 2 and out == ""
+    assert len(err) == 1 and str(path) in err[0]
+
+
+# --------------------------------------------------------------------------- real data, console script
+
+
+def test_predict_real_rgba_png(capsys: pytest.CaptureFixture, tmp_path: Path, model_path: Path) -> None:
+    folder = SHARED / "dsb2018" / "images"
+    if not folder.is_dir():
+        pytest.skip(f"shared data not found at {folder} (a clone has no ../shared)")
+    from PIL import Image
+
+    image = next(
+        (
+            p
+            for p in sorted(folder.glob("*.png"))
+            if Image.open(p).mode == "RGBA" and Image.open(p).size[0] <= 320
+        ),
+        None,
+    )
+    if image is None:
+        pytest.skip(f"no small RGBA PNG in {folder}")
+    height, width = iio.imread(image).shape[:2]
+    code, out, err = run_cli(capsys, "predict", image, "--model", model_path, "--out", tmp_path)
+    assert code == 0, err
+    labels = tifffile.imread(Path(out.strip()))
+    assert labels.shape == (height, width) and labels.dtype in (np.uint16, np.uint32)
+
+
+def test_console_script(tmp_path: Path, model_path: Path, images: dict[str, Path]) -> None:
+    script = Path(sys.executable).parent / ("tiled-unet.exe" if os.name == "nt" else "tiled-unet")
+    if not script.exists():
+        pytest.skip(f"console script not installed at {script} (pip install -e .)")
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00 not a tiff")
+    proc = subprocess.run(
+        [
+            str(script),
+            "predict",
+            str(bad),
+            str(images["png"]),
+            "--model",
+            str(model_path),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if str(bad) in line][0].startswith("tiled-unet: error:")
+    assert "it/s" not in proc.stderr and "batch/s" not in proc.stderr  # no progress bar when not a tty
+    assert (tmp_path / "rgba.tif").is_file()
