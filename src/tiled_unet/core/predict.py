@@ -1,0 +1,413 @@
+"""Overlap-tile prediction and whole-image segmentation, as generators that yield progress.
+
+:func:`predict_probabilities_iter` runs a U-Net over one normalised ``(C, Y, X)`` plane tile
+by tile (see :mod:`tiled_unet.core.tiling`); with valid padding the result equals one pass
+over the whole mirrored image. :func:`segment_iter` does the whole job for an image in any
+supported layout: channel mapping, per-plane normalisation, prediction, post-processing.
+Both yield after every batch of tiles and *return* their result (``StopIteration.value``);
+:func:`segment` and :func:`predict_probabilities` drain them.
+
+``tile`` is the edge of the square *input* tile (572 in the paper, giving 388 output pixels
+at depth 4); it is an upper bound: tiles are balanced over the image and never larger than
+the image needs. Left as ``None`` it is chosen from free memory, and on a CUDA out-of-memory
+error the tile is halved and the plane predicted again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint, Normalization, resolve_model
+from .devices import resolve_device
+from .image import from_planes, to_planes
+from .model import UNet, UNetConfig
+from .postprocess import to_instances, to_semantic
+from .tiling import (
+    activation_bytes_per_pixel,
+    auto_tile_size,
+    check_tile_size,
+    extract_tile,
+    memory_budget,
+    min_tile_size,
+    plan_tiles,
+    tile_input_size,
+    tile_output_size,
+    tile_step,
+)
+
+log = logging.getLogger(__name__)
+
+OutputKind = Literal["instances", "semantic", "probabilities"]
+_MAX_AUTO_BATCH = 8
+
+
+@dataclass(frozen=True)
+class TileProgress:
+    """Progress of :func:`predict_probabilities_iter`: batches of tiles done out of ``total``."""
+
+    done: int
+    total: int
+    tile: int
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Progress of :func:`segment_iter`.
+
+    ``done``/``total`` count tile batches over all planes (``total`` grows only if a tile is
+    halved after running out of memory), so a progress bar is monotone.
+    """
+
+    plane: int
+    n_planes: int
+    done: int
+    total: int
+    message: str
+
+
+# --------------------------------------------------------------------------- tile loop
+
+
+class _TileState:
+    """The tile size in use; ``auto`` allows halving it after an out-of-memory error."""
+
+    def __init__(self, tile: int, auto: bool, config: UNetConfig) -> None:
+        self.tile, self.auto, self.config = tile, auto, config
+
+    @classmethod
+    def choose(
+        cls, tile: int | None, config: UNetConfig, device: torch.device, batch: int | None, shape: Any
+    ) -> _TileState:
+        """Check a user's tile, or choose one from free memory (then it may shrink)."""
+        if tile is None:
+            return cls(auto_tile_size(config, device, batch_size=batch, shape_yx=tuple(shape)), True, config)
+        check_tile_size(tile, config)
+        return cls(int(tile), False, config)
+
+    def shrink(self) -> bool:
+        """Halve the output tile; False if it is already the smallest."""
+        step = tile_step(self.config)
+        out = max(step, tile_output_size(self.tile, self.config) // 2 // step * step)
+        smaller = tile_input_size(out, self.config)
+        if smaller >= self.tile or smaller < min_tile_size(self.config):
+            return False
+        self.tile = smaller
+        return True
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    if amp and device.type in ("cuda", "mps"):
+        return torch.autocast(device_type=device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def _batches(plan_tiles_count: int, batch_size: int) -> int:
+    return math.ceil(plan_tiles_count / batch_size)
+
+
+def _run_tiles(
+    model: UNet, image: np.ndarray, tile: int, batch_size: int, device: torch.device, amp: bool
+) -> Generator[tuple[int, int], None, np.ndarray]:
+    """Predict one plane with a fixed tile; yield ``(batches done, batches)`` after each batch."""
+    config = model.config
+    plan = plan_tiles(image.shape[1:], out_tile=tile_output_size(tile, config), config=config)
+    out = np.empty((config.n_classes, *image.shape[1:]), np.float32)
+    n_batches = _batches(plan.n_tiles, batch_size)
+    for b in range(n_batches):
+        origins = plan.origins[b * batch_size : (b + 1) * batch_size]
+        x = torch.from_numpy(np.stack([extract_tile(image, plan, o) for o in origins]))
+        # inference mode and autocast are entered per batch, never held across a yield
+        with torch.inference_mode(), _autocast(device, amp):
+            logits = model(x.to(device))
+        with torch.inference_mode():
+            probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        for k, origin in enumerate(origins):
+            (iy, ix), (ty, tx) = plan.write_region(origin)
+            out[:, iy, ix] = probs[k, :, ty, tx]
+        yield b + 1, n_batches
+    return out
+
+
+def _predict_plane(
+    model: UNet, image: np.ndarray, state: _TileState, batch_size: int, device: torch.device, amp: bool
+) -> Generator[tuple[int, int], None, np.ndarray]:
+    """:func:`_run_tiles`, halving an automatic tile after out-of-memory errors."""
+    while True:
+        try:
+            return (yield from _run_tiles(model, image, state.tile, batch_size, device, amp))
+        except RuntimeError as exc:
+            if not (_is_oom(exc) and state.auto):
+                raise
+            old = state.tile
+            if not state.shrink():
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.warning("out of memory with %d-pixel tiles; retrying with %d-pixel tiles", old, state.tile)
+
+
+def _resolve_batch(batch_size: int | None, config: UNetConfig, device: torch.device, tile: int) -> int:
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return int(batch_size)
+    if device.type == "cpu":
+        return 1  # large tiles, one at a time: the CPU gains nothing from batching
+    per_tile = activation_bytes_per_pixel(config, bytes_per_value=2) * tile * tile
+    return int(max(1, min(_MAX_AUTO_BATCH, memory_budget(device) // per_tile)))
+
+
+def _model_device(model: UNet, device: str | torch.device | None) -> torch.device:
+    if device is None:
+        param = next(model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+    dev = resolve_device(device)
+    model.to(dev)
+    return dev
+
+
+@contextlib.contextmanager
+def _eval_mode(model: UNet) -> Iterator[None]:
+    """Put ``model`` in eval mode; restore its training flag afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _check_plane(image: Any, config: UNetConfig) -> np.ndarray:
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3 or image.shape[0] != config.in_channels:
+        raise ValueError(f"expected a ({config.in_channels}, Y, X) image, got shape {image.shape}")
+    if 0 in image.shape:
+        raise ValueError(f"image of shape {image.shape} is empty")
+    return image
+
+
+def predict_probabilities_iter(
+    model: UNet,
+    image_cyx: np.ndarray,
+    *,
+    tile: int | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    amp: bool = True,
+) -> Generator[TileProgress, None, np.ndarray]:
+    """Class probabilities of one normalised plane by overlap-tile prediction.
+
+    Parameters
+    ----------
+    model : UNet
+        The network; put in eval mode while running (its training flag is restored after).
+    image_cyx : ndarray, shape (in_channels, Y, X)
+        The normalised image (any Y, X >= 1).
+    tile : int, optional
+        Input tile edge (a valid input size, at least :func:`~tiling.min_tile_size`);
+        ``None`` chooses it from free memory.
+    batch_size : int, optional
+        Tiles per forward pass; default 1 on the CPU, what fits (up to 8) on accelerators.
+    device : str or torch.device, optional
+        Moves the model there; ``None`` uses the model's device.
+    amp : bool
+        Half-precision autocast on CUDA/MPS (never on the CPU).
+
+    Yields
+    ------
+    TileProgress
+        After each batch of tiles.
+
+    Returns
+    -------
+    ndarray, shape (n_classes, Y, X), float32
+        Softmax probabilities.
+
+    Raises
+    ------
+    ValueError
+        If ``tile`` is not a usable tile size (the message names valid ones) or the image
+        does not match the model's channels.
+    """
+    config = model.config
+    image = _check_plane(image_cyx, config)
+    dev = _model_device(model, device)
+    state = _TileState.choose(tile, config, dev, batch_size, image.shape[1:])
+    batch = _resolve_batch(batch_size, config, dev, state.tile)
+    done = 0
+    with _eval_mode(model):
+        gen = _predict_plane(model, image, state, batch, dev, amp)
+        while True:
+            try:
+                i, n = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            done += 1
+            yield TileProgress(done=done, total=done + n - i, tile=state.tile, message=f"tile batch {i}/{n}")
+
+
+def predict_probabilities(model: UNet, image_cyx: np.ndarray, **kwargs: Any) -> np.ndarray:
+    """Drain :func:`predict_probabilities_iter` and return the probabilities."""
+    gen = predict_probabilities_iter(model, image_cyx, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+def _resolve(model_or_checkpoint: Any, device: torch.device) -> tuple[UNet, Checkpoint | None]:
+    if isinstance(model_or_checkpoint, UNet):
+        return model_or_checkpoint.to(device), None
+    if isinstance(model_or_checkpoint, (str, os.PathLike)):
+        model_or_checkpoint = resolve_model(model_or_checkpoint)
+    if isinstance(model_or_checkpoint, Checkpoint):
+        return model_or_checkpoint.build_model(device), model_or_checkpoint
+    kind = type(model_or_checkpoint).__name__
+    raise TypeError(f"expected a UNet, a Checkpoint or a model name/path, got {kind}")
+
+
+def _classes(model: UNet, ckpt: Checkpoint | None) -> tuple[int, int]:
+    """(object_class, boundary_class); a bare UNet follows the class conventions."""
+    if ckpt is not None:
+        return ckpt.object_class, ckpt.boundary_class
+    n = model.config.n_classes
+    return (1 if n >= 2 else -1), (2 if n == 3 else -1)
+
+
+def segment_iter(
+    model_or_checkpoint: UNet | Checkpoint | str | os.PathLike,
+    image: Any,
+    *,
+    axes: str | None = None,
+    output: OutputKind = "instances",
+    tile: int | None = None,
+    device: str | torch.device = "auto",
+    batch_size: int | None = None,
+    min_size: int | None = None,
+    normalization: Normalization | None = None,
+) -> Generator[Progress, None, np.ndarray]:
+    """Segment an image (any supported layout) plane by plane.
+
+    Parameters
+    ----------
+    model_or_checkpoint : UNet, Checkpoint, or str
+        A checkpoint (or a built-in model name / checkpoint path), or a bare network (moved
+        to ``device``; objects are class 1, and class 2 is the boundary for 3-class nets).
+    image : numpy or dask array
+        YX, CYX, YXC, ZYX/TYX, ZYXC or ZCYX; see :mod:`tiled_unet.core.image`.
+    axes : str, optional
+        Axis letters overriding the inferred layout.
+    output : {"instances", "semantic", "probabilities"}
+        Labelled objects, class per pixel, or softmax probabilities.
+    tile : int, optional
+        Input tile edge; ``None`` chooses it from free memory (halved on out-of-memory).
+    device : {"auto", "cpu", "cuda", "mps"} or torch.device
+        Where to run.
+    batch_size : int, optional
+        Tiles per forward pass.
+    min_size : int, optional
+        Smallest object kept (instances only; default that of :func:`to_instances`).
+    normalization : Normalization, optional
+        Overrides the checkpoint's (default ``Normalization()`` for a bare network).
+        Statistics are computed per plane.
+
+    Yields
+    ------
+    Progress
+        Before the first batch and after each batch of tiles.
+
+    Returns
+    -------
+    ndarray
+        Labels ``(Y, X)`` / ``(P, Y, X)`` (uint16, or uint32 beyond 65534 objects; uint8
+        classes for ``semantic``), or probabilities ``(K, Y, X)`` / ``(P, K, Y, X)`` float32.
+    """
+    if output not in ("instances", "semantic", "probabilities"):
+        raise ValueError(f"output must be 'instances', 'semantic' or 'probabilities', got {output!r}")
+    dev = resolve_device(device)
+    model, ckpt = _resolve(model_or_checkpoint, dev)
+    config = model.config
+    object_class, boundary_class = _classes(model, ckpt)
+    if output == "instances" and object_class < 0:
+        raise ValueError("this model has no object class; use output='semantic' or 'probabilities'")
+    norm = normalization or (ckpt.normalization if ckpt is not None else Normalization())
+    planes, used_axes = to_planes(image, axes=axes, in_channels=config.in_channels)
+    n_planes, _, ny, nx = (int(s) for s in planes.shape)
+    state = _TileState.choose(tile, config, dev, batch_size, (ny, nx))
+    batch = _resolve_batch(batch_size, config, dev, state.tile)
+
+    def batches_per_plane() -> int:
+        plan = plan_tiles((ny, nx), out_tile=tile_output_size(state.tile, config), config=config)
+        return _batches(plan.n_tiles, batch)
+
+    done = 0
+    total = n_planes * batches_per_plane()
+    yield Progress(plane=0, n_planes=n_planes, done=0, total=total, message="starting")
+    labels: list[np.ndarray] = []
+    prob_stack: np.ndarray | None = None
+    with _eval_mode(model):
+        for p in range(n_planes):
+            plane = np.asarray(planes[p])
+            lo, hi = norm.stats(plane)
+            gen = _predict_plane(model, norm.apply(plane, lo, hi), state, batch, dev, True)
+            while True:
+                try:
+                    i, n = next(gen)
+                except StopIteration as stop:
+                    probs = stop.value
+                    break
+                done += 1
+                total = done + (n - i) + (n_planes - p - 1) * batches_per_plane()
+                msg = f"plane {p + 1}/{n_planes}, tile batch {i}/{n}"
+                yield Progress(plane=p, n_planes=n_planes, done=done, total=total, message=msg)
+            if output == "probabilities":
+                if prob_stack is None:
+                    prob_stack = np.empty((n_planes, *probs.shape), np.float32)
+                prob_stack[p] = probs
+            else:
+                labels.append(_postprocess(probs, output, object_class, boundary_class, min_size))
+    stacked = prob_stack if prob_stack is not None else np.stack(labels)  # np.stack promotes dtypes
+    return from_planes(stacked, used_axes, (ny, nx))
+
+
+def _postprocess(
+    probs: np.ndarray, output: OutputKind, object_class: int, boundary_class: int, min_size: int | None
+) -> np.ndarray:
+    if output == "probabilities":
+        return probs
+    if output == "semantic":
+        return to_semantic(probs)
+    kwargs = {} if min_size is None else {"min_size": int(min_size)}
+    return to_instances(probs, object_class=object_class, boundary_class=boundary_class, **kwargs)
+
+
+def segment(
+    model_or_checkpoint: UNet | Checkpoint | str | os.PathLike, image: Any, **kwargs: Any
+) -> np.ndarray:
+    """Drain :func:`segment_iter` and return its result (same arguments)."""
+    gen = segment_iter(model_or_checkpoint, image, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
