@@ -26,8 +26,8 @@ def make_intensity_checkpoint(threshold: float = 0.25, gain: float = 20.0, in_ch
 
     All weights are zero except an identity path through the first encoder block, the
     level-0 skip connection and the last decoder block; the head turns the normalised
-    intensity ``x`` into logits ``(-g (x - t), g (x - t), -g)`` for background, object and
-    boundary. Bright regions therefore become objects, deterministically.
+    intensity ``x`` into logits ``(-g (x - t), g (x - t), -|g|)`` for background, object and
+    boundary. Bright regions therefore become objects, deterministically (dark ones if ``g < 0``).
     """
     import torch
 
@@ -45,7 +45,7 @@ def make_intensity_checkpoint(threshold: float = 0.25, gain: float = 20.0, in_ch
             )
             block[2].weight[0, 0, 1, 1] = 1.0
         model.head.weight[:, 0, 0, 0] = torch.tensor([-gain, gain, 0.0])
-        model.head.bias[:] = torch.tensor([gain * threshold, -gain * threshold, -gain])
+        model.head.bias[:] = torch.tensor([gain * threshold, -gain * threshold, -abs(gain)])
     return Checkpoint.from_model(
         model,
         class_names=("background", "object", "boundary"),
@@ -53,6 +53,12 @@ def make_intensity_checkpoint(threshold: float = 0.25, gain: float = 20.0, in_ch
         boundary_class=2,
         provenance={"note": "test model: object logit follows intensity"},
     )
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint():
+    """The factory :func:`make_intensity_checkpoint` (e.g. ``gain < 0`` finds dark regions)."""
+    return make_intensity_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,164 @@
+"""The Segment widget in a real napari viewer (under Xvfb)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tiled_unet._widgets._logic import CURRENT_MODEL, LOAD_FROM_FILE
+
+pytestmark = pytest.mark.qt
+
+
+def _segment_widget(viewer, checkpoint_file):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
+    assert widget.load_model_file(str(checkpoint_file))
+    widget.device_combo.setCurrentText("cpu")
+    return widget
+
+
+def _run_and_wait(qtbot, widget, timeout=60_000):
+    widget.run()
+    assert widget.running
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+def test_segment_sample_twice_gives_one_layer(make_napari_viewer, qtbot, checkpoint_file, nuclei_image):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(nuclei_image, name="nuclei", scale=(0.5, 0.5), translate=(10, 20))
+    widget = _segment_widget(viewer, checkpoint_file)
+    assert widget.image_combo.currentText() == "nuclei"
+    assert widget.model_combo.currentText() == "file: tiny.pt"
+    assert widget.device_combo.findText("cpu") >= 0 and widget.output_combo.currentText() == "instances"
+    assert widget.tile_spin.value() == 0  # auto
+
+    _run_and_wait(qtbot, widget)
+    labels = viewer.layers["nuclei segmentation"]
+    assert labels.__class__.__name__ == "Labels"
+    assert labels.data.shape == nuclei_image.shape
+    n = len(np.unique(labels.data)) - 1
+    assert n >= 20
+    assert tuple(labels.scale) == tuple(image.scale) and tuple(labels.translate) == tuple(image.translate)
+    assert f"{n} objects" in widget.status.text() and " s" in widget.status.text()
+    assert widget.last_seconds_to_layer is not None
+
+    _run_and_wait(qtbot, widget)
+    assert [layer.name for layer in viewer.layers] == ["nuclei", "nuclei segmentation"]
+
+
+def test_edited_layer_is_never_overwritten(make_napari_viewer, checkpoint_file, nuclei_image):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image, name="nuclei")
+    widget = _segment_widget(viewer, checkpoint_file)
+    widget.use_thread = False
+    widget.run()
+    labels = viewer.layers["nuclei segmentation"]
+    labels.paint((5, 5), 99)  # the user paints by hand
+    edited = labels.data.copy()
+    widget.run()
+    np.testing.assert_array_equal(viewer.layers["nuclei segmentation"].data, edited)
+    assert "nuclei segmentation 2" in viewer.layers
+    widget.run()  # the new layer is ours and unedited: updated in place
+    assert len(viewer.layers) == 3
+
+
+def test_cancel_leaves_no_layer(make_napari_viewer, qtbot, checkpoint_file, monkeypatch):
+    """Cancel mid-run: the worker stops at a yield and no layer is added."""
+    import threading
+
+    from tiled_unet._widgets import _logic
+
+    gate = threading.Event()
+    real = _logic.segment_job
+
+    def slow_job(*args, **kwargs):
+        gen = real(*args, **kwargs)
+        for item in gen:
+            yield item
+            gate.wait(5)  # hold the worker at a yield until the test has pressed Cancel
+
+    monkeypatch.setattr("tiled_unet._widgets.segment.segment_job", slow_job)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((300, 300)), name="noise")
+    widget = _segment_widget(viewer, checkpoint_file)
+    widget.tile_spin.setValue(60)  # many tiles
+    widget.run()
+    qtbot.waitUntil(lambda: widget.progress.format() != "", timeout=30_000)
+    assert widget.cancel_button.isEnabled()
+    widget.cancel_button.click()
+    gate.set()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    assert [layer.name for layer in viewer.layers] == ["noise"]
+    assert "Cancelled" in widget.status.text()
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_rgb_stack_and_probabilities(make_napari_viewer, checkpoint_file, nuclei_image):
+    viewer = make_napari_viewer()
+    rgb = np.repeat(nuclei_image[:96, :128, None], 3, axis=2)
+    viewer.add_image(rgb, name="rgb", rgb=True, scale=(2, 3))
+    stack = np.stack([nuclei_image[:96, :128]] * 3)
+    viewer.add_image(stack, name="stack", scale=(5, 1, 1))
+    widget = _segment_widget(viewer, checkpoint_file)
+    widget.use_thread = False
+
+    widget.image_combo.setCurrentText("rgb")
+    widget.run()
+    seg = viewer.layers["rgb segmentation"]
+    assert seg.data.shape == (96, 128) and tuple(seg.scale) == (2, 3)
+
+    widget.image_combo.setCurrentText("stack")
+    widget.output_combo.setCurrentText("probabilities")
+    widget.run()
+    probs = viewer.layers["stack probabilities"]
+    assert probs.__class__.__name__ == "Image"
+    assert probs.data.shape == (3, 3, 96, 128) and tuple(probs.scale) == (5, 1, 1, 1)
+    np.testing.assert_allclose(probs.data.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_errors_are_notifications(make_napari_viewer, checkpoint_file, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
+    widget.use_thread = False
+    widget.run()  # no image layer
+    assert notifications["error"] and "No image layer" in notifications["error"][-1]
+
+    bogus = tmp_path / "notes.pt"
+    bogus.write_text("not a checkpoint")
+    assert not widget.load_model_file(str(bogus))
+    assert "tiled-unet checkpoint" in notifications["error"][-1]
+    assert widget.model_combo.currentText() != "file: notes.pt"
+
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="blank")
+    widget.refresh_models(select=LOAD_FROM_FILE)
+    widget.run()  # no model chosen
+    assert "model" in notifications["error"][-1]
+
+    widget.load_model_file(str(checkpoint_file))
+    widget.tile_spin.setValue(7)  # not a valid tile size: the core's message, no traceback
+    widget.run()
+    assert "7" in notifications["error"][-1] and "Traceback" not in notifications["error"][-1]
+    assert len(viewer.layers) == 1
+
+
+def test_fine_tuned_model_becomes_current_and_refreshes(
+    make_napari_viewer, checkpoint_file, intensity_checkpoint
+):
+    from tiled_unet._widgets._logic import session_for
+
+    viewer = make_napari_viewer()
+    square = np.zeros((64, 64), np.uint8)
+    square[20:40, 20:40] = 200
+    viewer.add_image(square, name="diag")
+    widget = _segment_widget(viewer, checkpoint_file)
+    widget.use_thread = False
+    widget.run()
+    first = viewer.layers["diag segmentation"].data.copy()
+    # a "fine-tuned" model that finds the dark background instead: the refresh must show it
+    session_for(viewer).set_current(make_checkpoint(gain=-20.0), "fine-tuned (1 steps)")
+    assert widget.model_combo.currentText() == CURRENT_MODEL
+    second = viewer.layers["diag segmentation"].data
+    assert first[30, 30] and not first[0, 0]
+    assert second[0, 0] and not second[30, 30]
+    assert len(viewer.layers) == 2
+    assert "fine-tuned (1 steps)" in widget.status.text()
