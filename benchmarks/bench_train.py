@@ -1,0 +1,68 @@
+"""Training steps per second on this machine.
+
+Configurations: the paper's (572 input tile, batch 1, 64 base features, SGD momentum 0.99)
+and the fine-tuning default (same network with 3 classes, Adam). Synthetic data.
+Run: ``python benchmarks/bench_train.py [--steps 4] [--threads N] [--device cpu]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from tiled_unet.core.model import UNetConfig
+from tiled_unet.core.train import TrainSettings, train_iter
+
+
+def data(size: int = 700) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    lab = np.zeros((size, size), np.int32)
+    for k in range(1, 80):
+        cy, cx = rng.uniform(0, size, 2)
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= 150] = k
+    return ((lab > 0) + rng.normal(0, 0.3, lab.shape)).astype(np.float32), lab
+
+
+def rate(name: str, *, config: UNetConfig, settings: TrainSettings) -> None:
+    img, lab = data()
+    gen = train_iter(images=[img], labels=[lab], settings=settings, config=config)
+    next(gen)  # warm-up step (allocations, first-call overheads)
+    t0 = time.perf_counter()
+    n = 0
+    for _ in gen:
+        n += 1
+    dt = time.perf_counter() - t0
+    print(
+        f"{name}: {n / dt:.3f} steps/s ({dt / n:.2f} s/step, {n} timed steps, patch {settings.patch})",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"device {args.device}, torch threads {torch.get_num_threads()}")
+    common = dict(steps=args.steps + 1, patch=572, batch_size=1, device=args.device)
+    rate(
+        "paper (64 features, 2 classes, SGD 0.99)",
+        config=UNetConfig(n_classes=2),
+        settings=TrainSettings(optimizer="sgd", **common),
+    )
+    rate(
+        "fine-tuning default (64 features, 3 classes, Adam)",
+        config=UNetConfig(n_classes=3),
+        settings=TrainSettings(**common),
+    )
+
+
+if __name__ == "__main__":
+    main()
