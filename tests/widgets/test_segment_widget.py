@@ -141,9 +141,7 @@ def test_errors_are_notifications(make_napari_viewer, checkpoint_file, tmp_path,
     assert len(viewer.layers) == 1
 
 
-def test_fine_tuned_model_becomes_current_and_refreshes(
-    make_napari_viewer, checkpoint_file, intensity_checkpoint
-):
+def test_fine_tuned_model_becomes_current_and_refreshes(make_napari_viewer, checkpoint_file, make_checkpoint):
     from tiled_unet._widgets._logic import session_for
 
     viewer = make_napari_viewer()
