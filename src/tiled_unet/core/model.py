@@ -20,6 +20,7 @@ not count incoming nodes); we use N = in_channels. Biases start at zero.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -119,10 +120,8 @@ def _valid_output(size: int, depth: int) -> int | None:
 
 def _valid_sizes_near(size: int, depth: int) -> tuple[int | None, int | None]:
     """Nearest valid input sizes below (or None) and at/above ``size``."""
-    step = 2**depth
     below = next((s for s in range(size - 1, 0, -1) if _valid_output(s, depth)), None)
-    # valid sizes are periodic with period 2**depth once above the minimum
-    above = next(s for s in range(max(size, 1), max(size, 1) + step + 4 * step + 200) if _valid_output(s, depth))
+    above = next(s for s in itertools.count(max(size, 1)) if _valid_output(s, depth))
     return below, above
 
 
@@ -331,7 +330,7 @@ class UNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.drop_bottom(self.bottleneck(x))
-        for upconv, block, skip in zip(self.upconv, self.up, reversed(skips)):
+        for upconv, block, skip in zip(self.upconv, self.up, reversed(skips), strict=True):
             x = upconv(x)
             x = torch.cat([_center_crop(skip, x.shape[-2], x.shape[-1]), x], dim=1)
             x = block(x)
