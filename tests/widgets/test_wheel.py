@@ -1,0 +1,119 @@
+"""The built wheel ships the napari manifest and sample data (an editable install hides their absence)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """Build the wheel from a copy of the sources (the working tree stays clean) and install it
+    with ``pip install --no-deps --target``; return the target folder."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src-copy"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", "setup.cfg", "MANIFEST.in"):
+        if (ROOT / name).is_file():
+            shutil.copy2(ROOT / name, src / name)
+    shutil.copytree(
+        ROOT / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+    )
+    dist = tmp / "dist"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--skip-dependency-check",
+            "--outdir",
+            str(dist),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    wheels = list(dist.glob("napari_tiled_unet-*.whl"))
+    assert len(wheels) == 1, wheels
+    target = tmp / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(target),
+            str(wheels[0]),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return target
+
+
+def test_wheel_contains_manifest_and_sample_data(installed: Path) -> None:
+    pkg = installed / "tiled_unet"
+    assert (pkg / "napari.yaml").is_file() and not (pkg / "napari.yaml").is_symlink()
+    for name in ("nuclei.png", "nuclei_labels.tif", "em_slice.png", "CREDITS.md"):
+        assert (pkg / "sample_data" / name).is_file(), name
+
+
+def test_manifest_loads_and_entry_point_names_it(installed: Path) -> None:
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_file(installed / "tiled_unet" / "napari.yaml")
+    assert manifest.name == "napari-tiled-unet" and manifest.display_name == "Tiled U-Net"
+    assert sorted(w.display_name for w in manifest.contributions.widgets) == ["Fine-tune", "Segment"]
+    assert len(manifest.contributions.sample_data) == 3
+    (dist_info,) = installed.glob("napari_tiled_unet-*.dist-info")
+    entry_points = (dist_info / "entry_points.txt").read_text()
+    assert "[napari.manifest]" in entry_points
+    assert "napari-tiled-unet = tiled_unet:napari.yaml" in entry_points
+
+
+def test_installed_package_resolves_its_commands(installed: Path) -> None:
+    """Every python_name of the installed manifest imports from the wheel, and the samples load."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(installed)!r})
+import importlib
+from pathlib import Path
+import tiled_unet
+assert Path(tiled_unet.__file__).is_relative_to({str(installed)!r}), tiled_unet.__file__
+from npe2 import PluginManifest
+m = PluginManifest.from_file(Path(tiled_unet.__file__).parent / "napari.yaml")
+for cmd in m.contributions.commands:
+    module, _, attr = cmd.python_name.partition(":")
+    getattr(importlib.import_module(module), attr)
+from tiled_unet import _sample_data
+assert _sample_data.nuclei()[0][0].shape == (520, 696)
+assert _sample_data.em_slice()[0][0].shape == (512, 512)
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ok"
+
+
+def test_wheel_has_no_symlinks(installed: Path) -> None:
+    """The top-level napari.yaml symlink is for the source tree only; the wheel holds a real file."""
+    (whl,) = installed.parent.glob("dist/*.whl")
+    names = zipfile.ZipFile(whl).namelist()
+    assert "tiled_unet/napari.yaml" in names
+    assert not any(n == "napari.yaml" for n in names)
