@@ -27,7 +27,7 @@ from tiled_unet import __version__
 
 PROG = "tiled-unet"
 #: Subcommand modules, in the order of ``--help``; ``train`` is optional (registered if present).
-SUBCOMMANDS = ("predict", "info", "models", "train")
+SUBCOMMANDS = ("predict", "info", "models", "train", "evaluate")
 
 log = logging.getLogger("tiled_unet.cli")
 

@@ -1,0 +1,131 @@
+"""Evaluate a model on images with ground-truth labels, with the trainer's metric code.
+
+Instance models (a boundary class, e.g. ``nuclei``) are scored by matching predicted and true
+objects one-to-one (:func:`.metrics.match_instances`, Hungarian assignment on IoU): F1 at IoU 0.5
+and average precision ``TP / (TP + FP + FN)`` at several IoU thresholds, with TP/FP/FN summed
+over all images ("overall") and averaged per image. Semantic models (e.g. ``em-membranes``) are
+scored by pixel error and the ISBI 2012 foreground-restricted Rand error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import Checkpoint
+from .metrics import match_instances, pixel_error, rand_error
+
+THRESHOLDS = (0.5, 0.75, 0.9)
+
+
+@dataclass
+class InstanceScores:
+    """Accumulated instance-matching counts per IoU threshold."""
+
+    thresholds: tuple[float, ...] = THRESHOLDS
+    tp: dict[float, int] = field(default_factory=dict)
+    fp: dict[float, int] = field(default_factory=dict)
+    fn: dict[float, int] = field(default_factory=dict)
+    per_image_f1: list[float] = field(default_factory=list)
+
+    def add(self, true: np.ndarray, pred: np.ndarray) -> float:
+        """Score one image; return its F1 at IoU 0.5."""
+        f1 = 0.0
+        for t in self.thresholds:
+            m = match_instances(true, pred, iou=t)
+            self.tp[t] = self.tp.get(t, 0) + m.tp
+            self.fp[t] = self.fp.get(t, 0) + m.fp
+            self.fn[t] = self.fn.get(t, 0) + m.fn
+            if t == 0.5:
+                f1 = m.f1
+        self.per_image_f1.append(f1)
+        return f1
+
+    def summary(self) -> dict[str, Any]:
+        """F1 at 0.5 and AP per threshold over all images (pooled counts)."""
+        out: dict[str, Any] = {"n_images": len(self.per_image_f1)}
+        if 0.5 in self.tp:
+            tp, fp, fn = self.tp[0.5], self.fp[0.5], self.fn[0.5]
+            out["f1_0.5"] = 2 * tp / max(2 * tp + fp + fn, 1)
+            out["mean_image_f1_0.5"] = float(np.mean(self.per_image_f1)) if self.per_image_f1 else 0.0
+            out["tp_0.5"], out["fp_0.5"], out["fn_0.5"] = tp, fp, fn
+        for t in self.thresholds:
+            d = self.tp[t] + self.fp[t] + self.fn[t]
+            out[f"ap_{t:g}"] = self.tp[t] / d if d else 1.0
+        return out
+
+
+def evaluate(
+    checkpoint: Checkpoint,
+    pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    *,
+    groups: dict[str, Sequence[str]] | None = None,
+    device: str = "auto",
+    tile: int | None = None,
+    min_size: int | None = None,
+    on_image: Callable[[str, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Segment each image and score it against its labels.
+
+    Parameters
+    ----------
+    checkpoint : Checkpoint
+        The model.
+    pairs : iterable of (name, image, labels)
+        Images in any layout :func:`.predict.segment` accepts; labels are instance labels
+        (instance models) or class maps / binary masks (semantic models, nonzero = object class).
+    groups : dict of str to names, optional
+        Named subsets (e.g. ``{"fluorescence": [...]}``) scored separately as well.
+    on_image : callable, optional
+        Called with each image's name and scores.
+
+    Returns
+    -------
+    dict
+        ``{"all": {...}, "<group>": {...}}`` with the scores described in the module docstring.
+    """
+    from skimage.measure import label
+
+    from .predict import segment
+
+    instance = checkpoint.boundary_class >= 0
+    names_in = {g: set(v) for g, v in (groups or {}).items()}
+    if instance:
+        scores = {"all": InstanceScores(), **{g: InstanceScores() for g in names_in}}
+    else:
+        sem: dict[str, list[tuple[float, float]]] = {"all": [], **{g: [] for g in names_in}}
+    for name, image, labels in pairs:
+        if instance:
+            pred = segment(checkpoint, image, output="instances", device=device, tile=tile, min_size=min_size)
+            f1 = scores["all"].add(labels, pred)
+            for g, members in names_in.items():
+                if name in members:
+                    scores[g].add(labels, pred)
+            per = {"f1_0.5": f1, "n_true": int(len(np.unique(labels)) - 1), "n_pred": int(pred.max())}
+        else:
+            pred = segment(checkpoint, image, output="semantic", device=device, tile=tile)
+            true_cls = (np.asarray(labels) > 0).astype(np.uint8) * checkpoint.object_class
+            pe = pixel_error(true_cls, pred)
+            # the challenge's Rand error compares 2-D connected components of the cell class
+            re = rand_error(
+                label(true_cls == checkpoint.object_class, connectivity=1),
+                label(pred == checkpoint.object_class, connectivity=1),
+            )
+            for g in ["all", *[g for g, m in names_in.items() if name in m]]:
+                sem[g].append((pe, re))
+            per = {"pixel_error": pe, "rand_error": re}
+        if on_image is not None:
+            on_image(name, per)
+    if instance:
+        return {g: s.summary() for g, s in scores.items()}
+    return {
+        g: {
+            "n_images": len(v),
+            "pixel_error": float(np.mean([p for p, _ in v])) if v else float("nan"),
+            "rand_error": float(np.mean([r for _, r in v])) if v else float("nan"),
+        }
+        for g, v in sem.items()
+    }
