@@ -42,7 +42,7 @@ _LUMINANCE = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
 
 
 def _shape_text(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+    return str(tuple(int(s) for s in shape))
 
 
 def _looks_like_channels(n: int, in_channels: int) -> bool:

@@ -362,10 +362,10 @@ def segment_iter(
 
     done = 0
     total = n_planes * batches_per_plane()
-    yield Progress(plane=0, n_planes=n_planes, done=0, total=total, message="starting")
     labels: list[np.ndarray] = []
     prob_stack: np.ndarray | None = None
     with _eval_mode(model):
+        yield Progress(plane=0, n_planes=n_planes, done=0, total=total, message="starting")
         for p in range(n_planes):
             plane = np.asarray(planes[p])
             lo, hi = norm.stats(plane)

@@ -1,0 +1,96 @@
+"""From probabilities to labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage.draw import disk
+from skimage.segmentation import find_boundaries
+
+from tiled_unet.core.postprocess import label_dtype, to_instances, to_semantic
+
+
+def one_hot(classes: np.ndarray, n_classes: int, sharpness: float = 0.9) -> np.ndarray:
+    """Soft probabilities peaked on ``classes``."""
+    rest = (1.0 - sharpness) / (n_classes - 1)
+    probs = np.full((n_classes, *classes.shape), rest, np.float32)
+    for k in range(n_classes):
+        probs[k][classes == k] = sharpness
+    return probs
+
+
+def touching_discs(shape=(48, 70), centres=((24, 22), (24, 41)), radius=11) -> np.ndarray:
+    labels = np.zeros(shape, np.int32)
+    for i, centre in enumerate(centres, start=1):
+        rr, cc = disk(centre, radius, shape=shape)
+        labels[rr, cc] = i  # the second disc overlaps the first: they touch along a line
+    assert ndi.label(labels > 0)[1] == 1  # one connected blob
+    return labels
+
+
+def test_touching_discs_with_a_boundary_class_get_two_labels():
+    truth = touching_discs()
+    classes = np.where(truth > 0, 1, 0)
+    classes[find_boundaries(truth, mode="inner")] = 2
+    labels = to_instances(one_hot(classes, 3), object_class=1, boundary_class=2)
+    assert labels.dtype == np.uint16
+    assert labels.max() == 2
+    # each object gets its rim back: labels cover the discs
+    assert ((labels > 0) == (truth > 0)).all()
+    for k in (1, 2):
+        overlap = np.bincount(labels[truth == k], minlength=3)[1:]
+        assert overlap.max() >= 0.9 * (truth == k).sum()
+
+
+def test_touching_discs_without_a_boundary_class_are_split_by_distance():
+    truth = touching_discs()
+    classes = (truth > 0).astype(int)
+    labels = to_instances(one_hot(classes, 2), object_class=1)
+    assert labels.max() == 2
+    assert ((labels > 0) == (truth > 0)).all()
+
+
+def test_min_size_removes_small_objects_and_relabels():
+    classes = np.zeros((40, 40), int)
+    classes[2:12, 2:12] = 1  # 100 px
+    classes[20:23, 20:23] = 1  # 9 px
+    classes[30:38, 28:38] = 1  # 80 px
+    probs = one_hot(classes, 2)
+    labels = to_instances(probs, object_class=1, min_size=16)
+    assert sorted(np.unique(labels)) == [0, 1, 2]
+    assert (labels[20:23, 20:23] == 0).all()
+    assert to_instances(probs, object_class=1, min_size=1).max() == 3
+
+
+def test_empty_prediction_gives_empty_labels():
+    labels = to_instances(one_hot(np.zeros((10, 12), int), 3), object_class=1, boundary_class=2)
+    assert labels.shape == (10, 12) and labels.dtype == np.uint16 and labels.max() == 0
+
+
+def test_many_objects_switch_to_uint32():
+    classes = np.zeros((520, 520), int)
+    classes[::2, ::2] = 1  # 67,600 isolated one-pixel objects
+    labels = to_instances(one_hot(classes, 3), object_class=1, boundary_class=2, min_size=1)
+    assert labels.max() == 260 * 260
+    assert labels.dtype == np.uint32
+
+
+def test_label_dtype_rule():
+    assert label_dtype(65534) == np.uint16
+    assert label_dtype(65535) == np.uint32
+
+
+def test_to_semantic_is_argmax_in_uint8():
+    classes = np.random.default_rng(0).integers(0, 4, (15, 17))
+    labels = to_semantic(one_hot(classes, 4))
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, classes)
+
+
+@pytest.mark.parametrize(("object_class", "boundary_class"), [(3, -1), (1, 1), (1, 5), (-1, -1)])
+def test_bad_classes_raise(object_class, boundary_class):
+    with pytest.raises(ValueError, match="class"):
+        to_instances(
+            np.zeros((3, 4, 4), np.float32), object_class=object_class, boundary_class=boundary_class
+        )
