@@ -42,7 +42,7 @@ class LossPlot(QWidget):
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         fg = self.palette().color(self.foregroundRole())
-        margin_left, margin = 44.0, 6.0
+        margin_left, margin = 56.0, 6.0
         rect = QRectF(
             margin_left, margin, self.width() - margin_left - margin, self.height() - 2 * margin - 12
         )
@@ -78,10 +78,10 @@ class LossPlot(QWidget):
             painter.drawPath(path)
         painter.setPen(fg)
         painter.drawText(
-            QRectF(0, rect.top() - 6, margin_left - 4, 14), Qt.AlignmentFlag.AlignRight, f"{hi:.3g}"
+            QRectF(0, rect.top() - 6, margin_left - 4, 14), Qt.AlignmentFlag.AlignRight, f"{hi:.2g}"
         )
         painter.drawText(
-            QRectF(0, rect.bottom() - 8, margin_left - 4, 14), Qt.AlignmentFlag.AlignRight, f"{lo:.3g}"
+            QRectF(0, rect.bottom() - 8, margin_left - 4, 14), Qt.AlignmentFlag.AlignRight, f"{lo:.2g}"
         )
         painter.drawText(
             QRectF(rect.left(), rect.bottom() + 1, rect.width(), 12),

@@ -1,0 +1,86 @@
+"""Screenshots of the docked widgets with a result (a shown viewer under Xvfb).
+
+The images are rendered into the test's temporary folder and checked to show the image, the
+labels and the dock. With ``TILED_UNET_UPDATE_SCREENSHOTS=1`` they are also written to
+``docs/images/segment.png`` and ``docs/images/finetune.png`` (kept out of ordinary runs so the
+committed pictures do not churn).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "images"
+
+pytestmark = [pytest.mark.qt, pytest.mark.slow]
+
+
+def _shoot(viewer, qtbot, path: Path) -> np.ndarray:
+    from qtpy.QtWidgets import QApplication
+
+    viewer.window.resize(1500, 900)
+    for _ in range(5):
+        QApplication.processEvents()
+        qtbot.wait(50)
+    image = viewer.screenshot(str(path), canvas_only=False, flash=False)
+    if os.environ.get("TILED_UNET_UPDATE_SCREENSHOTS"):
+        DOCS.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, DOCS / path.name)
+    return np.asarray(image)
+
+
+def _check(shot: np.ndarray, dock_width: int) -> None:
+    rgb = shot[..., :3].astype(float)
+    h, w = rgb.shape[:2]
+    canvas = rgb[h // 4 : 3 * h // 4, dock_width // 2 : w - dock_width]
+    assert canvas.std() > 10, "the canvas is blank"
+    # labels are coloured: some canvas pixels are far from grey
+    assert (np.ptp(canvas, axis=-1) > 60).mean() > 0.005, "no coloured labels on the canvas"
+    dock = rgb[:, w - dock_width // 2 :]
+    assert dock.std() > 5, "the dock widget is not drawn"
+
+
+def test_segment_screenshot(make_napari_viewer, qtbot, checkpoint_file, nuclei_image, tmp_path):
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(nuclei_image, name="nuclei")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
+    widget.load_model_file(str(checkpoint_file))
+    widget.use_thread = False
+    widget.run()
+    viewer.layers["nuclei segmentation"].opacity = 0.6
+    shot = _shoot(viewer, qtbot, tmp_path / "segment.png")
+    _check(shot, widget.width())
+
+
+def test_finetune_screenshot(make_napari_viewer, qtbot, checkpoint_file, tmp_path):
+    from tiled_unet._sample_data import nuclei_with_labels
+
+    viewer = make_napari_viewer(show=True)
+    (img, _, _), (truth, _, _) = nuclei_with_labels()
+    viewer.add_image(img, name="nuclei")
+    seg_dock, seg = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
+    seg.load_model_file(str(checkpoint_file))
+    seg.use_thread = False
+    seg.run()
+    viewer.layers["nuclei segmentation"].opacity = 0.5
+    viewer.window.remove_dock_widget(seg_dock)  # one dock, so the Fine-tune widget has room
+    _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
+    ft.load_model_file(str(checkpoint_file))
+    ft.use_thread = False
+    ann = ft.new_annotation_layer()
+    data = ann.data
+    for k, obj in enumerate(np.unique(truth)[1:7]):
+        data[truth == obj] = k + 2
+    data[:60, :260][truth[:60, :260] == 0] = 1
+    ann.data = data
+    ft.steps_spin.setValue(12)
+    ft.lr_spin.setValue(1e-3)
+    ft.start()
+    assert len(ft.plot.history) == 12
+    shot = _shoot(viewer, qtbot, tmp_path / "finetune.png")
+    _check(shot, ft.width())
