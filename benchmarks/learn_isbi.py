@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=16)
     parser.add_argument("--patch", type=int, default=316)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not DATA.is_dir():
@@ -56,7 +57,13 @@ def main() -> None:
     val_lab = read_array(DATA / "labels" / f"{args.val}.png")
     config = UNetConfig(n_classes=2, base_features=args.features)
     settings = TrainSettings(
-        optimizer="adam", lr=args.lr, steps=None, minutes=args.minutes, patch=args.patch, device="cpu", seed=0
+        optimizer=args.optimizer,
+        lr=args.lr,
+        steps=None,
+        minutes=args.minutes,
+        patch=args.patch,
+        device="cpu",
+        seed=0,
     )
     torch.manual_seed(settings.seed)  # the same initial weights train_iter starts from
     before = evaluate(UNet(config).eval(), val_img, val_lab)
