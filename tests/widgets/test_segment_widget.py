@@ -160,3 +160,24 @@ def test_fine_tuned_model_becomes_current_and_refreshes(make_napari_viewer, chec
     assert second[0, 0] and not second[30, 30]
     assert len(viewer.layers) == 2
     assert "fine-tuned (1 steps)" in widget.status.text()
+
+
+def test_dask_stack_is_segmented_plane_by_plane(make_napari_viewer, checkpoint_file, nuclei_image):
+    import dask.array as da
+
+    viewer = make_napari_viewer()
+    stack = da.stack([da.from_array(nuclei_image[:128, :160])] * 4).rechunk((1, 128, 160))
+    viewer.add_image(stack, name="lazy", translate=(2, 0, 0))
+    widget = _segment_widget(viewer, checkpoint_file)
+    widget.use_thread = False
+    texts = []
+    widget.progress.setFormat = lambda text, _real=widget.progress.setFormat: (
+        texts.append(text),
+        _real(text),
+    )
+    widget.run()
+    seg = viewer.layers["lazy segmentation"]
+    assert isinstance(seg.data, np.ndarray) and seg.data.shape == (4, 128, 160)
+    assert all((seg.data[k] > 0).sum() == (seg.data[0] > 0).sum() for k in range(4))
+    assert tuple(seg.translate) == (2, 0, 0)
+    assert any(t.startswith("plane 4/4") for t in texts)
