@@ -181,3 +181,20 @@ def test_dask_stack_is_segmented_plane_by_plane(make_napari_viewer, checkpoint_f
     assert all((seg.data[k] > 0).sum() == (seg.data[0] > 0).sum() for k in range(4))
     assert tuple(seg.translate) == (2, 0, 0)
     assert any(t.startswith("plane 4/4") for t in texts)
+
+
+def test_worker_errors_become_one_clean_notification(
+    make_napari_viewer, qtbot, checkpoint_file, notifications, capsys
+):
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="blank")
+    widget = _segment_widget(viewer, checkpoint_file)
+    widget.tile_spin.setValue(7)  # rejected by the core inside the worker thread
+    before = len(notification_manager.records)
+    _run_and_wait(qtbot, widget)
+    assert len(notifications["error"]) == 1 and "7" in notifications["error"][0]
+    assert len(notification_manager.records) == before  # napari's traceback relay is not used
+    assert "Traceback" not in capsys.readouterr().err
+    assert widget.status.text().startswith("Segmentation failed") and len(viewer.layers) == 1
