@@ -86,11 +86,18 @@ class _TileState:
 
     @classmethod
     def choose(
-        cls, tile: int | None, config: UNetConfig, device: torch.device, batch: int | None, shape: Any
+        cls,
+        tile: int | None,
+        config: UNetConfig,
+        device: torch.device,
+        batch: int | None,
+        shape: Any,
+        amp: bool = True,
     ) -> _TileState:
         """Check a user's tile, or choose one from free memory (then it may shrink)."""
         if tile is None:
-            return cls(auto_tile_size(config, device, batch_size=batch, shape_yx=tuple(shape)), True, config)
+            auto = auto_tile_size(config, device, batch_size=batch, shape_yx=tuple(shape), amp=amp)
+            return cls(auto, True, config)
         check_tile_size(tile, config)
         return cls(int(tile), False, config)
 
@@ -113,12 +120,15 @@ def _is_oom(exc: BaseException) -> bool:
 
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
     if amp and device.type in ("cuda", "mps"):
-        return torch.autocast(device_type=device.type, dtype=torch.float16)
+        try:
+            return torch.autocast(device_type=device.type, dtype=torch.float16)
+        except RuntimeError:  # an older torch without autocast for this device: run in float32
+            log.debug("no float16 autocast on %s; running in float32", device)
     return contextlib.nullcontext()
 
 
-def _batches(plan_tiles_count: int, batch_size: int) -> int:
-    return math.ceil(plan_tiles_count / batch_size)
+def _batches(n_tiles: int, batch_size: int) -> int:
+    return math.ceil(n_tiles / batch_size)
 
 
 def _run_tiles(
@@ -152,24 +162,25 @@ def _predict_plane(
         try:
             return (yield from _run_tiles(model, image, state.tile, batch_size, device, amp))
         except RuntimeError as exc:
-            if not (_is_oom(exc) and state.auto):
-                raise
             old = state.tile
-            if not state.shrink():
+            if not (_is_oom(exc) and state.auto and state.shrink()):
                 raise
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            log.warning("out of memory with %d-pixel tiles; retrying with %d-pixel tiles", old, state.tile)
+        # outside the except block, so the failed attempt's tensors are no longer referenced
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        log.warning("out of memory with %d-pixel tiles; retrying with %d-pixel tiles", old, state.tile)
 
 
-def _resolve_batch(batch_size: int | None, config: UNetConfig, device: torch.device, tile: int) -> int:
+def _resolve_batch(
+    batch_size: int | None, config: UNetConfig, device: torch.device, tile: int, amp: bool
+) -> int:
     if batch_size is not None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         return int(batch_size)
     if device.type == "cpu":
         return 1  # large tiles, one at a time: the CPU gains nothing from batching
-    per_tile = activation_bytes_per_pixel(config, bytes_per_value=2) * tile * tile
+    per_tile = activation_bytes_per_pixel(config, bytes_per_value=2 if amp else 4) * tile * tile
     return int(max(1, min(_MAX_AUTO_BATCH, memory_budget(device) // per_tile)))
 
 
@@ -248,8 +259,8 @@ def predict_probabilities_iter(
     config = model.config
     image = _check_plane(image_cyx, config)
     dev = _model_device(model, device)
-    state = _TileState.choose(tile, config, dev, batch_size, image.shape[1:])
-    batch = _resolve_batch(batch_size, config, dev, state.tile)
+    state = _TileState.choose(tile, config, dev, batch_size, image.shape[1:], amp)
+    batch = _resolve_batch(batch_size, config, dev, state.tile, amp)
     done = 0
     with _eval_mode(model):
         gen = _predict_plane(model, image, state, batch, dev, amp)
@@ -354,7 +365,7 @@ def segment_iter(
     planes, used_axes = to_planes(image, axes=axes, in_channels=config.in_channels)
     n_planes, _, ny, nx = (int(s) for s in planes.shape)
     state = _TileState.choose(tile, config, dev, batch_size, (ny, nx))
-    batch = _resolve_batch(batch_size, config, dev, state.tile)
+    batch = _resolve_batch(batch_size, config, dev, state.tile, True)
 
     def batches_per_plane() -> int:
         plan = plan_tiles((ny, nx), out_tile=tile_output_size(state.tile, config), config=config)
