@@ -198,3 +198,22 @@ def test_worker_errors_become_one_clean_notification(
     assert len(notification_manager.records) == before  # napari's traceback relay is not used
     assert "Traceback" not in capsys.readouterr().err
     assert widget.status.text().startswith("Segmentation failed") and len(viewer.layers) == 1
+
+
+def test_builtin_models_are_listed_first(make_napari_viewer, monkeypatch):
+    from qtpy.QtCore import Qt
+
+    import tiled_unet.core.checkpoint as ckpt
+
+    monkeypatch.setattr(
+        ckpt, "builtin_models", lambda: {"nuclei": "Fluorescence nuclei.", "em-membranes": "EM."}
+    )
+    viewer = make_napari_viewer()
+    _, seg = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
+    _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
+    items = [seg.model_combo.itemText(i) for i in range(seg.model_combo.count())]
+    assert items == ["nuclei", "em-membranes", LOAD_FROM_FILE]
+    assert seg.model_combo.currentText() == "nuclei"
+    assert seg.model_combo.itemData(0, Qt.ItemDataRole.ToolTipRole) == "Fluorescence nuclei."
+    assert ft.model_combo.currentText() == "nuclei"
+    assert seg.request().model == "nuclei"

@@ -155,13 +155,23 @@ class LayerListWidget(QListWidget, _LayerTracker):
             item.setSelected(item.text() in names)
 
 
-def fill_combo(combo: QComboBox, choices: list[tuple[str, Any]], keep: str | None = None) -> None:
-    """Replace a combo box's items by ``(label, data)`` pairs, keeping ``keep`` if present."""
+def fill_combo(
+    combo: QComboBox,
+    choices: list[tuple[str, Any]],
+    keep: str | None = None,
+    tooltips: dict[str, str] | None = None,
+) -> None:
+    """Replace a combo box's items by ``(label, data)`` pairs, keeping ``keep`` if present.
+
+    ``tooltips`` maps labels to a tooltip (e.g. a built-in model's one-line description).
+    """
     keep = combo.currentText() if keep is None else keep
     combo.blockSignals(True)
     combo.clear()
     for label, data in choices:
         combo.addItem(label, data)
+        if tooltips and tooltips.get(label):
+            combo.setItemData(combo.count() - 1, tooltips[label], Qt.ItemDataRole.ToolTipRole)
     index = combo.findText(keep, Qt.MatchFlag.MatchExactly)
     combo.setCurrentIndex(max(index, 0))
     combo.blockSignals(False)

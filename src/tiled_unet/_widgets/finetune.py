@@ -173,12 +173,13 @@ class FinetuneWidget(QWidget):
         from tiled_unet.core.checkpoint import builtin_models
 
         has_current = self.session.current is not None
-        choices = model_choices(builtin_models(), has_current=has_current, files=self._files)
+        builtins = builtin_models()
+        choices = model_choices(builtins, has_current=has_current, files=self._files)
         choices.insert(len(choices) - 1, (FROM_SCRATCH, FROM_SCRATCH))
         keep = select if select is not None else self.model_combo.currentText()
         if keep in ("", LOAD_FROM_FILE):
             keep = CURRENT_MODEL if has_current else choices[0][0]
-        fill_combo(self.model_combo, choices, keep)
+        fill_combo(self.model_combo, choices, keep, tooltips=builtins)
 
     def load_model_file(self, path: str | None = None) -> bool:
         """Add a checkpoint file to the base models and choose it (a dialog if no ``path``)."""

@@ -143,13 +143,12 @@ class SegmentWidget(QWidget):
         """Re-list the models (built-in, current fine-tuned, files), keeping the choice."""
         from tiled_unet.core.checkpoint import builtin_models
 
-        choices = model_choices(
-            builtin_models(), has_current=self.session.current is not None, files=self._files
-        )
+        builtins = builtin_models()
+        choices = model_choices(builtins, has_current=self.session.current is not None, files=self._files)
         keep = select if select is not None else self.model_combo.currentText()
         if keep in ("", LOAD_FROM_FILE):
             keep = choices[0][0]
-        fill_combo(self.model_combo, choices, keep)
+        fill_combo(self.model_combo, choices, keep, tooltips=builtins)
 
     def load_model_file(self, path: str | None = None) -> bool:
         """Add a checkpoint file to the model list and choose it (a file dialog if no ``path``).
