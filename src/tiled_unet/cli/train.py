@@ -72,7 +72,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     )
     parser.add_argument("--val-images", nargs="+", metavar="PATH", help="validation images")
     parser.add_argument("--val-labels", nargs="+", metavar="PATH", help="validation labels")
+    parser.add_argument(
+        "--val-ids",
+        metavar="FILE",
+        help="file of image stems (one per line) taken from --images/--labels for validation",
+    )
     parser.add_argument("--val-every", type=_positive_int, default=100, help="validate every N steps")
+    parser.add_argument(
+        "--schedule", choices=("constant", "cosine"), default="constant", help="learning-rate schedule"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="processes drawing augmented patches in parallel (default 0)"
+    )
+    parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    parser.add_argument("--name", help="model name recorded in the provenance")
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     parser.add_argument("--lr", type=_positive_float, help="learning rate (default: adam 1e-4, sgd 1e-3)")
     parser.add_argument("--patch", type=_positive_int, default=572, help="network input size of a patch")
@@ -153,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
             val_every=args.val_every,
             seed=args.seed,
             device=args.device,
+            schedule=args.schedule,
+            workers=args.workers,
         )
         init = resolve_model(args.init) if args.init else None
         config = None
@@ -164,6 +179,22 @@ def run(args: argparse.Namespace) -> int:
         class_names = tuple(args.class_names.split(",")) if args.class_names else None
         images, labels, names = _load_pairs(args.images, args.labels)
         val = {}
+        if args.val_ids:
+            if args.val_images:
+                raise ValueError("give --val-ids or --val-images/--val-labels, not both")
+            keep = {ln.strip() for ln in Path(args.val_ids).read_text(encoding="utf-8").splitlines()}
+            keep.discard("")
+            is_val = [n in keep for n in names]
+            if not any(is_val):
+                raise ValueError(f"{args.val_ids}: none of its ids is among the training images")
+            val = {
+                "val_images": [im for im, v in zip(images, is_val, strict=True) if v],
+                "val_labels": [lb for lb, v in zip(labels, is_val, strict=True) if v],
+                "val_names": [n for n, v in zip(names, is_val, strict=True) if v],
+            }
+            images = [im for im, v in zip(images, is_val, strict=True) if not v]
+            labels = [lb for lb, v in zip(labels, is_val, strict=True) if not v]
+            names = [n for n, v in zip(names, is_val, strict=True) if not v]
         if args.val_images:
             vi, vl, vn = _load_pairs(args.val_images, args.val_labels)
             val = {"val_images": vi, "val_labels": vl, "val_names": vn}
@@ -189,6 +220,10 @@ def run(args: argparse.Namespace) -> int:
                     break
                 post = {"loss": f"{p.loss:.4f}"}
                 if p.metrics:
+                    bar.write(
+                        f"step {p.step} ({p.seconds:.0f} s): loss {p.loss:.4f}, "
+                        + ", ".join(f"{k} {v:.4f}" for k, v in p.metrics.items())
+                    )
                     post.update({k: f"{v:.3f}" for k, v in p.metrics.items() if k in ("f1", "pixel_error")})
                 bar.set_postfix(post, refresh=False)
                 bar.update(1)
@@ -202,7 +237,9 @@ def run(args: argparse.Namespace) -> int:
         ["train", *argv] if argv is not None else sys.argv[1:]
     )
     try:
-        save_checkpoint(ckpt, out, overwrite=args.overwrite)
+        if args.name:
+            ckpt.provenance["name"] = args.name
+        save_checkpoint(ckpt, out, overwrite=args.overwrite, half=args.half)
     except (FileExistsError, OSError) as exc:
         _error(str(exc))
         return 2

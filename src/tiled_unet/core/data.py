@@ -265,3 +265,79 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
     import imageio.v3 as iio
 
     return iio.imread(p)
+
+
+# --------------------------------------------------------------------------- batches, in parallel
+
+# The sampler a forked worker process draws from (set in the parent just before forking, so
+# the prepared images are shared copy-on-write instead of being pickled to each worker).
+_WORKER_SAMPLER: PatchSampler | None = None
+
+
+def _batch_for_step(step: int, seed: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    sampler = _WORKER_SAMPLER
+    assert sampler is not None
+    sampler.rng = np.random.default_rng([seed, step])
+    return sampler.batch(size)
+
+
+class BatchStream:
+    """Training batches, one per step, drawn in ``workers`` forked processes (0: in-process).
+
+    Batch ``k`` is drawn with a generator seeded by ``(seed, k)``, so the sequence of batches
+    is the same for any number of workers. Up to ``2 * workers`` batches are prepared ahead.
+    Use as a context manager (the worker pool is closed on exit).
+
+    Parameters
+    ----------
+    sampler : PatchSampler
+        Draws the patches (its ``rng`` is replaced per step).
+    batch_size : int
+        Patches per batch.
+    seed : int
+        Seed of the whole stream.
+    workers : int
+        Worker processes; 0 draws in the calling process. Workers use ``fork`` (POSIX only;
+        elsewhere batches are drawn in-process).
+    """
+
+    def __init__(self, sampler: PatchSampler, *, batch_size: int, seed: int, workers: int = 0) -> None:
+        import multiprocessing as mp
+
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.seed = seed
+        self._step = 0
+        self._pending: list = []
+        self._pool = None
+        if workers > 0 and "fork" in mp.get_all_start_methods():
+            global _WORKER_SAMPLER
+            _WORKER_SAMPLER = sampler
+            self._pool = mp.get_context("fork").Pool(workers)
+            self._ahead = 2 * workers
+
+    def __enter__(self) -> BatchStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def next(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The next batch: images ``(N, C, in, in)``, classes and weights ``(N, out, out)``."""
+        step = self._step
+        self._step += 1
+        if self._pool is None:
+            global _WORKER_SAMPLER
+            _WORKER_SAMPLER = self.sampler
+            return _batch_for_step(step, self.seed, self.batch_size)
+        while len(self._pending) < self._ahead:
+            k = step + len(self._pending)
+            self._pending.append(self._pool.apply_async(_batch_for_step, (k, self.seed, self.batch_size)))
+        return self._pending.pop(0).get()

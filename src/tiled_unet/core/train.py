@@ -40,10 +40,11 @@ import torch.nn.functional as F
 
 from .augment import AugmentSettings
 from .checkpoint import Checkpoint, Normalization, now_iso, resolve_model
-from .data import PatchSampler, TrainingImage, prepare_image
+from .data import BatchStream, PatchSampler, TrainingImage, prepare_image
 from .devices import resolve_device
 from .metrics import iou, match_instances, pixel_error, rand_error
-from .model import UNet, UNetConfig, check_input_size, output_size, valid_input_size
+from .model import UNet, UNetConfig, check_input_size, output_size
+from .predict import predict_probabilities
 from .targets import INSTANCE_CLASSES, SEMANTIC_CLASSES
 
 DEFAULT_LR = {"adam": 1e-4, "sgd": 1e-3}
@@ -84,6 +85,12 @@ class TrainSettings:
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
     amp : bool
         Mixed precision on CUDA (ignored elsewhere).
+    schedule : {"constant", "cosine"}
+        Learning-rate schedule: constant, or cosine decay to zero over the budget (steps or
+        minutes, whichever ends first).
+    workers : int
+        Processes that draw and augment patches in parallel (0: in the training process).
+        The batches are the same for any number of workers.
     """
 
     optimizer: Literal["adam", "sgd"] = "adam"
@@ -101,6 +108,8 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    schedule: Literal["constant", "cosine"] = "constant"
+    workers: int = 0
 
     def __post_init__(self) -> None:
         if self.optimizer not in DEFAULT_LR:
@@ -115,6 +124,10 @@ class TrainSettings:
             raise ValueError(f"minutes must be > 0, got {self.minutes}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.val_every < 1:
             raise ValueError(f"val_every must be >= 1, got {self.val_every}")
 
@@ -161,46 +174,10 @@ def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: t
 # --------------------------------------------------------------------------- prediction for validation
 
 
-@torch.no_grad()
-def predict_probabilities(
-    model: UNet, image: np.ndarray, *, device: torch.device, tile: int = 256
-) -> np.ndarray:
-    """Soft-max probabilities ``(K, Y, X)`` of a normalised ``(C, Y, X)`` image (mirror padding, tiles)."""
-    cfg = model.config
-    c, h, w = image.shape
-    if cfg.padding == "valid":
-        in_size = valid_input_size(min(max(h, w), tile), cfg)
-        out = output_size(in_size, cfg)
-    else:
-        in_size = out = valid_input_size(min(max(h, w), tile), cfg)
-    margin = (in_size - out) // 2
-    ny, nx = math.ceil(h / out), math.ceil(w / out)
-    pad = ((0, 0), (margin, margin + ny * out - h), (margin, margin + nx * out - w))
-    padded = np.pad(np.asarray(image, np.float32), pad, mode="symmetric")
-    probs = np.zeros((cfg.n_classes, ny * out, nx * out), np.float32)
-    for iy in range(ny):
-        for ix in range(nx):
-            y, x = iy * out, ix * out
-            block = torch.from_numpy(np.ascontiguousarray(padded[None, :, y : y + in_size, x : x + in_size]))
-            logits = model(block.to(device))
-            if cfg.padding == "same":
-                logits = logits[..., margin : margin + out, margin : margin + out]
-            probs[:, y : y + out, x : x + out] = torch.softmax(logits.float(), 1)[0].cpu().numpy()
-    return probs[:, :h, :w]
-
-
 def _instances(probs: np.ndarray, *, object_class: int, boundary_class: int) -> np.ndarray:
-    if boundary_class >= 0:
-        try:
-            from .postprocess import to_instances
-        except ImportError:  # pragma: no cover - fallback until postprocess exists
-            to_instances = None
-        if to_instances is not None:
-            return np.asarray(to_instances(probs, object_class=object_class, boundary_class=boundary_class))
-    from scipy import ndimage as ndi
+    from .postprocess import to_instances
 
-    seeds, _ = ndi.label(probs.argmax(0) == object_class)
-    return seeds
+    return np.asarray(to_instances(probs, object_class=object_class, boundary_class=boundary_class))
 
 
 def validation_metrics(
@@ -384,6 +361,17 @@ def train_iter(
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
+    sampler = PatchSampler(
+        train_items,
+        in_size=settings.patch,
+        out_size=out_size,
+        rng=rng,
+        augment=AugmentSettings() if settings.augment else None,
+    )
+    # workers fork here, before the model touches an accelerator
+    stream = BatchStream(
+        sampler, batch_size=settings.batch_size, seed=settings.seed, workers=settings.workers
+    )
     model = UNet(cfg)
     if base is not None:
         state = {
@@ -402,13 +390,6 @@ def train_iter(
     use_amp = settings.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    sampler = PatchSampler(
-        train_items,
-        in_size=settings.patch,
-        out_size=out_size,
-        rng=rng,
-        augment=AugmentSettings() if settings.augment else None,
-    )
 
     n_steps = settings.steps or 0
     best_state: dict[str, torch.Tensor] | None = None
@@ -417,43 +398,51 @@ def train_iter(
     history: list[dict[str, float]] = []
     step = 0
     t0 = time.perf_counter()
-    while True:
-        if cancel is not None and cancel():
-            return None
-        x, y, w = sampler.batch(settings.batch_size)
-        xt = torch.from_numpy(x).to(device)
-        yt = torch.from_numpy(y).to(device)
-        wt = torch.from_numpy(w).to(device)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-            logits = model(xt)
-        loss = weighted_cross_entropy(logits, yt, wt)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training diverged at step {step + 1} (loss {loss.item()}); lower the learning rate"
+    try:
+        while True:
+            if cancel is not None and cancel():
+                return None
+            x, y, w = stream.next()
+            xt = torch.from_numpy(x).to(device)
+            yt = torch.from_numpy(y).to(device)
+            wt = torch.from_numpy(w).to(device)
+            if settings.schedule == "cosine":
+                for group in opt.param_groups:
+                    factor = _cosine_factor(settings, step, time.perf_counter() - t0)
+                    group["lr"] = settings.learning_rate * factor
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = model(xt)
+            loss = weighted_cross_entropy(logits, yt, wt)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"training diverged at step {step + 1} (loss {loss.item()}); lower the learning rate"
+                )
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            seconds = time.perf_counter() - t0
+            done = (settings.steps is not None and step >= settings.steps) or (
+                settings.minutes is not None and seconds >= settings.minutes * 60
             )
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        step += 1
-        seconds = time.perf_counter() - t0
-        done = (settings.steps is not None and step >= settings.steps) or (
-            settings.minutes is not None and seconds >= settings.minutes * 60
-        )
-        metrics = None
-        if val_items and (step % settings.val_every == 0 or done):
-            metrics = validation_metrics(
-                model, val_items, device=device, object_class=object_class, boundary_class=boundary_class
+            metrics = None
+            if val_items and (step % settings.val_every == 0 or done):
+                metrics = validation_metrics(
+                    model, val_items, device=device, object_class=object_class, boundary_class=boundary_class
+                )
+                history.append({"step": step, **metrics})
+                if best_metrics is None or metrics["score"] > best_metrics["score"]:
+                    best_metrics, best_step = metrics, step
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            yield TrainProgress(
+                step=step, n_steps=n_steps, loss=float(loss.item()), seconds=seconds, metrics=metrics
             )
-            history.append({"step": step, **metrics})
-            if best_metrics is None or metrics["score"] > best_metrics["score"]:
-                best_metrics, best_step = metrics, step
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        yield TrainProgress(
-            step=step, n_steps=n_steps, loss=float(loss.item()), seconds=seconds, metrics=metrics
-        )
-        if done:
-            break
+            if done:
+                break
+
+    finally:
+        stream.close()
 
     seconds = time.perf_counter() - t0
     if best_state is not None:
@@ -482,6 +471,16 @@ def train_iter(
         boundary_class=boundary_class,
         provenance=provenance,
     )
+
+
+def _cosine_factor(settings: TrainSettings, step: int, seconds: float) -> float:
+    """Cosine learning-rate factor for the fraction of the budget (steps or minutes) used."""
+    done = 0.0
+    if settings.steps:
+        done = step / settings.steps
+    if settings.minutes:
+        done = max(done, seconds / (settings.minutes * 60))
+    return 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
 
 
 def _base_name(base: Checkpoint | None) -> Any:
