@@ -1,0 +1,121 @@
+"""Block-by-block segmentation to Zarr: exactness, unique ids, merging across block borders."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+import zarr
+from skimage.draw import disk
+
+from tiled_unet.core import blockwise
+from tiled_unet.core.blockwise import match_strip, segment_blockwise, segment_blockwise_iter
+from tiled_unet.core.model import UNet, UNetConfig
+from tiled_unet.core.predict import segment
+
+
+def tiny(in_channels: int = 1, n_classes: int = 3, depth: int = 2) -> UNet:
+    torch.manual_seed(7)
+    config = UNetConfig(
+        in_channels=in_channels, n_classes=n_classes, depth=depth, base_features=4, dropout=0.0
+    )
+    return UNet(config).eval()
+
+
+def noisy(shape=(150, 170), seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 4000, shape).astype(np.uint16)
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_blockwise_probabilities_equal_whole_image(depth):
+    model = tiny(depth=depth)
+    image = noisy()
+    whole = segment(model, image, output="probabilities", device="cpu")
+    events = []
+    gen = segment_blockwise_iter(model, image, output="probabilities", block=40, tile=None)
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert result.shape == whole.shape and result.chunks == (3, 40, 40)
+    np.testing.assert_allclose(result[:], whole, atol=1e-4, rtol=0)
+    assert [e.done for e in events] == list(range(1, 4 * 5 + 1)) and events[-1].total == 20
+
+
+def test_blockwise_reads_zarr_and_dask_and_writes_a_path(tmp_path):
+    model = tiny(in_channels=3)
+    rgb = np.random.default_rng(1).integers(0, 255, (70, 90, 3)).astype(np.uint8)
+    source = zarr.create_array(
+        store=str(tmp_path / "in.zarr"), shape=rgb.shape, chunks=(32, 32, 3), dtype=np.uint8
+    )
+    source[:] = rgb
+    whole = segment(model, rgb, output="semantic", device="cpu")
+    out = segment_blockwise(model, source, out=tmp_path / "out.zarr", output="semantic", block=32)
+    np.testing.assert_array_equal(out[:], whole)
+    lazy = segment_blockwise(model, da.from_array(rgb, chunks=20), output="semantic", block=48)
+    np.testing.assert_array_equal(lazy[:], whole)
+    with pytest.raises(FileExistsError):
+        segment_blockwise(model, source, out=tmp_path / "out.zarr", output="semantic", block=32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr", "out.zarr"]  # no temporary left
+
+
+def disc_scene(shape=(200, 200)):
+    """Classes 0/1/2 (background/interior/rim): discs crossing block borders, two touching."""
+    classes = np.zeros(shape, np.uint8)
+    centres = [(64, 30), (30, 64), (64, 64), (140, 100), (140, 121), (100, 170), (20, 20)]
+    for c in centres:
+        rr, cc = disk(c, 11, shape=shape)
+        classes[rr, cc] = 2
+    for c in centres:
+        rr, cc = disk(c, 9, shape=shape)
+        classes[rr, cc] = 1
+    return classes, centres
+
+
+def fake_probabilities(model, plane, lo, hi, norm, region, tile):
+    """One-hot probabilities of the class image itself (stands in for a trained network)."""
+    y0, y1, x0, x1 = region
+    classes = np.asarray(plane[0, y0:y1, x0:x1]).astype(int)
+    return np.eye(3, dtype=np.float32)[classes].transpose(2, 0, 1)
+
+
+def test_objects_crossing_block_borders_get_one_id_and_ids_are_unique(monkeypatch):
+    monkeypatch.setattr(blockwise, "_region_probabilities", fake_probabilities)
+    classes, centres = disc_scene()
+    labels = segment_blockwise(tiny(), classes, output="instances", block=64, margin=16, min_size=1)[:]
+    assert labels.dtype == np.uint32
+    ids = [int(labels[c]) for c in centres]
+    assert 0 not in ids and len(set(ids)) == len(centres)  # each disc its own id, touching ones too
+    for c, i in zip(centres, ids, strict=True):
+        rr, cc = disk(c, 9, shape=classes.shape)
+        assert set(np.unique(labels[rr, cc])) == {i}  # one id across block borders and corners
+    assert set(np.unique(labels)) == {0, *range(1, len(centres) + 1)}  # ids 1..n, no gaps
+    np.testing.assert_array_equal(labels > 0, classes > 0)
+
+
+def test_match_strip_is_one_to_one():
+    a = np.array([[1, 1, 2, 2, 0]])
+    b = np.array([[5, 5, 5, 6, 6]])
+    assert match_strip(a, b) == [(1, 5)]
+    assert match_strip(np.zeros((2, 2), int), b[:, :2].repeat(2, 0)) == []
+
+
+@pytest.mark.slow
+def test_blockwise_runs_on_a_distributed_cluster(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    model = tiny()
+    image = noisy((120, 130))
+    local = segment_blockwise(model, image, output="probabilities", block=48)[:]
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
+        out = segment_blockwise(model, image, out=tmp_path / "p.zarr", output="probabilities", block=48)
+        labels = segment_blockwise(model, image, out=tmp_path / "l.zarr", output="instances", block=48)
+    np.testing.assert_allclose(out[:], local, atol=1e-5, rtol=0)
+    assert labels.shape == image.shape
