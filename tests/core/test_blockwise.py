@@ -119,3 +119,30 @@ def test_blockwise_runs_on_a_distributed_cluster(tmp_path):
         labels = segment_blockwise(model, image, out=tmp_path / "l.zarr", output="instances", block=48)
     np.testing.assert_allclose(out[:], local, atol=1e-5, rtol=0)
     assert labels.shape == image.shape
+
+
+def test_cli_predicts_zarr_and_large_tiff_blockwise(tmp_path, monkeypatch):
+    import tifffile
+
+    from tiled_unet.cli import main
+    from tiled_unet.cli import predict as predict_cli
+    from tiled_unet.core.checkpoint import Checkpoint, save_checkpoint
+
+    model = tiny()
+    ckpt = Checkpoint.from_model(model, class_names=("background", "object", "boundary"), boundary_class=2)
+    save_checkpoint(ckpt, tmp_path / "m.pt")
+    image = noisy((90, 100))
+    source = zarr.create_array(
+        store=str(tmp_path / "a.zarr"), shape=image.shape, chunks=(32, 32), dtype=image.dtype
+    )
+    source[:] = image
+    tifffile.imwrite(tmp_path / "b.tif", image, tile=(32, 32))
+    monkeypatch.setattr(predict_cli, "BLOCKWISE_PIXELS", 1000)  # b.tif counts as huge
+    whole = segment(ckpt, image, output="semantic", device="cpu")
+    args = ["predict", str(tmp_path / "a.zarr"), str(tmp_path / "b.tif"), "-m", str(tmp_path / "m.pt")]
+    assert main([*args, "-o", str(tmp_path / "out"), "--output", "semantic", "-q"]) == 0
+    for name in ("a.zarr", "b.zarr"):
+        np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out" / name))[:], whole)
+    assert main([*args[:2], *args[3:], "-o", str(tmp_path / "one.zarr"), "--output", "semantic", "-q"]) == 0
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "one.zarr"))[:], whole)
+    assert main([*args, "-o", str(tmp_path / "two.zarr"), "-q"]) == 2  # one store, two images

@@ -17,6 +17,8 @@ OUTPUTS = ("instances", "semantic", "probabilities")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: Suffixes removed as a whole when naming the output (``a.ome.tif`` -> ``a.tif``).
 _COMPOUND_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr")
+#: TIFF planes with more pixels than this are read lazily and predicted block by block.
+BLOCKWISE_PIXELS = 64 * 2**20
 
 DESCRIPTION = """\
 Segment each IMAGE with MODEL and write DIR/<stem>.tif:
@@ -25,6 +27,9 @@ Segment each IMAGE with MODEL and write DIR/<stem>.tif:
   probabilities  float32 class probabilities, (C, Y, X), or (Z, C, Y, X) for stacks
 
 Inputs: TIFF, PNG, JPEG, .npy or (OME-)Zarr; 2-D grey or RGB(A), or stacks (see --axes).
+Zarr inputs, TIFFs with planes over 64 megapixels, and --out ending in .zarr (one IMAGE;
+the store itself) are predicted block by block and written as DIR/<stem>.zarr, never
+holding the whole image in memory.
 An input is never overwritten, and an existing output only with --overwrite.
 A bad input is reported in one line and skipped; the exit code is then 1.
 """
@@ -155,10 +160,15 @@ def run(args: argparse.Namespace) -> int:
     log.debug("model %s on %s, output %s", args.model, device, args.output)
 
     inputs = [Path(p) for p in args.images]
+    zarr_out = str(args.out).rstrip("/").lower().endswith(".zarr")
+    if zarr_out and len(inputs) > 1:
+        error(f"{out_dir}: an --out ending in .zarr is the output store of one image; give a folder")
+        return 2
     claimed: dict[Path, Path] = {}
     failed = 0
     for path in inputs:
-        target = out_dir / f"{output_stem(path)}.tif"
+        blockwise = zarr_out or _is_huge(path)
+        target = out_dir if zarr_out else out_dir / f"{output_stem(path)}.{'zarr' if blockwise else 'tif'}"
         problem = _output_problem(path, target, inputs, claimed, args.overwrite)
         if problem:
             error(problem)
@@ -166,7 +176,10 @@ def run(args: argparse.Namespace) -> int:
             continue
         claimed[target] = path
         try:
-            _segment_one(path, target, checkpoint, args, str(device))
+            if blockwise:
+                _segment_blockwise(path, target, checkpoint, args, str(device))
+            else:
+                _segment_one(path, target, checkpoint, args, str(device))
         except KeyboardInterrupt:
             raise
         except (ValueError, OSError, MemoryError, RuntimeError) as exc:
@@ -219,6 +232,51 @@ def _segment_one(path: Path, target: Path, checkpoint: Any, args: argparse.Names
     write_tiff_atomic(
         target, result, axes=_tiff_axes(result, args.output, args.axes), overwrite=args.overwrite
     )
+
+
+def _is_huge(path: Path) -> bool:
+    """Whether ``path`` is a Zarr store or a TIFF whose planes exceed :data:`BLOCKWISE_PIXELS`."""
+    from tiled_unet.core.imageio import TIFF_SUFFIXES, is_zarr_path
+
+    if is_zarr_path(path):
+        return True
+    if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():
+        return False
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes = series.axes
+            shape = series.shape
+    except Exception:  # unreadable files are reported by the normal path
+        return False
+    plane = 1
+    for letter, n in zip(axes, shape, strict=False):
+        if letter in "YX":
+            plane *= int(n)
+    return plane > BLOCKWISE_PIXELS
+
+
+def _segment_blockwise(
+    path: Path, target: Path, checkpoint: Any, args: argparse.Namespace, device: str
+) -> None:
+    from tiled_unet.core.blockwise import open_lazy, segment_blockwise_iter
+    from tiled_unet.core.imageio import validate_image
+
+    image = validate_image(open_lazy(path), name=str(path))
+    gen = segment_blockwise_iter(
+        checkpoint,
+        image,
+        out=target,
+        output=args.output,
+        axes=args.axes,
+        tile=args.tile,
+        device=device,
+        min_size=args.min_size,
+        overwrite=args.overwrite,
+    )
+    _drain_with_progress(gen, path.name, disable=args.quiet or not sys.stderr.isatty())
 
 
 def _drain_with_progress(gen: Any, label: str, *, disable: bool) -> Any:
