@@ -37,6 +37,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="NAME=IDS_FILE",
         help="also score the subset listed in IDS_FILE under NAME (repeatable)",
     )
+    parser.add_argument(
+        "--groups-csv",
+        metavar="CSV",
+        help="also score per value of the last column of CSV (first column: image stem), "
+        "e.g. DSB2018's metadata.csv (modality)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--tile", type=int, help="input tile edge (default: from free memory)")
     parser.add_argument("--min-size", type=int, help="drop objects smaller than this (pixels)")
@@ -48,6 +54,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _read_ids(path: str) -> list[str]:
     return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _groups_from_csv(path: str) -> dict[str, list[str]]:
+    import csv
+
+    groups: dict[str, list[str]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    if not rows or len(rows[0]) < 2:
+        raise ValueError(f"{path}: expected a header and at least two columns")
+    for row in rows[1:]:
+        if len(row) >= 2:
+            groups.setdefault(row[-1], []).append(row[0])
+    return groups
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             if not ids_file:
                 raise ValueError(f"--group {spec!r}: expected NAME=IDS_FILE")
             groups[name] = _read_ids(ids_file)
+        if args.groups_csv:
+            groups.update(_groups_from_csv(args.groups_csv))
     except (ValueError, OSError) as exc:
         error(str(exc))
         return 2

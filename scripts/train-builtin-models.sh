@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Retrain the built-in models from the shared data with the recorded commands.
+#
+#   scripts/train-builtin-models.sh [nuclei|nuclei-depth4|em-membranes ...]   (default: all)
+#
+# Environment: DATA (default ../shared/data), OUT (default runs), DEVICE (default auto),
+# MINUTES (training budget per model, default 6), WORKERS (patch workers, default 4),
+# TU (the command, default `tiled-unet`; e.g. "python -m tiled_unet.cli" from a source tree).
+# The shipped models were trained on one GPU with MINUTES=6; on a 2-core CPU the same step
+# count takes many hours (see the model cards for steps and time).
+set -euo pipefail
+DATA=${DATA:-../shared/data}
+OUT=${OUT:-runs}
+DEVICE=${DEVICE:-auto}
+MINUTES=${MINUTES:-6}
+WORKERS=${WORKERS:-4}
+TU=${TU:-tiled-unet}
+here=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$OUT"
+
+common=(--minutes "$MINUTES" --schedule cosine --workers "$WORKERS" --device "$DEVICE" --seed 0 --half
+        --no-progress --overwrite)
+
+train_nuclei() {  # $1 = name, $2 = config, $3 = patch
+    $TU train --images "$DATA/dsb2018/images" --labels "$DATA/dsb2018/labels" \
+        --val-ids "$DATA/dsb2018/val.txt" --config "$here/configs/$2.json" --out "$OUT/$1.pt" \
+        --patch "$3" --batch-size 8 --lr 1e-3 --val-every 1000 --name "$1" "${common[@]}"
+}
+
+train_em() {
+    printf '%s\n' 20 21 22 23 24 > "$OUT/isbi-val.txt"
+    $TU train --images "$DATA/isbi2012/train/images" --labels "$DATA/isbi2012/train/labels" \
+        --val-ids "$OUT/isbi-val.txt" --config "$here/configs/em-membranes.json" \
+        --targets semantic --class-names membrane,cell --out "$OUT/em-membranes.pt" \
+        --patch 572 --batch-size 4 --lr 5e-4 --val-every 250 --name em-membranes "${common[@]}"
+}
+
+models=("$@")
+[ ${#models[@]} -eq 0 ] && models=(nuclei nuclei-depth4 em-membranes)
+pids=()
+for m in "${models[@]}"; do
+    case "$m" in
+        nuclei) train_nuclei nuclei nuclei 284 > "$OUT/nuclei.log" 2>&1 & pids+=($!) ;;
+        nuclei-depth4) train_nuclei nuclei-depth4 nuclei-depth4 380 > "$OUT/nuclei-depth4.log" 2>&1 & pids+=($!) ;;
+        em-membranes) train_em > "$OUT/em-membranes.log" 2>&1 & pids+=($!) ;;
+        *) echo "unknown model: $m" >&2; exit 2 ;;
+    esac
+done
+status=0
+for p in "${pids[@]}"; do wait "$p" || status=1; done
+exit $status
