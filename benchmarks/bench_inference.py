@@ -186,10 +186,16 @@ def main() -> None:
     parser.add_argument("--levers", action="store_true", help="also time single levers (paper config)")
     parser.add_argument("--lever-size", type=int, default=1024)
     parser.add_argument("--compile", action="store_true", help="include torch.compile among the levers")
+    parser.add_argument(
+        "--interleaved", action="store_true", help="levers as interleaved single-tile A/B timings"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
+        return
+    if args.interleaved:
+        interleaved(args.repeat)
         return
     if args.device != "cpu":
         parser.error("only --device cpu is implemented; GPU figures are in benchmarks/README.md")
@@ -269,6 +275,57 @@ def bf16_on_real_data() -> None:
         f"\nbf16 on real data (built-in nuclei, sample nuclei.png {img.shape}): semantic labels agree on "
         f"{100 * agree:.3f} % of pixels; fp32 {t32:.2f} s, bf16 {t16:.2f} s (one run each)"
     )
+
+
+def interleaved(repeat: int) -> None:
+    """Single-tile forward passes of the paper network, variants alternating round by round.
+
+    On a shared machine the load changes over minutes; alternating the variants in each
+    round exposes them to the same load, so their ratios are meaningful.
+    """
+    from tiled_unet.core.model import UNet, UNetConfig, flops_per_output_pixel, output_size
+
+    torch.manual_seed(0)
+    config = UNetConfig(**PAPER, dropout=0.0)
+    model = UNet(config).eval()
+    threads = torch.get_num_threads()
+    variants = {
+        "572 NCHW (naive)": (572, 1, False, False, threads),
+        "572 channels_last": (572, 1, True, False, threads),
+        "572 channels_last batch 2": (572, 2, True, False, threads),
+        "572 channels_last bf16": (572, 1, True, True, threads),
+        "572 channels_last 1 thread": (572, 1, True, False, 1),
+        "1084 NCHW": (1084, 1, False, False, threads),
+        "1084 channels_last (kept)": (1084, 1, True, False, threads),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeat + 1):  # the first round warms up and is dropped
+        for name, (tile, batch, cl, bf16, n_threads) in variants.items():
+            torch.set_num_threads(n_threads)
+            x = torch.randn(batch, 1, tile, tile)
+            m = model
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+                m = model.to(memory_format=torch.channels_last)
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                t = time.perf_counter()
+                m(x)
+                times[name].append((time.perf_counter() - t) / batch)
+            model.to(memory_format=torch.contiguous_format)
+    torch.set_num_threads(threads)
+    peak = matmul_gflops()
+    flops = flops_per_output_pixel(config)
+    base = statistics.median(times["572 NCHW (naive)"][1:])
+    print(
+        f"\nInterleaved levers, paper network, one tile per pass, median of {repeat} rounds; "
+        f"matmul {peak:.0f} GFLOP/s"
+    )
+    print("| variant | output MPix/s | vs 572 NCHW | roofline |")
+    print("|---|---|---|---|")
+    for name, (tile, *_rest) in variants.items():
+        sec = statistics.median(times[name][1:])
+        rate = output_size(tile, config) ** 2 / sec / 1e6
+        print(f"| {name} | {rate:.3f} | {base / sec:.2f}x | {rate * 1e6 * flops / 1e9 / peak:.2f} |")
 
 
 def levers(args: argparse.Namespace, peak: float) -> None:

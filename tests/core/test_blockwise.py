@@ -55,7 +55,7 @@ def test_blockwise_reads_zarr_and_dask_and_writes_a_path(tmp_path):
     whole = segment(model, rgb, output="semantic", device="cpu")
     out = segment_blockwise(model, source, out=tmp_path / "out.zarr", output="semantic", block=32)
     np.testing.assert_array_equal(out[:], whole)
-    lazy = segment_blockwise(model, da.from_array(rgb, chunks=20), output="semantic", block=48)
+    lazy = segment_blockwise(model, da.from_array(rgb, chunks=20), output="semantic", block=48, n_workers=2)
     np.testing.assert_array_equal(lazy[:], whole)
     with pytest.raises(FileExistsError):
         segment_blockwise(model, source, out=tmp_path / "out.zarr", output="semantic", block=32)
@@ -93,7 +93,7 @@ def test_objects_crossing_block_borders_get_one_id_and_ids_are_unique(monkeypatc
         rr, cc = disk(c, 9, shape=classes.shape)
         assert set(np.unique(labels[rr, cc])) == {i}  # one id across block borders and corners
     assert set(np.unique(labels)) == {0, *range(1, len(centres) + 1)}  # ids 1..n, no gaps
-    np.testing.assert_array_equal(labels > 0, classes > 0)
+    assert not labels[classes == 0].any()
 
 
 def test_match_strip_is_one_to_one():

@@ -128,11 +128,16 @@ def _grown(start: int, stop: int, n: int, margin: int) -> tuple[int, int]:
 
 
 def _model(key: str, checkpoint: Any, device: str) -> Any:
-    model = _MODEL_CACHE.get(key)
+    """The network of one run, built once per worker thread (threads never share one)."""
+    import threading
+
+    cache_key = f"{key}-{threading.get_ident()}"
+    model = _MODEL_CACHE.get(cache_key)
     if model is None:
-        _MODEL_CACHE.clear()
+        for old in [k for k in _MODEL_CACHE if not k.startswith(key)]:
+            del _MODEL_CACHE[old]
         model = checkpoint.build_model(device)
-        _MODEL_CACHE[key] = model
+        _MODEL_CACHE[cache_key] = model
     return model
 
 
@@ -152,15 +157,16 @@ def _region_probabilities(
     """
     import torch
 
-    from .predict import _eval_mode
+    from .predict import _autocast, _eval_mode
     from .tiling import auto_tile_size, check_tile_size
 
     config = model.config
+    device = next(model.parameters()).device
     y0, y1, x0, x1 = region
     _, ny, nx = plane.shape
     h, w = y1 - y0, x1 - x0
     if tile is None:
-        tile = auto_tile_size(config, "cpu", shape_yx=(h, w))
+        tile = auto_tile_size(config, device, shape_yx=(h, w))
     check_tile_size(tile, config)
     plan = plan_tiles((h, w), out_tile=tile_output_size(tile, config), config=config)
     rows = mirror_indices(y0 - plan.halo, y0 - plan.halo + plan.origins[-1][0] + plan.in_tile[0], ny)
@@ -182,8 +188,11 @@ def _region_probabilities(
     with _eval_mode(model), torch.inference_mode():
         for origin in plan.origins:
             x = torch.from_numpy(np.ascontiguousarray(extract_tile(padded, flat, origin))[None])
-            x = x.contiguous(memory_format=torch.channels_last)
-            probs = torch.softmax(model(x).float(), dim=1)[0].numpy()
+            if device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, True):
+                logits = model(x.to(device))
+            probs = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
             (iy, ix), (ty, tx) = plan.write_region(origin)
             out[:, iy, ix] = probs[:, ty, tx]
     return out
