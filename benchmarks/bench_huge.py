@@ -61,7 +61,9 @@ def model():
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=20000)
     parser.add_argument("--block", type=int, default=2048)
     parser.add_argument("--workdir", default="/tmp/tiled_unet_huge")
