@@ -45,11 +45,12 @@ def _check(shot: np.ndarray, dock_width: int) -> None:
     assert dock.std() > 5, "the dock widget is not drawn"
 
 
-def test_segment_screenshot(make_napari_viewer, qtbot, checkpoint_file, nuclei_image, tmp_path):
+def test_segment_screenshot(make_napari_viewer, qtbot, nuclei_image, tmp_path):
     viewer = make_napari_viewer(show=True)
     viewer.add_image(nuclei_image, name="nuclei")
     _, widget = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
-    widget.load_model_file(str(checkpoint_file))
+    widget.refresh_models(select="nuclei")  # the built-in model
+    assert widget.model_combo.currentText() == "nuclei"
     widget.use_thread = False
     widget.run()
     viewer.layers["nuclei segmentation"].opacity = 0.6
@@ -57,20 +58,19 @@ def test_segment_screenshot(make_napari_viewer, qtbot, checkpoint_file, nuclei_i
     _check(shot, widget.width())
 
 
-def test_finetune_screenshot(make_napari_viewer, qtbot, checkpoint_file, tmp_path):
+def test_finetune_screenshot(make_napari_viewer, qtbot, tmp_path):
     from tiled_unet._sample_data import nuclei_with_labels
 
     viewer = make_napari_viewer(show=True)
     (img, _, _), (truth, _, _) = nuclei_with_labels()
     viewer.add_image(img, name="nuclei")
     seg_dock, seg = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
-    seg.load_model_file(str(checkpoint_file))
+    seg.refresh_models(select="nuclei")
     seg.use_thread = False
     seg.run()
     viewer.layers["nuclei segmentation"].opacity = 0.5
     viewer.window.remove_dock_widget(seg_dock)  # one dock, so the Fine-tune widget has room
     _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
-    ft.load_model_file(str(checkpoint_file))
     ft.use_thread = False
     ann = ft.new_annotation_layer()
     data = ann.data
@@ -79,7 +79,7 @@ def test_finetune_screenshot(make_napari_viewer, qtbot, checkpoint_file, tmp_pat
     data[:60, :260][truth[:60, :260] == 0] = 1
     ann.data = data
     ft.steps_spin.setValue(12)
-    ft.lr_spin.setValue(1e-3)
+    ft.lr_spin.setValue(1e-4)
     ft.start()
     assert len(ft.plot.history) == 12
     shot = _shoot(viewer, qtbot, tmp_path / "finetune.png")

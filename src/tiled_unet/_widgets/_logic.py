@@ -315,17 +315,23 @@ def summary_text(result: SegmentResult) -> str:
 # --------------------------------------------------------------------------- model choices
 
 
+#: The built-in model offered first.
+DEFAULT_MODEL = "nuclei"
+
+
 def model_choices(
     builtins: Iterable[str], *, has_current: bool, files: Sequence[str] = ()
 ) -> list[tuple[str, str]]:
     """Entries of the model combo box as ``(label, value)`` pairs.
 
-    Built-in models by name, then the session's fine-tuned model (if any), then checkpoint
-    files loaded earlier (``value`` is the path), then the entry that opens a file dialog.
+    Built-in models by name (``nuclei``, the default, first), then the session's fine-tuned
+    model (if any), then checkpoint files loaded earlier (``value`` is the path), then the entry
+    that opens a file dialog.
     """
     from pathlib import Path
 
-    choices = [(name, name) for name in builtins]
+    names = sorted(builtins, key=lambda name: (name != DEFAULT_MODEL, name))
+    choices = [(name, name) for name in names]
     if has_current:
         choices.append((CURRENT_MODEL, CURRENT_MODEL))
     for path in files:

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from .imageio import default_file_mode
 from .model import UNet, UNetConfig
 
 FORMAT = "tiled-unet-checkpoint"
@@ -212,6 +213,7 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, default_file_mode())
         with os.fdopen(fd, "wb") as fh:
             torch.save(checkpoint.to_dict(half=half), fh)
             fh.flush()

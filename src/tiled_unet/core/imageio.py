@@ -226,7 +226,19 @@ def _check_finite_block(block: np.ndarray, image_name: str) -> np.ndarray:
 def _tmp_name(path: Path, suffix: str) -> str:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, default_file_mode())
     return tmp
+
+
+def default_file_mode() -> int:
+    """The mode a newly created file gets under the current umask (0o644 for umask 022).
+
+    ``tempfile.mkstemp`` creates files readable by their owner only; files renamed into place
+    get the usual mode instead.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_tiff_atomic(
