@@ -21,7 +21,6 @@ import dataclasses
 import datetime as _dt
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
@@ -31,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .imageio import default_file_mode
+from .imageio import atomic_path
 from .model import UNet, UNetConfig
 
 FORMAT = "tiled-unet-checkpoint"
@@ -207,23 +206,9 @@ def save_checkpoint(
     half : bool
         Store float weights as float16 (half the size; loaded back as float32).
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: file exists; choose another name or allow overwriting")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, default_file_mode())
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(checkpoint.to_dict(half=half), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_path(path, overwrite=overwrite, suffix=".pt") as tmp, open(tmp, "wb") as fh:
+        torch.save(checkpoint.to_dict(half=half), fh)
+    return Path(path)
 
 
 def checkpoint_from_dict(data: Any, *, source: str = "checkpoint") -> Checkpoint:

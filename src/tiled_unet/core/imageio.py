@@ -15,10 +15,12 @@ the file, so a command line tool can report it and move on to the next file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +232,35 @@ def _tmp_name(path: Path, suffix: str) -> str:
     return tmp
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, suffix: str = ".tmp") -> Iterator[str]:
+    """Write a file atomically: yield a temporary path beside ``path``, then rename it into place.
+
+    The caller writes the temporary file; on success it is flushed to disk and renamed over
+    ``path`` (so readers never see a half-written file), on any error it is removed and
+    ``path`` is left as it was.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path}: file exists; choose another name or allow overwriting")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path, suffix)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def default_file_mode() -> int:
     """The mode a newly created file gets under the current umask (0o644 for umask 022).
 
@@ -272,14 +303,9 @@ def write_tiff_atomic(
     """
     import tifffile
 
-    path = Path(path)
-    if not overwrite and path.exists():
-        raise FileExistsError(f"{path}: file exists")
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = np.asarray(array)
     metadata = {"axes": axes} if axes else {}
-    tmp = _tmp_name(path, ".tif")
-    try:
+    with atomic_path(path, overwrite=overwrite, suffix=".tif") as tmp:
         tifffile.imwrite(
             tmp,
             data,
@@ -288,14 +314,7 @@ def write_tiff_atomic(
             metadata=metadata,
             bigtiff=data.nbytes > 2**32 - 2**25,
         )
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
 
 
 def write_zarr(
