@@ -153,6 +153,10 @@ class TrainProgress:
         Wall-clock time since training started.
     metrics : dict or None
         Validation metrics if validation ran after this step.
+    checkpoint : Checkpoint or None
+        A snapshot of the current weights (on the CPU, same architecture, normalisation and
+        classes as the result) every ``preview_every`` steps of :func:`train_iter`, else None.
+        For live previews; independent of the training model (later steps do not change it).
     """
 
     step: int
@@ -160,6 +164,7 @@ class TrainProgress:
     loss: float
     seconds: float
     metrics: dict[str, float] | None = None
+    checkpoint: Checkpoint | None = None
 
 
 def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -269,6 +274,7 @@ def train_iter(
     val_names: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
     data_description: str | None = None,
+    preview_every: int = 0,
 ) -> Generator[TrainProgress, None, Checkpoint | None]:
     """Train a U-Net, yielding progress after every step; return the trained checkpoint.
 
@@ -296,6 +302,9 @@ def train_iter(
         background/object/boundary, 2 -> background/object).
     data_description : str, optional
         Free text stored in the provenance.
+    preview_every : int
+        If > 0, every this many steps the yielded progress carries ``checkpoint``, a snapshot
+        of the current weights (copied to the CPU), e.g. to segment a live preview. 0: never.
 
     Yields
     ------
@@ -319,6 +328,8 @@ def train_iter(
         raise ValueError("no training images given")
     if (val_images is None) != (val_labels is None):
         raise ValueError("give both val_images and val_labels, or neither")
+    if preview_every < 0:
+        raise ValueError(f"preview_every must be >= 0, got {preview_every}")
     base = resolve_model(init) if init is not None else None
     cfg, cls_names, object_class, boundary_class, normalization = _class_setup(base, config, class_names)
     mode = "instance" if boundary_class >= 0 else "semantic"
@@ -435,8 +446,24 @@ def train_iter(
                 if best_metrics is None or metrics["score"] > best_metrics["score"]:
                     best_metrics, best_step = metrics, step
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            snapshot = None
+            if preview_every > 0 and step % preview_every == 0:
+                snapshot = Checkpoint(
+                    config=cfg,
+                    state_dict={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                    normalization=normalization,
+                    class_names=cls_names,
+                    object_class=object_class,
+                    boundary_class=boundary_class,
+                    provenance={"snapshot_of_step": step, "base_model": _base_name(base)},
+                )
             yield TrainProgress(
-                step=step, n_steps=n_steps, loss=float(loss.item()), seconds=seconds, metrics=metrics
+                step=step,
+                n_steps=n_steps,
+                loss=float(loss.item()),
+                seconds=seconds,
+                metrics=metrics,
+                checkpoint=snapshot,
             )
             if done:
                 break
