@@ -315,7 +315,7 @@ def interleaved(repeat: int) -> None:
     torch.set_num_threads(threads)
     peak = matmul_gflops()
     flops = flops_per_output_pixel(config)
-    base = statistics.median(times["572 NCHW (naive)"][1:])
+    base = output_size(572, config) ** 2 / statistics.median(times["572 NCHW (naive)"][1:]) / 1e6
     print(
         f"\nInterleaved levers, paper network, one tile per pass, median of {repeat} rounds; "
         f"matmul {peak:.0f} GFLOP/s"
@@ -325,7 +325,7 @@ def interleaved(repeat: int) -> None:
     for name, (tile, *_rest) in variants.items():
         sec = statistics.median(times[name][1:])
         rate = output_size(tile, config) ** 2 / sec / 1e6
-        print(f"| {name} | {rate:.3f} | {base / sec:.2f}x | {rate * 1e6 * flops / 1e9 / peak:.2f} |")
+        print(f"| {name} | {rate:.3f} | {rate / base:.2f}x | {rate * 1e6 * flops / 1e9 / peak:.2f} |")
 
 
 def levers(args: argparse.Namespace, peak: float) -> None:
