@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,23 +39,88 @@ from ._logic import (
     CURRENT_MODEL,
     FROM_SCRATCH,
     LOAD_FROM_FILE,
+    METADATA_KEY,
     FinetuneRequest,
     FinetuneResult,
+    ImageInput,
     ModelSession,
     TrainingData,
     annotation_for,
     collect_training_data,
     empty_annotation,
     finetune_job,
+    fingerprint,
+    image_axes,
     image_input_from_layer,
     model_choices,
+    result_transform,
     session_for,
+    spatial_shape,
     train_progress_text,
 )
 from ._plot import LossPlot
 
 if TYPE_CHECKING:
     import napari
+
+
+# --------------------------------------------------------------------------- live preview
+
+
+class PreviewTarget:
+    """The plane a live preview segments, read on the GUI thread when the preview starts.
+
+    Attributes
+    ----------
+    image : ImageInput
+        The whole image (its name, spatial shape and transform are those of the preview layer).
+    axes : str
+        Axis letters of the whole image.
+    data : array-like
+        The plane to segment (lazy for dask data: read in the worker).
+    plane_axes : str
+        Axis letters of ``data`` (``axes`` without the stack axis).
+    index : tuple
+        Where the plane's labels go in an array of the image's spatial shape.
+    """
+
+    def __init__(self, image: ImageInput, axes: str, plane: int | None) -> None:
+        self.image = image
+        self.axes = axes
+        if plane is None:
+            self.data, self.plane_axes, self.index = image.data, axes, (...,)
+        else:
+            letter = "Z" if "Z" in axes else "T"
+            self.data = image.data[(slice(None),) * axes.index(letter) + (plane,)]
+            self.plane_axes = axes.replace(letter, "")
+            self.index = (slice(None),) * axes.replace("C", "").index(letter) + (plane,)
+        self.plane = plane
+
+
+def visible_plane(layer: Any, axes: str, dims_point: Any) -> int | None:
+    """Index of the plane of a stacked image layer the viewer shows (None: not a stack)."""
+    letter = "Z" if "Z" in axes else "T" if "T" in axes else None
+    if letter is None:
+        return None
+    layer_axes = axes[:-1] if getattr(layer, "rgb", False) else axes  # napari has no dim for RGB
+    dim = layer_axes.index(letter)
+    ndim = len(layer_axes)
+    point = tuple(dims_point)[-ndim:]
+    try:
+        coord = layer.world_to_data(point)[dim]
+    except (AttributeError, IndexError, TypeError, ValueError):
+        coord = point[dim] if len(point) == ndim else 0
+    n = int(layer.data.shape[axes.index(letter)])
+    return int(min(max(round(float(coord)), 0), n - 1))
+
+
+def preview_job(checkpoint: Any, target: PreviewTarget, device: str) -> Generator[Any, None, Any]:
+    """Segment the preview plane with a weight snapshot (worker thread); returns ``(labels, seconds)``."""
+    from tiled_unet.core.predict import segment_iter
+
+    start = time.perf_counter()
+    labels = yield from segment_iter(checkpoint, target.data, axes=target.plane_axes, device=device)
+    return labels, time.perf_counter() - start
 
 
 class FinetuneWidget(QWidget):
@@ -62,6 +130,17 @@ class FinetuneWidget(QWidget):
     per object. Only planes of a stack that carry annotations are used. When a run finishes,
     the new model becomes the current model of the viewer's Segment widget; a cancelled or
     failed run leaves the previous model in place.
+
+    Live preview ("Live preview every N steps", 0 = off, the default): every N steps the
+    training yields a snapshot of the weights, and the plane of the first chosen image that the
+    viewer shows is segmented with it in a worker thread, at most one at a time (a snapshot that
+    arrives meanwhile waits; only the newest waits). The result goes to a Labels layer
+    ``"<image> preview"`` placed just above the image, created once and updated afterwards;
+    on a stack only the plane last previewed is filled. The layer is *kept* when the run ends
+    (showing the last snapshot, its step in ``metadata["tiled_unet"]["step"]``), for comparison
+    with the final segmentation; delete it at will. The next run reuses it unless it was edited
+    by hand, which makes it the user's: it is then left alone, like every other layer, and a new
+    preview layer is added. Adding it does not change the selected layer, so painting goes on.
 
     Parameters
     ----------
@@ -84,6 +163,15 @@ class FinetuneWidget(QWidget):
         self._files: list[str] = []
         self._worker: Any = None
         self._cancel = threading.Event()
+        self._preview_worker: Any = None
+        self._preview_pending: Any = None  # newest snapshot waiting for the running preview
+        self._preview_source: Any = None  # the image layer previewed in this run
+        self._preview_run = 0  # run counter: results of an older run's preview are dropped
+        self._run_text = ""
+        #: The preview layer written last (None before the first preview).
+        self.preview_layer: Any = None
+        #: Number of preview results written into the preview layer (all runs).
+        self.preview_updates = 0
         #: The result of the last finished run (its checkpoint is what "Save model…" writes).
         self.last_result: FinetuneResult | None = None
 
@@ -124,6 +212,15 @@ class FinetuneWidget(QWidget):
         self.lr_spin.setToolTip("Learning rate of the Adam optimiser")
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", *available_devices()])
+        self.preview_spin = QSpinBox()
+        self.preview_spin.setRange(0, 1_000_000)
+        self.preview_spin.setValue(0)
+        self.preview_spin.setSpecialValueText("off")
+        self.preview_spin.setSuffix(" steps")
+        self.preview_spin.setToolTip(
+            "Every this many steps, segment the visible plane of the first image with the current "
+            "weights into a '<image> preview' layer (in the background; slows training a little)"
+        )
 
         form = QFormLayout()
         form.addRow("Images", self.images_list)
@@ -135,6 +232,7 @@ class FinetuneWidget(QWidget):
         form.addRow("Time budget", self.minutes_spin)
         form.addRow("Learning rate", self.lr_spin)
         form.addRow("Device", self.device_combo)
+        form.addRow("Live preview every", self.preview_spin)
 
         self.start_button = QPushButton("Start")
         self.start_button.clicked.connect(self.start)
@@ -313,15 +411,25 @@ class FinetuneWidget(QWidget):
         self._cancel.clear()
         self.plot.clear()
         self._set_running(True)
-        self.status.setText(
-            f"Fine-tuning on {len(data.labels)} annotated plane(s), {data.n_objects} object(s)…"
-        )
+        self._run_text = f"Fine-tuning on {len(data.labels)} annotated plane(s), {data.n_objects} object(s)…"
+        self.status.setText(self._run_text)
+        extra: dict[str, Any] = {}
+        preview_every = int(self.preview_spin.value())
+        self._preview_run += 1
+        self._preview_pending = None
+        self._preview_source = None
+        if preview_every > 0:
+            from tiled_unet.core.train import train_iter
+
+            self._preview_source = self.images_list.layers()[0]
+            extra["train_iter"] = functools.partial(train_iter, preview_every=preview_every)
         self._worker = start_job(
             finetune_job,
             data,
             request,
             cancel=self._cancel.is_set,
             use_thread=self.use_thread,
+            **extra,
             on_yield=self._on_progress,
             on_return=self._on_result,
             on_error=self._on_error,
@@ -335,6 +443,13 @@ class FinetuneWidget(QWidget):
             self._cancel.set()
             self._worker.quit()
             self.status.setText("Cancelling…")
+        self.cancel_preview()
+
+    def cancel_preview(self) -> None:
+        """Stop a running live preview and drop a waiting one (the preview layer stays)."""
+        self._preview_pending = None
+        if self._preview_worker is not None:
+            self._preview_worker.quit()
 
     def _set_running(self, running: bool) -> None:
         self.start_button.setEnabled(not running)
@@ -351,6 +466,116 @@ class FinetuneWidget(QWidget):
             self.progress.setValue(min(int(progress.step), n))
         self.progress.setFormat(train_progress_text(progress))
         self.plot.add(int(progress.step), float(progress.loss))
+        snapshot = getattr(progress, "checkpoint", None)
+        if snapshot is not None and not self._cancel.is_set():
+            self.request_preview(snapshot, int(progress.step))
+
+    # ------------------------------------------------------------------ live preview
+
+    @property
+    def previewing(self) -> bool:
+        """Whether a live-preview segmentation is running."""
+        return self._preview_worker is not None
+
+    def request_preview(self, checkpoint: Any, step: int) -> None:
+        """Segment the visible plane with ``checkpoint`` now, or when the running preview ends."""
+        if self._preview_worker is not None:
+            self._preview_pending = (checkpoint, step, self._preview_run)
+            return
+        layer = self._preview_source
+        if layer is None or layer not in self.viewer.layers:
+            return  # the image was removed meanwhile: nothing to preview
+        try:
+            image = image_input_from_layer(layer)
+            axes = image_axes(image, int(checkpoint.config.in_channels))
+            target = PreviewTarget(image, axes, visible_plane(layer, axes, self.viewer.dims.point))
+        except ValueError as exc:
+            self.status.setText(f"{self._run_text} Preview not possible: {exc}")
+            return
+        run = self._preview_run
+        self._preview_worker = start_job(
+            preview_job,
+            checkpoint,
+            target,
+            self.device_combo.currentText(),
+            use_thread=self.use_thread,
+            on_yield=lambda _progress: None,
+            on_return=lambda result: self._on_preview(result, target, step, run),
+            on_error=self._on_preview_error,
+            on_finish=self._on_preview_finish,
+        )
+
+    def _on_preview(self, result: tuple[Any, float], target: PreviewTarget, step: int, run: int) -> None:
+        """Write a preview into the preview layer (GUI thread)."""
+        import numpy as np
+
+        if run != self._preview_run:
+            return  # from an earlier run
+        labels, seconds = result
+        labels = np.asarray(labels)
+        data = np.zeros(spatial_shape(target.image.shape, target.axes), dtype=labels.dtype)
+        data[target.index] = labels
+        layer = self._preview_layer_for(target)
+        info = {
+            "preview_of": target.image.name,
+            "step": step,
+            "plane": target.plane,
+            "seconds": round(float(seconds), 2),
+        }
+        if layer is None:
+            layer = self._add_preview_layer(data, target)
+        else:
+            layer.data = data
+        layer.metadata[METADATA_KEY] = {**info, "fingerprint": fingerprint(layer.data)}
+        self.preview_layer = layer
+        self.preview_updates += 1
+        where = f", plane {target.plane}" if target.plane is not None else ""
+        text = f"Preview: step {step}{where} ({seconds:.1f} s)."
+        self.status.setText(f"{self._run_text} {text}" if self.running else text)
+
+    def _preview_layer_for(self, target: PreviewTarget) -> Any:
+        """Our unedited preview layer of this image, or None (layers edited by hand are the user's)."""
+        from napari.layers import Labels
+
+        for layer in reversed(list(self.viewer.layers)):
+            info = layer.metadata.get(METADATA_KEY) if isinstance(layer, Labels) else None
+            if (
+                isinstance(info, dict)
+                and info.get("preview_of") == target.image.name
+                and info.get("fingerprint") == fingerprint(layer.data)
+                and tuple(layer.data.shape) == spatial_shape(target.image.shape, target.axes)
+            ):
+                return layer
+        return None
+
+    def _add_preview_layer(self, data: Any, target: PreviewTarget) -> Any:
+        """Add the preview layer just above its image, keeping the user's layer selection."""
+        from napari.layers import Labels
+
+        layers = self.viewer.layers
+        scale, translate = result_transform(target.image, target.axes, "instances")
+        layer = Labels(
+            data, name=f"{target.image.name} preview", scale=scale, translate=translate, opacity=0.5
+        )
+        selected, active = list(layers.selection), layers.selection.active
+        source = self._preview_source
+        index = layers.index(source) + 1 if source is not None and source in layers else len(layers)
+        layers.insert(index, layer)
+        layers.selection.clear()
+        layers.selection.update(selected)
+        layers.selection.active = active
+        return layer
+
+    def _on_preview_error(self, exc: BaseException) -> None:
+        message = report_exception(exc, device=self.device_combo.currentText(), context="Live preview failed")
+        self._preview_pending = None
+        self.status.setText(f"{self._run_text} {message}" if self.running else message)
+
+    def _on_preview_finish(self) -> None:
+        self._preview_worker = None
+        pending, self._preview_pending = self._preview_pending, None
+        if pending is not None and pending[2] == self._preview_run and not self._cancel.is_set():
+            self.request_preview(pending[0], pending[1])
 
     def _on_result(self, result: FinetuneResult | None) -> None:
         """Make the new model current (GUI thread); None means the run was cancelled."""

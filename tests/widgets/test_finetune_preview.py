@@ -1,0 +1,122 @@
+"""Live preview in the Fine-tune widget: the visible plane is re-segmented every N steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tiled_unet._widgets._logic import METADATA_KEY, session_for
+
+pytestmark = pytest.mark.qt
+
+
+def _finetune(viewer, checkpoint_file, preview_every):
+    _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
+    assert ft.load_model_file(str(checkpoint_file))
+    ft.device_combo.setCurrentText("cpu")
+    ft.preview_spin.setValue(preview_every)
+    ft.lr_spin.setValue(1e-3)
+    return ft
+
+
+def _annotate(ft, plane=None):
+    ann = ft.new_annotation_layer()
+    data = ann.data
+    where = (plane,) if plane is not None else ()
+    data[(*where, slice(10, 30), slice(10, 30))] = 2
+    data[(*where, slice(40, 60), slice(40, 60))] = 1
+    ann.data = data
+    return ann
+
+
+def test_preview_off_by_default(make_napari_viewer, checkpoint_file):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((64, 64)).astype(np.float32), name="img")
+    ft = _finetune(viewer, checkpoint_file, 0)
+    _, fresh = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
+    assert fresh.preview_spin.value() == 0 and fresh.preview_spin.text() == "off"
+    ft.use_thread = False
+    _annotate(ft)
+    ft.steps_spin.setValue(2)
+    ft.start()
+    assert session_for(viewer).current is not None
+    assert ft.preview_updates == 0 and "img preview" not in viewer.layers
+
+
+def test_preview_every_2_steps_inline(make_napari_viewer, checkpoint_file):
+    """Inline (no threads): every snapshot is previewed, into one layer that is updated."""
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(1)
+    image = viewer.add_image(rng.random((64, 80)).astype(np.float32), name="img", scale=(0.5, 0.5))
+    user = viewer.add_labels(np.full((64, 80), 7, np.uint8), name="img preview")  # the user's layer
+    ft = _finetune(viewer, checkpoint_file, 2)
+    ft.use_thread = False
+    ann = _annotate(ft)
+    ann.mode = "paint"
+    painted = ann.data.copy()
+    seen = []
+    viewer.layers.events.inserted.connect(lambda e: seen.append(e.value.name))
+    ft.steps_spin.setValue(6)
+    ft.start()
+
+    assert ft.preview_updates == 3  # steps 2, 4 and 6
+    layer = ft.preview_layer
+    assert layer is not user and layer.name != "img preview" and seen == [layer.name]
+    assert layer.metadata[METADATA_KEY]["step"] == 6 and layer.metadata[METADATA_KEY]["preview_of"] == "img"
+    assert layer.data.shape == (64, 80) and layer.data.any()
+    assert tuple(layer.scale) == (0.5, 0.5)
+    # placed just above its image, the user's selection and layers untouched
+    names = [lay.name for lay in viewer.layers]
+    assert names.index(layer.name) == names.index("img") + 1
+    assert viewer.layers.selection.active.name == ann.name and ann.mode == "paint"  # ann is a proxy
+    np.testing.assert_array_equal(ann.data, painted)
+    assert (user.data == 7).all() and image.data.dtype == np.float32
+
+    # a second run updates the same layer; once edited by hand, it is the user's and left alone
+    ft.steps_spin.setValue(2)
+    ft.start()
+    assert ft.preview_layer is layer and ft.preview_updates == 4
+    assert layer.metadata[METADATA_KEY]["step"] == 2
+    layer.paint((3, 3), 99)
+    edited = layer.data.copy()
+    ft.start()
+    assert ft.preview_layer is not layer and ft.preview_updates == 5
+    np.testing.assert_array_equal(layer.data, edited)
+
+
+def test_preview_segments_the_visible_plane_of_a_stack(make_napari_viewer, checkpoint_file):
+    viewer = make_napari_viewer()
+    stack = np.random.default_rng(2).random((4, 64, 64)).astype(np.float32)
+    viewer.add_image(stack, name="stack")
+    ft = _finetune(viewer, checkpoint_file, 1)
+    ft.use_thread = False
+    _annotate(ft, plane=1)
+    viewer.dims.set_current_step(0, 2)
+    ft.steps_spin.setValue(1)
+    ft.start()
+    data = ft.preview_layer.data
+    assert data.shape == (4, 64, 64) and ft.preview_layer.metadata[METADATA_KEY]["plane"] == 2
+    assert data[2].any() and not data[[0, 1, 3]].any()
+
+
+def test_threaded_preview_updates_and_cancel_keeps_the_previous_model(
+    make_napari_viewer, qtbot, checkpoint_file, intensity_checkpoint
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(3).random((96, 96)).astype(np.float32), name="noise")
+    ft = _finetune(viewer, checkpoint_file, 2)
+    session = session_for(viewer)
+    session.set_current(intensity_checkpoint, "previous")
+    _annotate(ft)
+    ft.steps_spin.setValue(100_000)
+    ft.start()
+    assert ft.running
+    qtbot.waitUntil(lambda: ft.preview_updates >= 2, timeout=120_000)
+    layer = ft.preview_layer
+    assert layer.name == "noise preview" and layer.metadata[METADATA_KEY]["step"] >= 4
+    ft.cancel_button.click()
+    qtbot.waitUntil(lambda: not ft.running and not ft.previewing, timeout=60_000)
+    assert session.current is intensity_checkpoint and session.label == "previous"
+    assert "Cancelled" in ft.status.text() and "unchanged" in ft.status.text()
+    assert "noise preview" in viewer.layers  # kept after the run, as documented
+    assert [lay.name for lay in viewer.layers].count("noise preview") == 1
