@@ -130,8 +130,9 @@ def test_errors_are_notifications(make_napari_viewer, checkpoint_file, tmp_path,
     assert widget.model_combo.currentText() != "file: notes.pt"
 
     viewer.add_image(np.zeros((64, 64), np.uint8), name="blank")
-    widget.refresh_models(select=LOAD_FROM_FILE)
-    widget.run()  # no model chosen
+    # "Load from file…" chosen but the dialog cancelled: no model
+    widget.model_combo.setCurrentIndex(widget.model_combo.findText(LOAD_FROM_FILE))
+    widget.run()
     assert "model" in notifications["error"][-1]
 
     widget.load_model_file(str(checkpoint_file))
