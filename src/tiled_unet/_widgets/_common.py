@@ -1,13 +1,24 @@
-"""Qt helpers shared by the widgets: layer combo boxes, notifications, running jobs."""
+"""Qt helpers shared by the widgets: layer combo boxes, notifications, running jobs, the job widget base."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QListWidget, QListWidgetItem, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ._logic import error_message
 
@@ -230,3 +241,112 @@ def start_job(
     worker.finished.connect(on_finish)
     worker.start()
     return worker
+
+
+class JobWidget(QWidget):
+    """Base of the dock widgets that run one background job at a time.
+
+    It holds the viewer, the running worker, and the controls every such widget has: a device
+    choice, a Cancel button, a progress bar and a status line. Subclasses build a form, call
+    :meth:`_lay_out`, start jobs with :meth:`_start`, and implement ``cancel``, ``_set_running``
+    and the job callbacks ``_on_progress``, ``_on_result``, ``_on_error`` and ``_on_abort``.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer (injected by napari).
+    use_thread : bool
+        Run jobs in a napari thread worker (default). ``False`` runs them inline, for tests.
+    """
+
+    def __init__(self, napari_viewer: Any, *, use_thread: bool = True) -> None:
+        super().__init__()
+        from tiled_unet.core.devices import available_devices
+
+        self.viewer = napari_viewer
+        self.use_thread = use_thread
+        self._worker: Any = None
+
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", *available_devices()])
+        self.device_combo.setToolTip("auto: a GPU if there is one, else the CPU")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self._reset_progress()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+    def _lay_out(self, form: QFormLayout, buttons: Sequence[QWidget], below: Sequence[QWidget] = ()) -> None:
+        """Stack ``form``, a row of ``buttons``, the progress bar, ``below`` and the status line."""
+        row = QHBoxLayout()
+        for button in buttons:
+            row.addWidget(button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(row)
+        for widget in [self.progress, *below, self.status]:
+            layout.addWidget(widget)
+        layout.addStretch(1)
+
+    @property
+    def running(self) -> bool:
+        """Whether a job is in progress."""
+        return self._worker is not None
+
+    def cancel(self) -> None:
+        """Stop the running job (subclasses)."""
+        raise NotImplementedError
+
+    def _set_running(self, running: bool) -> None:
+        """Enable or disable the controls for a run (subclasses)."""
+        raise NotImplementedError
+
+    # The job's callbacks (GUI thread), defined by subclasses.
+
+    def _on_progress(self, progress: Any) -> None:
+        raise NotImplementedError
+
+    def _on_result(self, result: Any) -> None:
+        raise NotImplementedError
+
+    def _on_error(self, exc: BaseException) -> None:
+        raise NotImplementedError
+
+    def _on_abort(self) -> None:
+        raise NotImplementedError
+
+    def _reset_progress(self) -> None:
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("")
+
+    def _report(self, exc: BaseException, context: str) -> str:
+        """Notify the user of a job's error (see :func:`report_exception`); returns the message."""
+        return report_exception(exc, device=self.device_combo.currentText(), context=context)
+
+    def _start(self, func: Callable[..., Generator[Any, None, Any]], *args: Any, **kwargs: Any) -> None:
+        """Start the job ``func(*args, **kwargs)`` (see :func:`start_job`) with this widget's callbacks."""
+        self._worker = start_job(
+            func,
+            *args,
+            use_thread=self.use_thread,
+            on_yield=self._on_progress,
+            on_return=self._on_result,
+            on_error=self._on_error,
+            on_finish=self._on_finish,
+            on_abort=self._on_abort,
+            **kwargs,
+        )
+
+    def _on_finish(self) -> None:
+        self._worker = None
+        self._set_running(False)
+        self._reset_progress()
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt naming)
+        """Stop a running job when the widget closes."""
+        self.cancel()
+        super().closeEvent(event)

@@ -10,35 +10,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtWidgets import (
-    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QMessageBox,
-    QProgressBar,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
-    QWidget,
 )
 
 from ._common import (
+    JobWidget,
     LayerComboBox,
     LayerListWidget,
-    fill_combo,
     notify_error,
     notify_info,
     notify_warning,
-    report_exception,
     start_job,
 )
 from ._logic import (
     ANNOTATION_CONVENTION,
-    CURRENT_MODEL,
     FROM_SCRATCH,
-    LOAD_FROM_FILE,
     METADATA_KEY,
     FinetuneRequest,
     FinetuneResult,
@@ -52,12 +44,11 @@ from ._logic import (
     fingerprint,
     image_axes,
     image_input_from_layer,
-    model_choices,
     result_transform,
-    session_for,
     spatial_shape,
     train_progress_text,
 )
+from ._model_choice import ModelChoice
 from ._plot import LossPlot
 
 if TYPE_CHECKING:
@@ -123,7 +114,7 @@ def preview_job(checkpoint: Any, target: PreviewTarget, device: str) -> Generato
     return labels, time.perf_counter() - start
 
 
-class FinetuneWidget(QWidget):
+class FinetuneWidget(JobWidget, ModelChoice):
     """Fine-tune a U-Net on sparse annotations painted in a Labels layer.
 
     Convention of the annotation layer: 0 = not annotated, 1 = background, 2, 3, … = one id
@@ -142,26 +133,21 @@ class FinetuneWidget(QWidget):
     by hand, which makes it the user's: it is then left alone, like every other layer, and a new
     preview layer is added. Adding it does not change the selected layer, so painting goes on.
 
-    Parameters
-    ----------
-    napari_viewer : napari.Viewer
-        The viewer (injected by napari).
-    use_thread : bool
-        Train in a napari thread worker (default). ``False`` runs inline, for tests.
+    The parameters, ``napari_viewer`` and ``use_thread``, are those of :class:`~._common.JobWidget`.
     """
 
     def __init__(self, napari_viewer: napari.Viewer, *, use_thread: bool = True) -> None:
-        super().__init__()
+        super().__init__(napari_viewer, use_thread=use_thread)
         from napari.layers import Image, Labels
 
-        from tiled_unet.core.devices import available_devices
-
-        self.viewer = napari_viewer
-        self.use_thread = use_thread
-        self.session: ModelSession = session_for(napari_viewer)
-        self.session.connect(self._on_session_model)
-        self._files: list[str] = []
-        self._worker: Any = None
+        self._init_model_choice(
+            napari_viewer,
+            tooltip="Model to start from",
+            extras=(FROM_SCRATCH,),
+            prefer_current=True,
+            noun="base model",
+            no_current="No fine-tuned model yet: choose another base model.",
+        )
         self._cancel = threading.Event()
         self._preview_worker: Any = None
         self._preview_pending: Any = None  # newest snapshot waiting for the running preview
@@ -189,9 +175,6 @@ class FinetuneWidget(QWidget):
         convention = QLabel(ANNOTATION_CONVENTION)
         convention.setWordWrap(True)
 
-        self.model_combo = QComboBox()
-        self.model_combo.setToolTip("Model to start from")
-        self.model_combo.activated.connect(self._on_model_activated)
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(0, 1_000_000)
         self.steps_spin.setValue(200)
@@ -210,8 +193,6 @@ class FinetuneWidget(QWidget):
         self.lr_spin.setValue(1e-4)
         self.lr_spin.setSpecialValueText("default")
         self.lr_spin.setToolTip("Learning rate of the Adam optimiser")
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", *available_devices()])
         self.preview_spin = QSpinBox()
         self.preview_spin.setRange(0, 1_000_000)
         self.preview_spin.setValue(0)
@@ -236,89 +217,19 @@ class FinetuneWidget(QWidget):
 
         self.start_button = QPushButton("Start")
         self.start_button.clicked.connect(self.start)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
         self.save_button = QPushButton("Save model…")
         self.save_button.setEnabled(False)
         self.save_button.clicked.connect(lambda: self.save_model())
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.start_button)
-        buttons.addWidget(self.cancel_button)
-        buttons.addWidget(self.save_button)
-
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("")
         self.plot = LossPlot()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.plot)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
+        self._lay_out(form, [self.start_button, self.cancel_button, self.save_button], [self.plot])
         self.refresh_models()
 
     # ------------------------------------------------------------------ base model
 
-    def refresh_models(self, select: str | None = None) -> None:
-        """Re-list the base models: built-in, current fine-tuned, files, from scratch."""
-        from tiled_unet.core.checkpoint import builtin_models
-
-        has_current = self.session.current is not None
-        builtins = builtin_models()
-        choices = model_choices(builtins, has_current=has_current, files=self._files)
-        choices.insert(len(choices) - 1, (FROM_SCRATCH, FROM_SCRATCH))
-        keep = select if select is not None else self.model_combo.currentText()
-        if keep in ("", LOAD_FROM_FILE):
-            keep = CURRENT_MODEL if has_current else choices[0][0]
-        fill_combo(self.model_combo, choices, keep, tooltips=builtins)
-
-    def load_model_file(self, path: str | None = None) -> bool:
-        """Add a checkpoint file to the base models and choose it (a dialog if no ``path``)."""
-        from tiled_unet.core.checkpoint import CheckpointError, load_checkpoint
-
-        if path is None:
-            path, _ = QFileDialog.getOpenFileName(self, "Load a U-Net checkpoint", "", "Checkpoints (*.pt)")
-            if not path:
-                self.refresh_models()
-                return False
-        try:
-            load_checkpoint(path)
-        except CheckpointError as exc:
-            notify_error(str(exc))
-            self.refresh_models()
-            return False
-        path = str(Path(path).resolve())
-        if path not in self._files:
-            self._files.append(path)
-        self.refresh_models(select=f"file: {Path(path).name}")
-        return True
-
-    def _on_model_activated(self, _index: int) -> None:
-        if self.model_combo.currentText() == LOAD_FROM_FILE:
-            self.load_model_file()
-
-    def _on_session_model(self, _session: ModelSession) -> None:
-        self.refresh_models()
+    def _on_session_model(self, session: ModelSession) -> None:
+        """A fine-tune finished: list the new model; it can be saved now."""
+        super()._on_session_model(session)
         self.save_button.setEnabled(self.session.current is not None)
-
-    def _base_model(self) -> tuple[Any, str]:
-        label = self.model_combo.currentText()
-        if label == CURRENT_MODEL:
-            if self.session.current is None:
-                raise ValueError("No fine-tuned model yet: choose another base model.")
-            return self.session.current, self.session.label
-        if label == FROM_SCRATCH:
-            return None, FROM_SCRATCH
-        if label in ("", LOAD_FROM_FILE):
-            raise ValueError("No base model chosen: pick a built-in model or load a checkpoint file.")
-        return self.model_combo.currentData(), label
 
     def _in_channels(self, model: Any) -> int:
         from tiled_unet.core.checkpoint import Checkpoint, resolve_model
@@ -344,7 +255,7 @@ class FinetuneWidget(QWidget):
             return None
         try:
             image = image_input_from_layer(images[0])
-            model, _ = self._base_model()
+            model, _ = self._model_value()
             data, kwargs = empty_annotation(image, self._in_channels(model))
         except ValueError as exc:
             notify_error(str(exc))
@@ -375,14 +286,9 @@ class FinetuneWidget(QWidget):
 
     # ------------------------------------------------------------------ training
 
-    @property
-    def running(self) -> bool:
-        """Whether a fine-tuning run is in progress."""
-        return self._worker is not None
-
     def request(self) -> FinetuneRequest:
         """The settings of the next run, from the controls."""
-        model, label = self._base_model()
+        model, label = self._model_value()
         return FinetuneRequest(
             base_model=model,
             base_label=label,
@@ -423,19 +329,7 @@ class FinetuneWidget(QWidget):
 
             self._preview_source = self.images_list.layers()[0]
             extra["train_iter"] = functools.partial(train_iter, preview_every=preview_every)
-        self._worker = start_job(
-            finetune_job,
-            data,
-            request,
-            cancel=self._cancel.is_set,
-            use_thread=self.use_thread,
-            **extra,
-            on_yield=self._on_progress,
-            on_return=self._on_result,
-            on_error=self._on_error,
-            on_finish=self._on_finish,
-            on_abort=self._on_abort,
-        )
+        self._start(finetune_job, data, request, cancel=self._cancel.is_set, **extra)
 
     def cancel(self) -> None:
         """Stop training at the next step; the previous model stays."""
@@ -567,7 +461,7 @@ class FinetuneWidget(QWidget):
         return layer
 
     def _on_preview_error(self, exc: BaseException) -> None:
-        message = report_exception(exc, device=self.device_combo.currentText(), context="Live preview failed")
+        message = self._report(exc, "Live preview failed")
         self._preview_pending = None
         self.status.setText(f"{self._run_text} {message}" if self.running else message)
 
@@ -592,18 +486,11 @@ class FinetuneWidget(QWidget):
         self.session.set_current(result.checkpoint, label)
 
     def _on_error(self, exc: BaseException) -> None:
-        message = report_exception(exc, device=self.device_combo.currentText(), context="Fine-tuning failed")
+        message = self._report(exc, "Fine-tuning failed")
         self.status.setText(message + " The previous model is unchanged.")
 
     def _on_abort(self) -> None:
         self.status.setText("Cancelled; the previous model is unchanged.")
-
-    def _on_finish(self) -> None:
-        self._worker = None
-        self._set_running(False)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("")
 
     # ------------------------------------------------------------------ saving
 
@@ -656,8 +543,3 @@ class FinetuneWidget(QWidget):
         notify_info(f"Model saved to {written}")
         self.status.setText(f"Model saved to {written}")
         return written
-
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt naming)
-        """Stop a running job when the widget closes."""
-        self.cancel()
-        super().closeEvent(event)
