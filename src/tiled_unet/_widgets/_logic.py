@@ -17,6 +17,7 @@ import hashlib
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -33,6 +34,13 @@ CURRENT_MODEL = "current fine-tuned model"
 LOAD_FROM_FILE = "Load from file…"
 #: Key of the ``layer.metadata`` entry written on every layer this plugin creates.
 METADATA_KEY = "tiled_unet"
+
+#: A plane (Y x X) with more pixels than this, in a dask- or zarr-backed image layer, is
+#: segmented block by block into a Zarr store (:mod:`tiled_unet.core.blockwise`) rather
+#: than in memory: 4096 x 4096 pixels.
+HUGE_PLANE_PIXELS = 4096 * 4096
+#: Output block edge (pixels) of blockwise runs, also the Zarr chunk edge of their results.
+HUGE_BLOCK = 2048
 
 #: One-line explanation of the sparse annotation convention, shown in the Fine-tune widget.
 ANNOTATION_CONVENTION = "Paint 1 = background, 2, 3, … = one id per object; 0 = not annotated."
@@ -142,8 +150,26 @@ def result_transform(
 # --------------------------------------------------------------------------- result layers
 
 
+def is_lazy(data: Any) -> bool:
+    """Whether ``data`` is a dask or a zarr array (read on demand, possibly larger than memory)."""
+    if isinstance(data, np.ndarray):
+        return False
+    if hasattr(data, "dask") and hasattr(data, "chunks"):
+        return True
+    return type(data).__module__.split(".")[0] == "zarr"
+
+
 def fingerprint(data: Any) -> str:
-    """A short hash of an array's shape, dtype and contents (detects edits by hand)."""
+    """A short identity of an array: detects edits by hand.
+
+    For numpy data, a hash of the shape, dtype and contents. A dask array (a lazy result,
+    see :func:`segment_job`) cannot be hashed without reading all of it, so its graph name
+    stands in: dask gives an array a new name on every in-place assignment (which is how
+    napari paints into dask-backed labels) and every new array has its own, so the name
+    changes whenever the layer's data is edited or replaced.
+    """
+    if hasattr(data, "dask") and hasattr(data, "name"):
+        return f"dask:{data.name}:{tuple(int(n) for n in data.shape)}:{np.dtype(data.dtype).str}"
     arr = np.ascontiguousarray(np.asarray(data))
     h = hashlib.blake2b(digest_size=16)
     h.update(str((arr.shape, arr.dtype.str)).encode())
@@ -162,14 +188,101 @@ def result_metadata(image_name: str, output: Output, data: Any, **extra: Any) ->
 
 
 def is_unedited_result(layer: Any, image_name: str, output: Output) -> bool:
-    """Whether ``layer`` is a result we wrote for ``image_name``/``output`` and nobody edited since."""
+    """Whether ``layer`` is a result we wrote for ``image_name``/``output`` and nobody edited since.
+
+    The layer's data must still match the fingerprint recorded when it was written (see
+    :func:`fingerprint`), and no edit may have been recorded by :func:`mark_edited` (the
+    Segment widget calls it from the paint events of its lazy, Zarr-backed results).
+    """
     meta = getattr(layer, "metadata", None) or {}
     info = meta.get(METADATA_KEY)
     if not isinstance(info, dict):
         return False
-    if info.get("source") != image_name or info.get("output") != output:
+    if info.get("source") != image_name or info.get("output") != output or info.get("edited"):
         return False
     return info.get("fingerprint") == fingerprint(layer.data)
+
+
+def mark_edited(layer: Any) -> None:
+    """Record in ``layer.metadata`` that a result layer was edited by hand (never updated again)."""
+    info = (getattr(layer, "metadata", None) or {}).get(METADATA_KEY)
+    if isinstance(info, dict):
+        info["edited"] = True
+
+
+def result_store(layer: Any) -> str | None:
+    """The Zarr store folder of a lazy result layer we wrote, or None."""
+    info = (getattr(layer, "metadata", None) or {}).get(METADATA_KEY)
+    store = info.get("store") if isinstance(info, dict) else None
+    return str(store) if store else None
+
+
+# --------------------------------------------------------------------------- huge images
+
+
+def plane_pixels(shape: Sequence[int], axes: str) -> int:
+    """Pixels of one Y x X plane of an image of ``shape`` with axis letters ``axes``."""
+    sizes = dict(zip(axes, (int(s) for s in shape), strict=True))
+    return sizes.get("Y", 1) * sizes.get("X", 1)
+
+
+def use_blockwise(image: ImageInput, axes: str, *, threshold: int | None = None) -> bool:
+    """Whether ``image`` is segmented block by block into a Zarr store.
+
+    True when the layer's data is lazy (dask or zarr, see :func:`is_lazy`; the full-resolution
+    level of a multiscale layer) and one plane has more than ``threshold`` pixels (default
+    :data:`HUGE_PLANE_PIXELS`). Smaller or in-memory images take the in-memory path.
+    """
+    limit = HUGE_PLANE_PIXELS if threshold is None else int(threshold)
+    return is_lazy(image.data) and plane_pixels(image.shape, axes) > limit
+
+
+_CACHE_DIR: str | None = None
+
+
+def result_cache_dir() -> Path:
+    """This session's folder for blockwise results, under the system's temporary folder.
+
+    Created on first use (``tempfile.mkdtemp``) and removed with everything in it when
+    Python exits, so results are never written next to the user's files.
+    """
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    global _CACHE_DIR
+    if _CACHE_DIR is None or not os.path.isdir(_CACHE_DIR):
+        _CACHE_DIR = tempfile.mkdtemp(prefix="tiled-unet-results-")
+        atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+    return Path(_CACHE_DIR)
+
+
+def new_result_store() -> Path:
+    """A new, empty folder in :func:`result_cache_dir` for one blockwise run."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="run-", dir=result_cache_dir()))
+
+
+def remove_result_store(path: str | Path | None) -> bool:
+    """Delete a folder made by :func:`new_result_store`; anything else is left alone.
+
+    Returns
+    -------
+    bool
+        True if a folder was removed.
+    """
+    import shutil
+
+    if not path or _CACHE_DIR is None:
+        return False
+    target = Path(path).resolve()
+    root = Path(_CACHE_DIR).resolve()
+    if target == root or root not in target.parents or not target.is_dir():
+        return False
+    shutil.rmtree(target, ignore_errors=True)
+    return True
 
 
 def _unique_name(base: str, taken: set[str]) -> str:
@@ -236,10 +349,13 @@ class SegmentResult:
 
     image: ImageInput
     request: SegmentRequest
-    data: np.ndarray
+    data: Any
     axes: str
     seconds: float
     n_objects: int | None
+    #: The folder holding the Zarr result of a blockwise run (``data`` then is a dask array
+    #: reading it), or None for an in-memory (numpy) result.
+    store: str | None = None
 
     @property
     def kind(self) -> Literal["labels", "image"]:
@@ -252,11 +368,20 @@ def segment_job(
     request: SegmentRequest,
     *,
     segment_iter: Callable[..., Generator[Any, None, np.ndarray]] | None = None,
+    store: str | Path | None = None,
+    blockwise_iter: Callable[..., Generator[Any, None, Any]] | None = None,
 ) -> Generator[Any, None, SegmentResult]:
     """Segment ``image``: yields the core's progress objects, returns a :class:`SegmentResult`.
 
     Runs in a worker thread: it loads the model, infers the axes and drains the core's
     ``segment_iter`` (``yield from``, so ``worker.quit()`` stops it at the next tile batch).
+
+    A lazy image with huge planes (:func:`use_blockwise`) is instead segmented block by
+    block by the core's ``segment_blockwise_iter`` (blocks of :data:`HUGE_BLOCK`, stopping
+    at the next block on ``worker.quit()``) into a Zarr store in ``store`` (a folder from
+    :func:`new_result_store`, made here if None); the result's ``data`` is then a dask array
+    reading that store, so neither the image nor the labels are held in memory. If the run
+    fails or is stopped, the store is removed.
     """
     start = time.perf_counter()
     if segment_iter is None:
@@ -265,6 +390,8 @@ def segment_job(
 
     ckpt = resolve_model(request.model)
     axes = image_axes(image, ckpt.config.in_channels)
+    if use_blockwise(image, axes):
+        return (yield from _blockwise_job(image, request, ckpt, axes, store, blockwise_iter, start))
     result = yield from segment_iter(
         ckpt,
         image.data,
@@ -286,8 +413,62 @@ def segment_job(
     )
 
 
+def _blockwise_job(
+    image: ImageInput,
+    request: SegmentRequest,
+    ckpt: Any,
+    axes: str,
+    store: str | Path | None,
+    blockwise_iter: Callable[..., Generator[Any, None, Any]] | None,
+    start: float,
+) -> Generator[Any, None, SegmentResult]:
+    """The blockwise branch of :func:`segment_job`."""
+    import dask.array as da
+
+    if blockwise_iter is None:
+        from tiled_unet.core.blockwise import segment_blockwise_iter as blockwise_iter
+    folder = Path(store) if store is not None else new_result_store()
+    name = "probabilities.zarr" if request.output == "probabilities" else "labels.zarr"
+    try:
+        array = yield from blockwise_iter(
+            ckpt,
+            image.data,
+            out=folder / name,
+            output=request.output,
+            axes=axes,
+            block=HUGE_BLOCK,
+            tile=int(request.tile) or None,
+            device=request.device,
+            min_size=int(request.min_size) or None,
+            overwrite=True,
+        )
+        data = da.from_zarr(array)
+        n_objects = None
+        if request.output == "instances":
+            n_objects = array.attrs.get("n_objects")
+            n_objects = int(data.max().compute()) if n_objects is None else int(n_objects)
+    except BaseException:  # an error, or the worker stopped (the generator is closed)
+        remove_result_store(folder)
+        raise
+    return SegmentResult(
+        image=image,
+        request=request,
+        data=data,
+        axes=axes,
+        seconds=time.perf_counter() - start,
+        n_objects=n_objects,
+        store=str(folder),
+    )
+
+
 def progress_text(progress: Any) -> str:
-    """One line for the core's ``Progress`` (plane, n_planes, done, total, message)."""
+    """One line for the core's ``Progress`` (plane, n_planes, done, total, message).
+
+    The blockwise core's ``BlockProgress`` (done, total, message; no plane) reads
+    ``"block 3/16 (blockwise, to Zarr)"``, counting the blocks of all passes.
+    """
+    if not hasattr(progress, "plane") and hasattr(progress, "done"):
+        return f"block {int(progress.done)}/{int(progress.total)} (blockwise, to Zarr)"
     parts = []
     n_planes = int(getattr(progress, "n_planes", 1) or 1)
     if n_planes > 1:
@@ -309,7 +490,8 @@ def summary_text(result: SegmentResult) -> str:
         "probabilities": "class probabilities",
     }[result.request.output]
     model = f" (model {result.request.model_label})" if result.request.model_label else ""
-    return f"{result.image.name}: {what} in {result.seconds:.1f} s{model}"
+    where = ", block by block into Zarr" if result.store else ""
+    return f"{result.image.name}: {what} in {result.seconds:.1f} s{where}{model}"
 
 
 # --------------------------------------------------------------------------- model choices

@@ -10,14 +10,20 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QPushButton, QSpinBox
 from ._common import JobWidget, LayerComboBox, notify_error
 from ._logic import (
     CURRENT_MODEL,
+    METADATA_KEY,
     OUTPUTS,
     ModelSession,
     SegmentRequest,
     SegmentResult,
     image_input_from_layer,
+    is_lazy,
+    mark_edited,
+    new_result_store,
     plan_result_layer,
     progress_text,
+    remove_result_store,
     result_metadata,
+    result_store,
     result_transform,
     segment_job,
     summary_text,
@@ -35,6 +41,17 @@ class SegmentWidget(JobWidget, ModelChoice):
     ``"<image> probabilities"`` for class probabilities) over the image. Running again
     updates that layer, unless it was edited by hand: then a new layer is added.
 
+    Huge images. When the image layer is dask- or zarr-backed and a plane has more than
+    :data:`~._logic.HUGE_PLANE_PIXELS` pixels, the image is segmented block by block
+    (:mod:`tiled_unet.core.blockwise`) into a Zarr store in this session's cache folder
+    (:func:`~._logic.result_cache_dir`, under the system's temporary folder, deleted at
+    exit), and the result layer reads that store lazily (a dask array), so neither the image
+    nor the result is held in memory. The edit rule is the same, but such a result cannot
+    be hashed: it counts as edited once a paint or fill event is seen on it or its dask
+    array changes (napari's painting gives a dask array a new graph name), and is then never
+    overwritten. A store is deleted when its result is replaced by a new run or its layer
+    is removed from the viewer.
+
     The parameters, ``napari_viewer`` and ``use_thread``, are those of :class:`~._common.JobWidget`.
     """
 
@@ -49,6 +66,7 @@ class SegmentWidget(JobWidget, ModelChoice):
         )
         self._run_started = 0.0
         self._last_image_name: str | None = None
+        self._pending_store: str | None = None  # the cache folder a running blockwise job may fill
         #: The last result delivered to the viewer and the seconds from Run to the layer.
         self.last_result: SegmentResult | None = None
         self.last_seconds_to_layer: float | None = None
@@ -82,6 +100,7 @@ class SegmentWidget(JobWidget, ModelChoice):
         self.run_button.clicked.connect(self.run)
         self._lay_out(form, [self.run_button, self.cancel_button])
         self.refresh_models()
+        napari_viewer.layers.events.removed.connect(self._on_layer_removed)
 
     # ------------------------------------------------------------------ model choice
 
@@ -120,12 +139,15 @@ class SegmentWidget(JobWidget, ModelChoice):
             return
         self._last_image_name = image.name
         self._run_started = time.perf_counter()
+        # a lazy image may take the blockwise path: give the job a cache folder (removed
+        # again in _on_finish if the run does not deliver a result that uses it)
+        self._pending_store = str(new_result_store()) if is_lazy(image.data) else None
         self._set_running(True)
         self.status.setText(f"Segmenting {image.name}…")
-        self._start(segment_job, image, request)
+        self._start(segment_job, image, request, store=self._pending_store)
 
     def cancel(self) -> None:
-        """Stop the run at the next tile batch; no layer is added or changed."""
+        """Stop the run at the next tile batch (or block); no layer is added or changed."""
         if self._worker is not None:
             self._worker.quit()
             self.status.setText("Cancelling…")
@@ -152,16 +174,26 @@ class SegmentWidget(JobWidget, ModelChoice):
         self.status.setText(summary_text(result))
 
     def add_result(self, result: SegmentResult) -> Any:
-        """Put ``result`` in the viewer: update our unedited layer, else add a new one."""
+        """Put ``result`` in the viewer: update our unedited layer, else add a new one.
+
+        A replaced blockwise result's Zarr store is deleted; a new blockwise result's layer
+        is watched for paint events (see the class notes).
+        """
         image, output = result.image, result.request.output
         plan = plan_result_layer(self.viewer.layers, image.name, output)
         scale, translate = result_transform(image, result.axes, output)
-        extra = {"model": result.request.model_label}
+        extra: dict[str, Any] = {"model": result.request.model_label}
+        if result.store:
+            extra["store"] = result.store
         if plan.update:
             layer = plan.layer
+            old_store = result_store(layer)
+            layer.metadata.get(METADATA_KEY, {}).pop("store", None)
             layer.data = result.data
             layer.scale = scale
             layer.translate = translate
+            if old_store and old_store != result.store:
+                remove_result_store(old_store)
         elif result.kind == "labels":
             layer = self.viewer.add_labels(result.data, name=plan.name, scale=scale, translate=translate)
         else:
@@ -175,10 +207,31 @@ class SegmentWidget(JobWidget, ModelChoice):
                 contrast_limits=(0.0, 1.0),
             )
         layer.metadata.update(result_metadata(image.name, output, layer.data, **extra))
+        if result.store and hasattr(getattr(layer, "events", None), "paint"):
+            layer.events.paint.connect(_on_paint)
         return layer
+
+    def _on_finish(self) -> None:
+        """The job ended: drop a cache folder that no result layer uses (cancel, error)."""
+        pending, self._pending_store = self._pending_store, None
+        if pending and not any(result_store(layer) == pending for layer in self.viewer.layers):
+            remove_result_store(pending)
+        super()._on_finish()
+
+    def _on_layer_removed(self, event: Any) -> None:
+        """A result layer was removed: delete its Zarr store unless another layer reads it."""
+        store = result_store(event.value)
+        if store and store != self._pending_store:
+            if not any(result_store(layer) == store for layer in self.viewer.layers):
+                remove_result_store(store)
 
     def _on_error(self, exc: BaseException) -> None:
         self.status.setText(self._report(exc, "Segmentation failed"))
 
     def _on_abort(self) -> None:
         self.status.setText("Cancelled; no layer was changed.")
+
+
+def _on_paint(event: Any) -> None:
+    """A blockwise result layer was painted on: it is the user's now (never updated again)."""
+    mark_edited(event.source)

@@ -226,7 +226,11 @@ def _predict_block(
     labels = to_instances(probs, object_class=s["object_class"], boundary_class=s["boundary_class"], **kwargs)
     labels = labels.astype(np.uint32, copy=False)
     array[(*lead, slice(y0, y1), slice(x0, x1))] = labels[core]
-    return {"n": int(labels.max()), "bands": _bands(labels, s["block"], s["grown"], s["margin"])}
+    return {
+        "n": int(labels.max()),
+        "bands": _bands(labels, s["block"], s["grown"], s["margin"]),
+        "present": np.unique(labels[core]),  # local ids written (objects only in the margin are not)
+    }
 
 
 def _bands(
@@ -458,6 +462,10 @@ def segment_blockwise_iter(
     zarr.Array
         Labels ``(Y, X)`` / ``(P, Y, X)`` uint32 (instances; ids 1..n unique over the
         image), uint8 classes (semantic) or float32 ``(K, Y, X)`` / ``(P, K, Y, X)``.
+        For instances, ``attrs["n_objects"]`` holds the number of objects (summed over
+        the planes of a stack), so callers need not read the labels to count them; it can
+        be below the largest id, as an object seen only in a block's margin and matched to
+        nothing across the border keeps an id that is never written.
     """
     import dask
 
@@ -507,6 +515,7 @@ def segment_blockwise_iter(
         d_ckpt = dask.delayed(ckpt, pure=True)
         source, sink = _Opaque(planes), _Opaque(array)
         done = 0
+        n_objects = 0
         for p in range(n_planes):
             lo, hi = norm.stats(planes[p])
             tasks, keys = [], []
@@ -540,6 +549,10 @@ def segment_blockwise_iter(
                 res["grown"] = (*_grown(y0, y1, ny, margin), *_grown(x0, x1, nx, margin))
                 by_key[k] = res
             tables = _merge_tables(by_key)
+            written = set()
+            for k, res in by_key.items():
+                written.update(tables[k][res["present"]].tolist())
+            n_objects += len(written - {0})
             del results, by_key
             lead = (p,) if stack else ()
             relabel = [
@@ -552,6 +565,8 @@ def segment_blockwise_iter(
             for _ in run:
                 done += 1
                 yield BlockProgress(done, total, f"plane {p + 1}/{n_planes}: relabel {done}/{total}")
+        if output == "instances":
+            array.attrs["n_objects"] = n_objects
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
