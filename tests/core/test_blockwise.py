@@ -85,7 +85,9 @@ def fake_probabilities(model, plane, lo, hi, norm, region, tile):
 def test_objects_crossing_block_borders_get_one_id_and_ids_are_unique(monkeypatch):
     monkeypatch.setattr(blockwise, "_region_probabilities", fake_probabilities)
     classes, centres = disc_scene()
-    labels = segment_blockwise(tiny(), classes, output="instances", block=64, margin=16, min_size=1)[:]
+    result = segment_blockwise(tiny(), classes, output="instances", block=64, margin=16, min_size=1)
+    labels = result[:]
+    assert result.attrs["n_objects"] == labels.max()
     assert labels.dtype == np.uint32
     ids = [int(labels[c]) for c in centres]
     assert 0 not in ids and len(set(ids)) == len(centres)  # each disc its own id, touching ones too

@@ -82,7 +82,9 @@ class SegmentWidget(JobWidget, ModelChoice):
         self.tile_spin.setRange(0, 8192)
         self.tile_spin.setSingleStep(16)
         self.tile_spin.setSpecialValueText("auto")
-        self.tile_spin.setToolTip("Output tile size in pixels; auto picks one that fits the memory")
+        self.tile_spin.setToolTip(
+            "Input tile edge in pixels (a valid network input size); auto picks one that fits the memory"
+        )
         self.min_size_spin = QSpinBox()
         self.min_size_spin.setRange(0, 1_000_000)
         self.min_size_spin.setSpecialValueText("model default")

@@ -463,9 +463,9 @@ def segment_blockwise_iter(
         Labels ``(Y, X)`` / ``(P, Y, X)`` uint32 (instances; ids 1..n unique over the
         image), uint8 classes (semantic) or float32 ``(K, Y, X)`` / ``(P, K, Y, X)``.
         For instances, ``attrs["n_objects"]`` holds the number of objects (summed over
-        the planes of a stack), so callers need not read the labels to count them; it can
-        be below the largest id, as an object seen only in a block's margin and matched to
-        nothing across the border keeps an id that is never written.
+        the planes of a stack), so callers need not read the labels to count them; ids are
+        1..n in each plane, with no gaps (an object seen only in a block's margin and matched
+        to nothing across the border is not written and gets no id).
     """
     import dask
 
@@ -552,7 +552,13 @@ def segment_blockwise_iter(
             written = set()
             for k, res in by_key.items():
                 written.update(tables[k][res["present"]].tolist())
-            n_objects += len(written - {0})
+            # renumber the ids that are written 1..m (an object seen only in a margin is dropped)
+            ids = np.array(sorted(written - {0}), np.int64)
+            top = max(int(t.max()) for t in tables.values())
+            compact = np.zeros(top + 1, np.uint32)
+            compact[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
+            tables = {k: compact[t] for k, t in tables.items()}
+            n_objects += len(ids)
             del results, by_key
             lead = (p,) if stack else ()
             relabel = [
