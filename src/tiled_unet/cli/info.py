@@ -116,13 +116,21 @@ def format_text(info: dict[str, Any]) -> str:
     if info["provenance"]:
         lines.append("provenance")
         for key, value in info["provenance"].items():
-            text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
-            lines.append(f"  {key}: {text}")
+            lines.append(f"  {key}: {_short(value)}")
     else:
         lines.append("provenance       (none recorded)")
     if info["model_card"]:
         lines += ["", info["model_card"].rstrip()]
     return "\n".join(lines) + "\n"
+
+
+def _short(value: Any, *, items: int = 4, width: int = 200) -> str:
+    """One readable line for a provenance value: long lists abbreviated (``--json`` has all)."""
+    if isinstance(value, list) and len(value) > items:
+        head = ", ".join(_short(v, width=60) for v in value[:items])
+        return f"[{head}, ... ({len(value)} in all)]"
+    text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def run(args: argparse.Namespace) -> int:
