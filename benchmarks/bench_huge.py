@@ -16,6 +16,7 @@ import argparse
 import resource
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,6 +72,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from tiled_unet.core.blockwise import segment_blockwise_iter
+    from tiled_unet.core.progress import drain
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -88,15 +90,12 @@ def main() -> None:
     gen = segment_blockwise_iter(
         ckpt, image, out=work / "labels.zarr", output=args.output, block=args.block, overwrite=True
     )
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as stop:
-            labels = stop.value
-            break
+
+    def show(p: Any) -> None:
         if p.done % 10 == 0 or p.done == p.total:
-            el = time.perf_counter() - t
-            print(f"{p.message}  {el:.0f} s", flush=True)
+            print(f"{p.message}  {time.perf_counter() - t:.0f} s", flush=True)
+
+    labels = drain(gen, show)
     seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     mpix = args.size * args.size / 1e6

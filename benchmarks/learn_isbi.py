@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,9 @@ from tiled_unet.core.checkpoint import Normalization
 from tiled_unet.core.data import read_array
 from tiled_unet.core.metrics import pixel_error, rand_error
 from tiled_unet.core.model import UNet, UNetConfig
-from tiled_unet.core.train import TrainSettings, predict_probabilities, train_iter
+from tiled_unet.core.predict import predict_probabilities
+from tiled_unet.core.progress import drain
+from tiled_unet.core.train import TrainSettings, train_iter
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012" / "train"
 
@@ -81,18 +84,16 @@ def main() -> None:
     )
     t0 = time.perf_counter()
     losses = []
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as stop:
-            ckpt = stop.value
-            break
+
+    def show(p: Any) -> None:
         losses.append(p.loss)
         if p.step % 10 == 0:
             print(
                 f"step {p.step:5d}  {p.seconds:6.1f} s  loss(mean of 10) {np.mean(losses[-10:]):.4f}",
                 flush=True,
             )
+
+    ckpt = drain(gen, show)
     seconds = time.perf_counter() - t0
     after = evaluate(ckpt.build_model("cpu"), val_img, val_lab)
     print(f"{len(losses)} steps in {seconds:.0f} s ({len(losses) / seconds:.2f} steps/s)")

@@ -20,6 +20,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from tiled_unet.core.progress import drain
+
 from ._logic import error_message
 
 logger = logging.getLogger(__name__)
@@ -215,14 +217,7 @@ def start_job(
     """
     if not use_thread:
         try:
-            gen = func(*args, **kwargs)
-            while True:
-                try:
-                    item = next(gen)
-                except StopIteration as stop:
-                    on_return(stop.value)
-                    break
-                on_yield(item)
+            on_return(drain(func(*args, **kwargs), on_yield))
         except Exception as exc:  # reported to the user by on_error
             on_error(exc)
         finally:

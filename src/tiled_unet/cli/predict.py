@@ -283,12 +283,11 @@ def _drain_with_progress(gen: Any, label: str, *, disable: bool) -> Any:
     """Run a ``segment_iter`` generator to its end with a tqdm bar over tile batches."""
     from tqdm import tqdm
 
+    from tiled_unet.core.progress import drain
+
     with tqdm(desc=label, unit="batch", file=sys.stderr, disable=disable, leave=False) as bar:
-        while True:
-            try:
-                progress = next(gen)
-            except StopIteration as stop:
-                return stop.value
+
+        def show(progress: Any) -> None:
             total = getattr(progress, "total", None)
             if total and bar.total != total:
                 bar.total = total
@@ -296,3 +295,5 @@ def _drain_with_progress(gen: Any, label: str, *, disable: bool) -> Any:
             done = getattr(progress, "done", None)
             if done is not None and done > bar.n:
                 bar.update(done - bar.n)
+
+        return drain(gen, show)

@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tiled_unet.core.checkpoint import CheckpointError, resolve_model, save_checkpoint
     from tiled_unet.core.model import UNetConfig
+    from tiled_unet.core.progress import drain
     from tiled_unet.core.train import TrainSettings, train_iter
 
     out = Path(args.out)
@@ -211,22 +212,20 @@ def run(args: argparse.Namespace) -> int:
             **val,
         )
         bar = tqdm(total=settings.steps, disable=args.no_progress, unit="step", file=sys.stderr)
+
+        def show(p: Any) -> None:
+            post = {"loss": f"{p.loss:.4f}"}
+            if p.metrics:
+                bar.write(
+                    f"step {p.step} ({p.seconds:.0f} s): loss {p.loss:.4f}, "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in p.metrics.items())
+                )
+                post.update({k: f"{v:.3f}" for k, v in p.metrics.items() if k in ("f1", "pixel_error")})
+            bar.set_postfix(post, refresh=False)
+            bar.update(1)
+
         try:
-            while True:
-                try:
-                    p = next(gen)
-                except StopIteration as stop:
-                    ckpt = stop.value
-                    break
-                post = {"loss": f"{p.loss:.4f}"}
-                if p.metrics:
-                    bar.write(
-                        f"step {p.step} ({p.seconds:.0f} s): loss {p.loss:.4f}, "
-                        + ", ".join(f"{k} {v:.4f}" for k, v in p.metrics.items())
-                    )
-                    post.update({k: f"{v:.3f}" for k, v in p.metrics.items() if k in ("f1", "pixel_error")})
-                bar.set_postfix(post, refresh=False)
-                bar.update(1)
+            ckpt = drain(gen, show)
         finally:
             bar.close()
     except (ValueError, CheckpointError, FileNotFoundError, FloatingPointError) as exc:

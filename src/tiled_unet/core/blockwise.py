@@ -581,22 +581,14 @@ def segment_blockwise_iter(
         return array
     import zarr
 
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-        os.rmdir(old)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    from .imageio import replace_dir
+
+    replace_dir(tmp, final)
     return zarr.open_array(str(final), mode="r")
 
 
 def segment_blockwise(model_or_checkpoint: Any, image: Any, **kwargs: Any) -> Any:
     """Drain :func:`segment_blockwise_iter` and return the Zarr array (same arguments)."""
-    gen = segment_blockwise_iter(model_or_checkpoint, image, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from .progress import drain
+
+    return drain(segment_blockwise_iter(model_or_checkpoint, image, **kwargs))

@@ -261,6 +261,19 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, suffix: str
         raise
 
 
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move the finished directory ``tmp`` to ``final``, replacing an old one only at the end."""
+    tmp, final = Path(tmp), Path(final)
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+    os.rmdir(old)
+    os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def default_file_mode() -> int:
     """The mode a newly created file gets under the current umask (0o644 for umask 022).
 
@@ -354,14 +367,7 @@ def write_zarr(
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         da.to_zarr(array, str(tmp), overwrite=True)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.rmdir(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -31,6 +31,7 @@ from .devices import resolve_device
 from .image import from_planes, to_planes
 from .model import UNet, UNetConfig
 from .postprocess import to_instances, to_semantic
+from .progress import drain
 from .tiling import (
     activation_bytes_per_pixel,
     auto_tile_size,
@@ -289,12 +290,7 @@ def predict_probabilities_iter(
 
 def predict_probabilities(model: UNet, image_cyx: np.ndarray, **kwargs: Any) -> np.ndarray:
     """Drain :func:`predict_probabilities_iter` and return the probabilities."""
-    gen = predict_probabilities_iter(model, image_cyx, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drain(predict_probabilities_iter(model, image_cyx, **kwargs))
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -430,9 +426,4 @@ def segment(
     model_or_checkpoint: UNet | Checkpoint | str | os.PathLike, image: Any, **kwargs: Any
 ) -> np.ndarray:
     """Drain :func:`segment_iter` and return its result (same arguments)."""
-    gen = segment_iter(model_or_checkpoint, image, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drain(segment_iter(model_or_checkpoint, image, **kwargs))

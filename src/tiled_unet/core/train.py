@@ -519,9 +519,6 @@ def _base_name(base: Checkpoint | None) -> Any:
 
 def train(**kwargs: Any) -> Checkpoint | None:
     """Run :func:`train_iter` to the end and return its checkpoint (same keyword arguments)."""
-    gen = train_iter(**kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from .progress import drain
+
+    return drain(train_iter(**kwargs))
