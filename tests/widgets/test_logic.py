@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tiled_unet._widgets import _logic as L
+from tiled_unet.core.progress import drain
 
 
 def _layer(name, data, **meta):
@@ -213,7 +214,7 @@ def test_segment_job_returns_result_with_axes_and_count(intensity_checkpoint):
     req = L.SegmentRequest(model=intensity_checkpoint, model_label="tiny")
     gen = L.segment_job(L.ImageInput("stack", img), req, segment_iter=_fake_segment_iter)
     seen = []
-    result = L.drain(gen, seen.append)
+    result = drain(gen, seen.append)
     assert len(seen) == 3 and L.progress_text(seen[1]) == "plane 2/3, tile batch 2/3"
     assert result.axes == "ZYX" and result.kind == "labels" and result.n_objects == 1
     assert L.summary_text(result).startswith("stack: 1 objects in ")
@@ -221,7 +222,7 @@ def test_segment_job_returns_result_with_axes_and_count(intensity_checkpoint):
 
 def test_segment_job_with_the_real_core(intensity_checkpoint, nuclei_image):
     req = L.SegmentRequest(model=intensity_checkpoint, device="cpu", model_label="tiny")
-    result = L.drain(L.segment_job(L.ImageInput("nuclei", nuclei_image), req))
+    result = drain(L.segment_job(L.ImageInput("nuclei", nuclei_image), req))
     assert result.data.shape == nuclei_image.shape and result.n_objects >= 20
 
 
@@ -239,7 +240,7 @@ def test_finetune_job_with_a_stand_in(intensity_checkpoint):
     data = L.TrainingData(images=[np.zeros((8, 8))], labels=[np.ones((8, 8), np.uint8)], sources=["im"])
     req = L.FinetuneRequest(base_model=intensity_checkpoint, base_label="tiny", steps=3, learning_rate=1e-3)
     losses = []
-    result = L.drain(L.finetune_job(data, req, train_iter=fake_train_iter), lambda p: losses.append(p.loss))
+    result = drain(L.finetune_job(data, req, train_iter=fake_train_iter), lambda p: losses.append(p.loss))
     assert losses == [1.0, 0.5, 1.0 / 3]
     assert calls["sparse"] and calls["names"] == ["im"] and calls["settings"].lr == 1e-3
     assert calls["settings"].steps == 3 and calls["settings"].patch > 0
@@ -248,7 +249,7 @@ def test_finetune_job_with_a_stand_in(intensity_checkpoint):
     assert prov["base_model"] == "tiny" and prov["trained_on"] == ["im"] and "date" in prov
     assert prov["note"]  # the core's provenance is kept
     assert intensity_checkpoint.provenance.get("base_model") is None  # base left untouched
-    cancelled = L.drain(L.finetune_job(data, req, train_iter=fake_train_iter, cancel=lambda: True))
+    cancelled = drain(L.finetune_job(data, req, train_iter=fake_train_iter, cancel=lambda: True))
     assert cancelled is None
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tiled_unet._widgets import _logic as L
+from tiled_unet.core.progress import drain
 
 
 @pytest.fixture
@@ -107,7 +108,7 @@ def test_blockwise_job_equals_whole_image_and_cleans_up(small_huge, zarr_image, 
     image = L.ImageInput(name="big", data=zarr_image)
     request = L.SegmentRequest(model=intensity_checkpoint, output="semantic", device="cpu")
     seen = []
-    result = L.drain(L.segment_job(image, request), seen.append)
+    result = drain(L.segment_job(image, request), seen.append)
     assert isinstance(result.data, da.Array) and result.store is not None
     assert Path(result.store).parent == L.result_cache_dir()
     assert len(seen) == 9 and L.progress_text(seen[-1]) == "block 9/9 (blockwise, to Zarr)"
@@ -131,7 +132,7 @@ def test_blockwise_job_on_a_stack_of_huge_planes(small_huge, zarr_image, intensi
     stack = da.stack([da.from_zarr(zarr_image)[:200, :200], da.from_zarr(zarr_image)[100:300, 100:300]])
     image = L.ImageInput(name="stack", data=stack)
     request = L.SegmentRequest(model=intensity_checkpoint, output="instances", device="cpu")
-    result = L.drain(L.segment_job(image, request))
+    result = drain(L.segment_job(image, request))
     assert result.data.shape == (2, 200, 200) and result.axes == "ZYX"
     expected = segment(intensity_checkpoint, np.asarray(stack), output="instances", device="cpu")
     labels = result.data.compute()

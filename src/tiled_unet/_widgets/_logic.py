@@ -881,14 +881,3 @@ def error_message(exc: BaseException, *, device: str = "") -> tuple[str, bool]:
     if isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, PermissionError)):
         return text, True
     return f"{type(exc).__name__}: {text}", False
-
-
-def drain(gen: Generator[Any, None, Any], on_yield: Callable[[Any], None] | None = None) -> Any:
-    """Run a generator to the end on the calling thread and return its return value."""
-    while True:
-        try:
-            item = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_yield is not None:
-            on_yield(item)
