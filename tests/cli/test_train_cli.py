@@ -82,6 +82,15 @@ def test_shape_mismatch(data, capsys):
     assert len(err.splitlines()) == 1 and "s1" in err and "does not match" in err
 
 
+def test_unreadable_image_named_once(data, capsys):
+    (data / "img" / "s1.tif").write_bytes(b"II*\x00garbage garbage")
+    assert main(args(data)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot read image" in err
+    assert err.count("s1.tif") == 1, err
+    assert not (data / "m.pt").exists()
+
+
 def test_sparse_without_annotation(data, capsys):
     tifffile.imwrite(data / "lab" / "s1.tif", np.zeros((64, 64), np.uint16))
     assert main(args(data, "--sparse")) == 2

@@ -118,14 +118,8 @@ def _load_pairs(images: Sequence[str], labels: Sequence[str]) -> tuple[list, lis
     pairs = pair_files(images, labels)
     imgs, labs, names = [], [], []
     for img_path, lab_path in pairs:
-        try:
-            img = read_array(img_path)
-        except Exception as exc:  # decoders raise many types
-            raise ValueError(f"{img_path}: cannot read image ({str(exc).strip().splitlines()[0]})") from None
-        try:
-            lab = read_array(lab_path)
-        except Exception as exc:
-            raise ValueError(f"{lab_path}: cannot read labels ({str(exc).strip().splitlines()[0]})") from None
+        img = read_array(img_path)  # an ImageError (a ValueError) names the file
+        lab = read_array(lab_path)
         imgs.append(img)
         labs.append(lab)
         names.append(file_stem(img_path))

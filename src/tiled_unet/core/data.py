@@ -248,23 +248,16 @@ def pair_files(
 
 
 def read_array(path: str | os.PathLike) -> np.ndarray:
-    """Read an image or label file (``core.imageio.read_image``; ``.npy`` with numpy)."""
-    p = Path(path)
-    if p.suffix.lower() == ".npy":
-        return np.load(p, allow_pickle=False)
-    try:
-        from .imageio import read_image
-    except ImportError:  # pragma: no cover - fallback while imageio.py is absent
-        read_image = None
-    if read_image is not None:
-        return np.asarray(read_image(p))
-    if p.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+    """Read an image or label file into memory with :func:`~.imageio.read_image`.
 
-        return tifffile.imread(p)
-    import imageio.v3 as iio
+    Raises
+    ------
+    ImageError
+        One line ``"<path>: <problem>"`` if the file is missing or cannot be decoded.
+    """
+    from .imageio import read_image
 
-    return iio.imread(p)
+    return np.asarray(read_image(path))
 
 
 # --------------------------------------------------------------------------- batches, in parallel
