@@ -18,11 +18,11 @@ every side (the probabilities there are exact too), labelled ``1..n`` locally an
 to the block. Ids are made unique with a per-block offset, and objects crossing a block
 border are merged: on each face between two neighbouring blocks, both blocks' labels of the
 strip ``margin`` pixels either side of the face are compared, and two labels are joined
-(union-find) when their intersection over union within the strip exceeds 0.5, a one-to-one
-matching, so two touching objects are never merged. A second pass rewrites every block
-through its lookup table. Objects much larger than ``margin`` that a block sees only in
-part may be segmented slightly differently by its neighbours; they are still merged if
-they agree over half of the strip.
+(connected components of the match graph) when their intersection over union within the
+strip exceeds 0.5, a one-to-one matching, so two touching objects are never merged. A
+second pass rewrites every block through its lookup table. Objects much larger than
+``margin`` that a block sees only in part may be segmented slightly differently by its
+neighbours; they are still merged if they agree over half of the strip.
 
 Execution. The blocks are independent dask tasks. Without a dask.distributed client they
 run on local threads; with one (``Client("tcp://scheduler:8786")`` created beforehand, or a
@@ -257,21 +257,6 @@ def _relabel_block(out: _Opaque, index: tuple[Any, ...], lut: np.ndarray) -> Non
 # --------------------------------------------------------------------------- merging
 
 
-def _find(parent: dict[int, int], a: int) -> int:
-    root = a
-    while parent.get(root, root) != root:
-        root = parent[root]
-    while parent.get(a, a) != root:
-        parent[a], a = root, parent[a]
-    return root
-
-
-def _union(parent: dict[int, int], a: int, b: int) -> None:
-    ra, rb = _find(parent, a), _find(parent, b)
-    if ra != rb:
-        parent[max(ra, rb)] = min(ra, rb)
-
-
 def _strip(band: tuple[int, int, np.ndarray], region: tuple[int, int, int, int]) -> np.ndarray:
     """A band's labels over the image ``region`` (y0, y1, x0, x1)."""
     oy, ox, labels = band
@@ -300,13 +285,17 @@ def match_strip(a: np.ndarray, b: np.ndarray, *, iou: float = 0.5) -> list[tuple
 
 
 def _merge_tables(results: dict[tuple[int, int], dict[str, Any]]) -> dict[tuple[int, int], np.ndarray]:
-    """Lookup tables local id -> global id per block: offsets, then union-find over faces."""
+    """Lookup tables local id -> global id per block: offsets, then connected components of the
+    graph whose edges join labels matched across a face."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     offsets: dict[tuple[int, int], int] = {}
     total = 0
     for key in sorted(results):
-        offsets[key] = total
+        offsets[key] = total  # node offset + local - 1 is local label `local` of block `key`
         total += results[key]["n"]
-    parent: dict[int, int] = {}
+    edges: list[tuple[int, int]] = []
     for (i, j), res in results.items():
         y0, y1, x0, x1 = res["block"]
         gy0, gy1, gx0, gx1 = res["grown"]
@@ -320,17 +309,19 @@ def _merge_tables(results: dict[tuple[int, int], dict[str, Any]]) -> dict[tuple[
             faces.append(((i + 1, j), res["bands"]["bottom"], below["bands"]["top"], region))
         for nb, mine, theirs, region in faces:
             for la, lb in match_strip(_strip(mine, region), _strip(theirs, region)):
-                _union(parent, offsets[(i, j)] + la, offsets[nb] + lb)
-    # final ids: roots numbered 1..m in order
-    roots: dict[int, int] = {}
+                edges.append((offsets[(i, j)] + la - 1, offsets[nb] + lb - 1))
+    a, b = np.array(edges, np.int64).reshape(-1, 2).T
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(total, total))
+    _, component = connected_components(graph, directed=False)
+    # final ids: components numbered 1..m in the order of their first node
+    _, first, inverse = np.unique(component, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), np.uint32)
+    rank[np.argsort(first)] = np.arange(1, len(first) + 1, dtype=np.uint32)
+    global_ids = rank[inverse]
     tables = {}
     for key in sorted(results):
         n = results[key]["n"]
-        lut = np.zeros(n + 1, np.uint32)
-        for local in range(1, n + 1):
-            root = _find(parent, offsets[key] + local)
-            lut[local] = roots.setdefault(root, len(roots) + 1)
-        tables[key] = lut
+        tables[key] = np.concatenate([np.zeros(1, np.uint32), global_ids[offsets[key] : offsets[key] + n]])
     return tables
 
 
