@@ -33,6 +33,7 @@ worker and cached there.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -47,7 +48,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, Normalization
 from .image import has_plane_axis, to_planes
-from .tiling import extract_tile, mirror_indices, plan_tiles, tile_output_size, tile_step
+from .tiling import mirror_indices, plan_tiles, tile_output_size, tile_step
 
 OutputKind = Literal["instances", "semantic", "probabilities"]
 
@@ -155,9 +156,8 @@ def _region_probabilities(
     ``y0`` and ``x0`` must be multiples of ``2 ** depth``. The input read is the region
     plus the tiles' context, mirrored at the plane borders like whole-image prediction.
     """
-    import torch
-
-    from .predict import _autocast, _eval_mode
+    from .predict import _eval_mode, _run_tiles
+    from .progress import drain
     from .tiling import auto_tile_size, check_tile_size
 
     config = model.config
@@ -175,27 +175,8 @@ def _region_probabilities(
     raw = np.asarray(plane[:, r0:r1, c0:c1])
     padded = norm.apply(raw[:, rows - r0][:, :, cols - c0], lo, hi)
     # the padded input holds the context already: tile origins index it directly
-    flat = plan.__class__(
-        shape=plan.shape,
-        in_tile=plan.in_tile,
-        stride=plan.stride,
-        halo=0,
-        crop=plan.crop,
-        pad=plan.pad,
-        origins=plan.origins,
-    )
-    out = np.empty((config.n_classes, h, w), np.float32)
-    with _eval_mode(model), torch.inference_mode():
-        for origin in plan.origins:
-            x = torch.from_numpy(np.ascontiguousarray(extract_tile(padded, flat, origin))[None])
-            if device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, True):
-                logits = model(x.to(device))
-            probs = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
-            (iy, ix), (ty, tx) = plan.write_region(origin)
-            out[:, iy, ix] = probs[:, ty, tx]
-    return out
+    with _eval_mode(model):
+        return drain(_run_tiles(model, padded, tile, 1, device, True, plan=dataclasses.replace(plan, halo=0)))
 
 
 def _predict_block(

@@ -33,6 +33,7 @@ from .model import UNet, UNetConfig
 from .postprocess import to_instances, to_semantic
 from .progress import drain
 from .tiling import (
+    TilePlan,
     activation_bytes_per_pixel,
     auto_tile_size,
     check_tile_size,
@@ -133,12 +134,22 @@ def _batches(n_tiles: int, batch_size: int) -> int:
 
 
 def _run_tiles(
-    model: UNet, image: np.ndarray, tile: int, batch_size: int, device: torch.device, amp: bool
+    model: UNet,
+    image: np.ndarray,
+    tile: int,
+    batch_size: int,
+    device: torch.device,
+    amp: bool,
+    plan: TilePlan | None = None,
 ) -> Generator[tuple[int, int], None, np.ndarray]:
-    """Predict one plane with a fixed tile; yield ``(batches done, batches)`` after each batch."""
+    """Predict one plane with a fixed tile; yield ``(batches done, batches)`` after each batch.
+
+    ``plan`` defaults to the tiles of the whole plane; the output has ``plan.shape``.
+    """
     config = model.config
-    plan = plan_tiles(image.shape[1:], out_tile=tile_output_size(tile, config), config=config)
-    out = np.empty((config.n_classes, *image.shape[1:]), np.float32)
+    if plan is None:
+        plan = plan_tiles(image.shape[1:], out_tile=tile_output_size(tile, config), config=config)
+    out = np.empty((config.n_classes, *plan.shape), np.float32)
     n_batches = _batches(plan.n_tiles, batch_size)
     for b in range(n_batches):
         origins = plan.origins[b * batch_size : (b + 1) * batch_size]
