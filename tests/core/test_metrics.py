@@ -56,3 +56,39 @@ def test_pixel_metrics_and_empty():
     assert iou(a, a) == 1.0 and iou(b, b) == 1.0 and iou(a, b) == 0.0
     assert match_instances(a.astype(int), a.astype(int)).f1 == 1.0
     assert rand_error(labels(), labels()) == pytest.approx(0.0)
+
+
+def test_evaluate_pools_instance_counts_over_images_and_groups(monkeypatch):
+    from tiled_unet.core import predict
+    from tiled_unet.core.checkpoint import Checkpoint
+    from tiled_unet.core.evaluate import evaluate
+    from tiled_unet.core.model import UNetConfig
+
+    t = labels()
+    partial = t.copy()
+    partial[2:10, 2:5] = 0  # object 1: IoU 0.625, a match at 0.5 only
+    missed = np.where(t == 3, 0, t)
+    preds = {"a": partial, "b": missed}
+    monkeypatch.setattr(predict, "segment", lambda ckpt, image, **kw: preds[image])
+    ckpt = Checkpoint(
+        config=UNetConfig(n_classes=3, depth=1, base_features=1),
+        state_dict={},
+        class_names=("background", "object", "boundary"),
+        boundary_class=2,
+    )
+    seen = {}
+    result = evaluate(
+        ckpt,
+        [("a", "a", t), ("b", "b", t)],
+        groups={"only_b": ["b"]},
+        on_image=lambda name, per: seen.update({name: per["f1_0.5"]}),
+    )
+    assert seen == {"a": 1.0, "b": pytest.approx(0.8)}
+    everything = result["all"]
+    assert (everything["tp_0.5"], everything["fp_0.5"], everything["fn_0.5"]) == (5, 0, 1)
+    assert everything["f1_0.5"] == pytest.approx(10 / 11)
+    assert everything["mean_image_f1_0.5"] == pytest.approx(0.9)
+    assert everything["ap_0.75"] == pytest.approx(4 / 7) and everything["ap_0.9"] == pytest.approx(4 / 7)
+    only_b = result["only_b"]
+    assert only_b["n_images"] == 1 and (only_b["tp_0.5"], only_b["fn_0.5"]) == (2, 1)
+    assert only_b["ap_0.5"] == pytest.approx(2 / 3)

@@ -9,14 +9,14 @@ scored by pixel error and the ISBI 2012 foreground-restricted Rand error.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .checkpoint import Checkpoint
-from .metrics import match_instances, pixel_error, rand_error
+from .metrics import Matching, match_thresholds, pixel_error, rand_error
 
 THRESHOLDS = (0.5, 0.75, 0.9)
 
@@ -31,16 +31,14 @@ class InstanceScores:
     fn: dict[float, int] = field(default_factory=dict)
     per_image_f1: list[float] = field(default_factory=list)
 
-    def add(self, true: np.ndarray, pred: np.ndarray) -> float:
-        """Score one image; return its F1 at IoU 0.5."""
-        f1 = 0.0
+    def add(self, matchings: Mapping[float, Matching]) -> float:
+        """Score one image from its matchings at (at least) ``thresholds``; return its F1 at IoU 0.5."""
         for t in self.thresholds:
-            m = match_instances(true, pred, iou=t)
+            m = matchings[t]
             self.tp[t] = self.tp.get(t, 0) + m.tp
             self.fp[t] = self.fp.get(t, 0) + m.fp
             self.fn[t] = self.fn.get(t, 0) + m.fn
-            if t == 0.5:
-                f1 = m.f1
+        f1 = matchings[0.5].f1 if 0.5 in self.thresholds else 0.0
         self.per_image_f1.append(f1)
         return f1
 
@@ -100,10 +98,11 @@ def evaluate(
     for name, image, labels in pairs:
         if instance:
             pred = segment(checkpoint, image, output="instances", device=device, tile=tile, min_size=min_size)
-            f1 = scores["all"].add(labels, pred)
+            matchings = match_thresholds(labels, pred, THRESHOLDS)
+            f1 = scores["all"].add(matchings)
             for g, members in names_in.items():
                 if name in members:
-                    scores[g].add(labels, pred)
+                    scores[g].add(matchings)
             per = {"f1_0.5": f1, "n_true": int(len(np.unique(labels)) - 1), "n_pred": int(pred.max())}
         else:
             pred = segment(checkpoint, image, output="semantic", device=device, tile=tile)

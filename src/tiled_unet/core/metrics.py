@@ -157,12 +157,19 @@ def match_instances(true: np.ndarray, pred: np.ndarray, iou: float = 0.5) -> Mat
     return _match(*iou_matrix(true, pred), iou)
 
 
+def match_thresholds(
+    true: np.ndarray, pred: np.ndarray, thresholds: Sequence[float]
+) -> dict[float, Matching]:
+    """:func:`match_instances` at each IoU threshold, computing the IoU matrix once."""
+    matrix, tids, pids = iou_matrix(true, pred)
+    return {float(t): _match(matrix, tids, pids, float(t)) for t in thresholds}
+
+
 def average_precision(
     true: np.ndarray, pred: np.ndarray, thresholds: Sequence[float] = (0.5, 0.75, 0.9)
 ) -> dict[float, float]:
     """``TP / (TP + FP + FN)`` at each IoU threshold (Data Science Bowl 2018 style)."""
-    matrix, tids, pids = iou_matrix(true, pred)
-    return {float(t): _match(matrix, tids, pids, float(t)).average_precision for t in thresholds}
+    return {t: m.average_precision for t, m in match_thresholds(true, pred, thresholds).items()}
 
 
 def rand_error(true: np.ndarray, pred: np.ndarray) -> float:
