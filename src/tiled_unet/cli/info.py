@@ -50,7 +50,7 @@ def describe(model: str) -> dict[str, Any]:
     import dataclasses
 
     from tiled_unet.core.checkpoint import builtin_models, model_card, resolve_model
-    from tiled_unet.core.model import count_parameters, flops_per_output_pixel, halo, receptive_field
+    from tiled_unet.core.model import UNet, count_parameters, flops_per_output_pixel, halo, receptive_field
 
     ckpt = resolve_model(model)
     config = ckpt.config
@@ -60,7 +60,7 @@ def describe(model: str) -> dict[str, Any]:
         "model": str(model),
         "builtin": builtin,
         "config": config.to_dict(),
-        "parameters": count_parameters(ckpt.build_model("cpu")),
+        "parameters": count_parameters(UNet(config)),  # the count needs no weights
         "valid_sizes": {"first": pairs, "rule": rule},
         "halo": halo(config),
         "receptive_field": receptive_field(config),

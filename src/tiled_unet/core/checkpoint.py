@@ -240,9 +240,10 @@ def checkpoint_from_dict(data: Any, *, source: str = "checkpoint") -> Checkpoint
     except (TypeError, ValueError, AttributeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{source}: damaged checkpoint ({first})") from None
-    # check the weights fit the architecture now, not at first use
+    # check the weights fit the architecture now, not at first use (shapes only: building the
+    # model, converting and copying the weights is left to build_model)
     try:
-        ckpt.build_model("cpu")
+        _check_state_dict(UNet(config), ckpt.state_dict, config)
     except CheckpointError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
     return ckpt
