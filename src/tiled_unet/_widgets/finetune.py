@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 import time
@@ -304,6 +305,11 @@ class FinetuneWidget(JobWidget, ModelChoice):
             return
         try:
             request = self.request()
+            if request.base_model is not None:
+                # read the base model once: its channels shape the data, and the job trains it
+                from tiled_unet.core.checkpoint import resolve_model
+
+                request = dataclasses.replace(request, base_model=resolve_model(request.base_model))
             data: TrainingData = collect_training_data(
                 self.training_pairs(), in_channels=self._in_channels(request.base_model)
             )
