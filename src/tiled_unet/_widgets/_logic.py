@@ -387,6 +387,7 @@ def segment_job(
     if segment_iter is None:
         from tiled_unet.core.predict import segment_iter
     from tiled_unet.core.checkpoint import resolve_model
+    from tiled_unet.core.image import has_plane_axis
 
     ckpt = resolve_model(request.model)
     axes = image_axes(image, ckpt.config.in_channels)
@@ -402,7 +403,12 @@ def segment_job(
         min_size=int(request.min_size) or None,
     )
     result = np.asarray(result)
-    n_objects = count_objects(result) if request.output == "instances" else None
+    n_objects = None
+    if request.output == "instances":
+        # each plane of a stack is labelled 1..n on its own: count per plane and sum, as the
+        # blockwise path does
+        planes = result if has_plane_axis(axes) else result[None]
+        n_objects = sum(count_objects(plane) for plane in planes)
     return SegmentResult(
         image=image,
         request=request,
