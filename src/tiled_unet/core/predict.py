@@ -425,8 +425,7 @@ def segment_iter(
 def _postprocess(
     probs: np.ndarray, output: OutputKind, object_class: int, boundary_class: int, min_size: int | None
 ) -> np.ndarray:
-    if output == "probabilities":
-        return probs
+    """Labels of one plane (``segment_iter`` stacks probabilities itself)."""
     if output == "semantic":
         return to_semantic(probs)
     kwargs = {} if min_size is None else {"min_size": int(min_size)}
