@@ -72,6 +72,8 @@ def test_wheel_contains_manifest_and_sample_data(installed: Path) -> None:
     assert (pkg / "napari.yaml").is_file() and not (pkg / "napari.yaml").is_symlink()
     for name in ("nuclei.png", "nuclei_labels.tif", "em_slice.png", "CREDITS.md"):
         assert (pkg / "sample_data" / name).is_file(), name
+    for name in ("nuclei.pt", "nuclei.md", "em-membranes.pt", "em-membranes.md"):
+        assert (pkg / "models" / name).is_file(), name  # built-in models ship in the wheel
 
 
 def test_manifest_loads_and_entry_point_names_it(installed: Path) -> None:
