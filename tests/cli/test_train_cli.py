@@ -107,3 +107,14 @@ def test_registers_as_subcommand():
     add_parser(parser.add_subparsers())
     ns = parser.parse_args(["train", "--images", "a", "--labels", "b", "--out", "c.pt"])
     assert ns.func.__name__ == "run" and ns.patch == 572
+
+
+def test_val_ids_hold_images_out_of_training(data, capsys):
+    (data / "val.txt").write_text("s1\n\n")
+    assert main(args(data, "--val-ids", str(data / "val.txt"), "--val-every", "3")) == 0
+    prov = load_checkpoint(data / "m.pt").provenance
+    assert prov["training_images"] == ["s0"]
+    assert "f1" in prov["metrics"]
+    (data / "none.txt").write_text("s9\n")
+    assert main(args(data, "--overwrite", "--val-ids", str(data / "none.txt"))) == 2
+    assert "none of its ids" in capsys.readouterr().err

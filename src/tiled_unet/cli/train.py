@@ -179,17 +179,16 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("give --val-ids or --val-images/--val-labels, not both")
             keep = {ln.strip() for ln in Path(args.val_ids).read_text(encoding="utf-8").splitlines()}
             keep.discard("")
-            is_val = [n in keep for n in names]
-            if not any(is_val):
+            held = [i for i, n in enumerate(names) if n in keep]
+            if not held:
                 raise ValueError(f"{args.val_ids}: none of its ids is among the training images")
+            rest = [i for i in range(len(names)) if names[i] not in keep]
             val = {
-                "val_images": [im for im, v in zip(images, is_val, strict=True) if v],
-                "val_labels": [lb for lb, v in zip(labels, is_val, strict=True) if v],
-                "val_names": [n for n, v in zip(names, is_val, strict=True) if v],
+                "val_images": [images[i] for i in held],
+                "val_labels": [labels[i] for i in held],
+                "val_names": [names[i] for i in held],
             }
-            images = [im for im, v in zip(images, is_val, strict=True) if not v]
-            labels = [lb for lb, v in zip(labels, is_val, strict=True) if not v]
-            names = [n for n, v in zip(names, is_val, strict=True) if not v]
+            images, labels, names = ([seq[i] for i in rest] for seq in (images, labels, names))
         if args.val_images:
             vi, vl, vn = _load_pairs(args.val_images, args.val_labels)
             val = {"val_images": vi, "val_labels": vl, "val_names": vn}
