@@ -223,6 +223,36 @@ def test_predict_stack_with_options(capsys: pytest.CaptureFixture, tmp_path: Pat
         assert tif.series[0].axes == "ZYX"
 
 
+def test_predict_tta_and_its_refusal_for_zarr(
+    capsys: pytest.CaptureFixture, tmp_path: Path, model_path: Path
+) -> None:
+    image = np.random.default_rng(2).random((30, 34)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    common = (
+        "--model",
+        model_path,
+        "--tile",
+        "48",
+        "--device",
+        "cpu",
+        "--output",
+        "probabilities",
+        "--quiet",
+    )
+    assert run_cli(capsys, "predict", tmp_path / "a.tif", "--out", tmp_path / "plain", *common)[0] == 0
+    code, _, err = run_cli(capsys, "predict", tmp_path / "a.tif", "--out", tmp_path / "tta", "--tta", *common)
+    assert code == 0, err
+    plain = tifffile.imread(tmp_path / "plain" / "a.tif")
+    tta = tifffile.imread(tmp_path / "tta" / "a.tif")
+    assert plain.shape == tta.shape and not np.allclose(plain, tta, atol=1e-4)
+    np.testing.assert_allclose(tta.sum(0), 1.0, atol=1e-4)
+    code, _, err = run_cli(
+        capsys, "predict", tmp_path / "a.tif", "--out", tmp_path / "o.zarr", "--tta", *common
+    )
+    assert code == 1 and any("--tta is not available for block-wise" in line for line in err)
+    assert not (tmp_path / "o.zarr").exists()
+
+
 def test_bad_and_good_input(
     capsys: pytest.CaptureFixture, tmp_path: Path, model_path: Path, images: dict[str, Path]
 ) -> None:

@@ -198,3 +198,26 @@ def test_out_of_memory_with_a_user_tile_is_raised():
     model = OutOfMemoryOnBigTiles(tiny().config)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         segment(model, blobs((120, 120)), tile=160, device="cpu")
+
+
+def test_tta_averages_with_the_180_degree_rotation_and_stays_exact_when_tiled():
+    net = tiny()
+    image = np.random.default_rng(3).normal(size=(1, 53, 61)).astype(np.float32)
+    plain = predict_probabilities(net, image)
+    turned = predict_probabilities(net, np.ascontiguousarray(image[:, ::-1, ::-1]))[:, ::-1, ::-1]
+    expected = (plain + turned) / 2
+    np.testing.assert_allclose(predict_probabilities(net, image, tta=True), expected, atol=1e-5)
+    # a valid-padding net sees shifted pooling grids in the two views: the views differ
+    assert np.abs(plain - turned).max() > 1e-3
+    np.testing.assert_allclose(predict_probabilities(net, image, tta=True, tile=48), expected, atol=1e-4)
+    np.testing.assert_allclose(expected.sum(0), 1.0, atol=1e-5)
+
+
+def test_tta_doubles_the_progress_total_of_segment():
+    image = blobs((60, 60))
+    plain, labels = drain(segment_iter(tiny(), image, tile=48))
+    doubled, labels_tta = drain(segment_iter(tiny(), image, tile=48, tta=True))
+    assert plain[-1].total > 1
+    assert doubled[-1].done == doubled[-1].total == 2 * plain[-1].total
+    assert [e.done for e in doubled] == list(range(len(doubled)))
+    assert labels_tta.shape == labels.shape

@@ -200,7 +200,8 @@ def test_collect_rgb_plane_keeps_channels():
 # --------------------------------------------------------------------------- jobs with stand-ins
 
 
-def _fake_segment_iter(ckpt, image, *, axes, output, tile, device, min_size):
+def _fake_segment_iter(ckpt, image, *, axes, output, tile, device, min_size, tta=False):
+    _fake_segment_iter.tta = tta
     planes = image.shape[0] if axes.startswith("Z") else 1
     for p in range(planes):
         yield SimpleNamespace(plane=p, n_planes=planes, done=p + 1, total=planes, message="")
@@ -219,6 +220,17 @@ def test_segment_job_returns_result_with_axes_and_count(intensity_checkpoint):
     # one object in each of the 3 planes (ids restart per plane), counted as the blockwise path does
     assert result.axes == "ZYX" and result.kind == "labels" and result.n_objects == 3
     assert L.summary_text(result).startswith("stack: 3 objects in ")
+
+
+def test_segment_job_passes_tta_and_refuses_it_for_huge_lazy_images(intensity_checkpoint, monkeypatch):
+    img = np.zeros((40, 40), np.uint8)
+    req = L.SegmentRequest(model=intensity_checkpoint, tta=True)
+    drain(L.segment_job(L.ImageInput("small", img), req, segment_iter=_fake_segment_iter))
+    assert _fake_segment_iter.tta is True
+    monkeypatch.setattr(L, "HUGE_PLANE_PIXELS", 100)
+    huge = L.ImageInput("huge", da.from_array(img, chunks=20))
+    with pytest.raises(ValueError, match=r"^huge: test-time augmentation is not available for huge images"):
+        drain(L.segment_job(huge, req, segment_iter=_fake_segment_iter))
 
 
 def test_segment_job_with_the_real_core(intensity_checkpoint, nuclei_image):

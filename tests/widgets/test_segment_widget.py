@@ -218,3 +218,25 @@ def test_builtin_models_are_listed_first(make_napari_viewer, monkeypatch):
     assert seg.model_combo.itemData(0, Qt.ItemDataRole.ToolTipRole) == "Fluorescence nuclei."
     assert ft.model_combo.currentText() == "nuclei"
     assert seg.request().model == "nuclei"
+
+
+def test_tta_checkbox_runs_the_averaged_prediction(make_napari_viewer, qtbot, checkpoint_file, nuclei_image):
+    from tiled_unet.core.predict import segment
+
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image, name="nuclei")
+    widget = _segment_widget(viewer, checkpoint_file)
+    widget.output_combo.setCurrentText("probabilities")
+    assert not widget.tta_check.isChecked() and widget.request().tta is False
+    _run_and_wait(qtbot, widget)
+    assert widget.last_result.request.tta is False
+    plain = np.asarray(viewer.layers["nuclei probabilities"].data).copy()
+    widget.tta_check.setChecked(True)
+    assert widget.request().tta is True
+    _run_and_wait(qtbot, widget)
+    tta = np.asarray(viewer.layers["nuclei probabilities"].data)
+    expected = segment(str(checkpoint_file), nuclei_image, output="probabilities", device="cpu", tta=True)
+    np.testing.assert_allclose(tta, expected, atol=1e-5)
+    # the stand-in model is pixel-wise (rotation-equivariant): both runs agree, the request differs
+    np.testing.assert_allclose(tta, plain, atol=1e-5)
+    assert widget.last_result.request.tta is True

@@ -341,6 +341,8 @@ class SegmentRequest:
     device: str = "auto"
     min_size: int = 0
     model_label: str = ""
+    #: Test-time augmentation: average with the prediction of the 180-degree rotation.
+    tta: bool = False
 
 
 @dataclass(frozen=True)
@@ -392,6 +394,11 @@ def segment_job(
     ckpt = resolve_model(request.model)
     axes = image_axes(image, ckpt.config.in_channels)
     if use_blockwise(image, axes):
+        if request.tta:
+            raise ValueError(
+                f"{image.name}: test-time augmentation is not available for huge images "
+                "(block-wise prediction); switch it off"
+            )
         return (yield from _blockwise_job(image, request, ckpt, axes, store, blockwise_iter, start))
     result = yield from segment_iter(
         ckpt,
@@ -401,6 +408,7 @@ def segment_job(
         tile=int(request.tile) or None,
         device=request.device,
         min_size=int(request.min_size) or None,
+        tta=request.tta,
     )
     result = np.asarray(result)
     n_objects = None

@@ -46,6 +46,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--tile", type=int, help="input tile edge (default: from free memory)")
     parser.add_argument("--min-size", type=int, help="drop objects smaller than this (pixels)")
+    parser.add_argument(
+        "--tta", action="store_true", help="test-time augmentation (average with the 180-degree rotation)"
+    )
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     parser.add_argument("--verbose", "-v", action="store_true", help="one line per image")
     parser.set_defaults(func=run)
@@ -117,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             tile=args.tile,
             min_size=args.min_size,
+            tta=args.tta,
             on_image=show,
         )
     except (ValueError, OSError) as exc:

@@ -71,6 +71,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="drop objects smaller than PX pixels (instances)",
     )
     parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: also predict the image rotated by 180 degrees and average "
+        "(twice the time; not for Zarr / huge images)",
+    )
+    parser.add_argument(
         "--axes", metavar="AXES", help="axis order of the inputs, e.g. YX, YXC, CYX, ZYX (default: inferred)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -175,6 +181,10 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             continue
         claimed[target] = path
+        if blockwise and args.tta:
+            error(f"{path}: --tta is not available for block-wise (Zarr / huge image) prediction")
+            failed += 1
+            continue
         try:
             if blockwise:
                 _segment_blockwise(path, target, checkpoint, args, str(device))
@@ -227,6 +237,7 @@ def _segment_one(path: Path, target: Path, checkpoint: Any, args: argparse.Names
         device=device,
         batch_size=args.batch_size,
         min_size=args.min_size,
+        tta=args.tta,
     )
     result = _drain_with_progress(gen, path.name, disable=args.quiet or not sys.stderr.isatty())
     write_tiff_atomic(

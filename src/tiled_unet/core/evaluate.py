@@ -64,6 +64,7 @@ def evaluate(
     device: str = "auto",
     tile: int | None = None,
     min_size: int | None = None,
+    tta: bool = False,
     on_image: Callable[[str, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Segment each image and score it against its labels.
@@ -77,6 +78,8 @@ def evaluate(
         (instance models) or class maps / binary masks (semantic models, nonzero = object class).
     groups : dict of str to names, optional
         Named subsets (e.g. ``{"fluorescence": [...]}``) scored separately as well.
+    tta : bool
+        Test-time augmentation (see :func:`.predict.segment_iter`).
     on_image : callable, optional
         Called with each image's name and scores.
 
@@ -97,7 +100,9 @@ def evaluate(
         sem: dict[str, list[tuple[float, float]]] = {"all": [], **{g: [] for g in names_in}}
     for name, image, labels in pairs:
         if instance:
-            pred = segment(checkpoint, image, output="instances", device=device, tile=tile, min_size=min_size)
+            pred = segment(
+                checkpoint, image, output="instances", device=device, tile=tile, min_size=min_size, tta=tta
+            )
             matchings = match_thresholds(labels, pred, THRESHOLDS)
             f1 = scores["all"].add(matchings)
             for g, members in names_in.items():
@@ -105,7 +110,7 @@ def evaluate(
                     scores[g].add(matchings)
             per = {"f1_0.5": f1, "n_true": int(len(np.unique(labels)) - 1), "n_pred": int(pred.max())}
         else:
-            pred = segment(checkpoint, image, output="semantic", device=device, tile=tile)
+            pred = segment(checkpoint, image, output="semantic", device=device, tile=tile, tta=tta)
             true_cls = (np.asarray(labels) > 0).astype(np.uint8) * checkpoint.object_class
             pe = pixel_error(true_cls, pred)
             # the challenge's Rand error compares 2-D connected components of the cell class

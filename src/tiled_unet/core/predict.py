@@ -169,6 +169,42 @@ def _run_tiles(
 
 
 def _predict_plane(
+    model: UNet,
+    image: np.ndarray,
+    state: _TileState,
+    batch_size: int,
+    device: torch.device,
+    amp: bool,
+    tta: bool = False,
+) -> Generator[tuple[int, int], None, np.ndarray]:
+    """:func:`_predict_view` of the plane, averaged with its 180-degree rotation if ``tta``.
+
+    Yields ``(batches done, batches)`` over both views. Each view is an exact overlap-tile
+    prediction, so the average equals that of two untiled predictions.
+    """
+    n_views = 2 if tta else 1
+    acc: np.ndarray | None = None
+    for view in range(n_views):
+        rotated = view == 1
+        img = np.ascontiguousarray(image[:, ::-1, ::-1]) if rotated else image
+        gen = _predict_view(model, img, state, batch_size, device, amp)
+        while True:
+            try:
+                i, n = next(gen)
+            except StopIteration as stop:
+                probs = stop.value
+                break
+            yield view * n + i, n_views * n
+        if rotated:
+            probs = probs[:, ::-1, ::-1]
+        acc = probs if acc is None else np.add(acc, probs, out=acc)
+    assert acc is not None
+    if n_views > 1:
+        acc /= n_views
+    return acc
+
+
+def _predict_view(
     model: UNet, image: np.ndarray, state: _TileState, batch_size: int, device: torch.device, amp: bool
 ) -> Generator[tuple[int, int], None, np.ndarray]:
     """:func:`_run_tiles`, halving an automatic tile after out-of-memory errors."""
@@ -247,6 +283,7 @@ def predict_probabilities_iter(
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     amp: bool = True,
+    tta: bool = False,
 ) -> Generator[TileProgress, None, np.ndarray]:
     """Class probabilities of one normalised plane by overlap-tile prediction.
 
@@ -265,6 +302,9 @@ def predict_probabilities_iter(
         Moves the model there; ``None`` uses the model's device.
     amp : bool
         Half-precision autocast on CUDA/MPS (never on the CPU).
+    tta : bool
+        Test-time augmentation: average with the prediction of the image rotated by 180
+        degrees (twice the time).
 
     Yields
     ------
@@ -289,7 +329,7 @@ def predict_probabilities_iter(
     batch = _resolve_batch(batch_size, config, dev, state.tile, amp)
     done = 0
     with _eval_mode(model):
-        gen = _predict_plane(model, image, state, batch, dev, amp)
+        gen = _predict_plane(model, image, state, batch, dev, amp, tta)
         while True:
             try:
                 i, n = next(gen)
@@ -337,6 +377,7 @@ def segment_iter(
     batch_size: int | None = None,
     min_size: int | None = None,
     normalization: Normalization | None = None,
+    tta: bool = False,
 ) -> Generator[Progress, None, np.ndarray]:
     """Segment an image (any supported layout) plane by plane.
 
@@ -362,6 +403,9 @@ def segment_iter(
     normalization : Normalization, optional
         Overrides the checkpoint's (default ``Normalization()`` for a bare network).
         Statistics are computed per plane.
+    tta : bool
+        Test-time augmentation: average the probabilities with those of the plane rotated
+        by 180 degrees (twice the time; see :func:`predict_probabilities_iter`).
 
     Yields
     ------
@@ -390,7 +434,7 @@ def segment_iter(
 
     def batches_per_plane() -> int:
         plan = plan_tiles((ny, nx), out_tile=tile_output_size(state.tile, config), config=config)
-        return _batches(plan.n_tiles, batch)
+        return _batches(plan.n_tiles, batch) * (2 if tta else 1)
 
     done = 0
     total = n_planes * batches_per_plane()
@@ -401,7 +445,7 @@ def segment_iter(
         for p in range(n_planes):
             plane = np.asarray(planes[p])
             lo, hi = norm.stats(plane)
-            gen = _predict_plane(model, norm.apply(plane, lo, hi), state, batch, dev, True)
+            gen = _predict_plane(model, norm.apply(plane, lo, hi), state, batch, dev, True, tta)
             while True:
                 try:
                     i, n = next(gen)
