@@ -1,0 +1,55 @@
+"""End-to-end time of the built-in ``nuclei`` model, with and without test-time augmentation.
+
+Times :func:`tiled_unet.core.predict.segment` (model loading, normalisation, tiled
+prediction, instances) on the packaged nuclei sample mirror-tiled to ``--size`` pixels, plain
+and with ``tta=True`` alternating round by round, so both see the same machine load. Prints
+the median and range of ``--repeat`` rounds and the TTA/plain ratio. The target for the plain
+run is <= 1.5 s at 1024 x 1024 on a 2-core CPU. Example::
+
+    python benchmarks/bench_nuclei.py --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from bench_gui import nuclei_1024  # the same mirror-tiled sample as the GUI benchmark
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--model", default="nuclei")
+    args = parser.parse_args()
+
+    from tiled_unet.core.checkpoint import resolve_model
+    from tiled_unet.core.predict import segment
+
+    image = nuclei_1024(args.size)
+    segment(resolve_model(args.model), image, device="cpu")  # warm-up: oneDNN kernels, caches
+    times: dict[bool, list[float]] = {False: [], True: []}
+    counts: dict[bool, int] = {}
+    for _ in range(args.repeat):
+        for tta in (False, True):
+            t = time.perf_counter()
+            labels = segment(resolve_model(args.model), image, device="cpu", tta=tta)
+            times[tta].append(time.perf_counter() - t)
+            counts[tta] = int(labels.max())
+    threads = torch.get_num_threads()
+    print(f"{args.model}, {args.size} x {args.size}, CPU, {threads} torch threads, {args.repeat} rounds")
+    print("| run | median s | range s | objects |")
+    print("|---|---|---|---|")
+    for tta, label in ((False, "plain"), (True, "tta (+180 deg)")):
+        t = times[tta]
+        print(f"| {label} | {statistics.median(t):.2f} | {min(t):.2f}-{max(t):.2f} | {counts[tta]} |")
+    ratio = statistics.median(times[True]) / statistics.median(times[False])
+    print(f"tta / plain: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
