@@ -16,6 +16,7 @@ error the tile is halved and the plane predicted again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -31,7 +32,7 @@ from .devices import resolve_device
 from .image import from_planes, to_planes
 from .model import UNet, UNetConfig
 from .postprocess import to_instances, to_semantic
-from .progress import drain
+from .progress import drain, relay
 from .tiling import (
     TilePlan,
     activation_bytes_per_pixel,
@@ -188,13 +189,7 @@ def _predict_plane(
         rotated = view == 1
         img = np.ascontiguousarray(image[:, ::-1, ::-1]) if rotated else image
         gen = _predict_view(model, img, state, batch_size, device, amp)
-        while True:
-            try:
-                i, n = next(gen)
-            except StopIteration as stop:
-                probs = stop.value
-                break
-            yield view * n + i, n_views * n
+        probs = yield from relay(gen, lambda i_n, v=view: (v * i_n[1] + i_n[0], n_views * i_n[1]))
         if rotated:
             probs = probs[:, ::-1, ::-1]
         acc = probs if acc is None else np.add(acc, probs, out=acc)
@@ -328,15 +323,15 @@ def predict_probabilities_iter(
     state = _TileState.choose(tile, config, dev, batch_size, image.shape[1:], amp)
     batch = _resolve_batch(batch_size, config, dev, state.tile, amp)
     done = 0
+
+    def progress(i_n: tuple[int, int]) -> TileProgress:
+        nonlocal done  # keeps counting across an out-of-memory restart of the batches
+        i, n = i_n
+        done += 1
+        return TileProgress(done=done, total=done + n - i, tile=state.tile, message=f"tile batch {i}/{n}")
+
     with _eval_mode(model):
-        gen = _predict_plane(model, image, state, batch, dev, amp, tta)
-        while True:
-            try:
-                i, n = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            done += 1
-            yield TileProgress(done=done, total=done + n - i, tile=state.tile, message=f"tile batch {i}/{n}")
+        return (yield from relay(_predict_plane(model, image, state, batch, dev, amp, tta), progress))
 
 
 def predict_probabilities(model: UNet, image_cyx: np.ndarray, **kwargs: Any) -> np.ndarray:
@@ -437,25 +432,25 @@ def segment_iter(
         return _batches(plan.n_tiles, batch) * (2 if tta else 1)
 
     done = 0
-    total = n_planes * batches_per_plane()
+
+    def progress(p: int, i_n: tuple[int, int]) -> Progress:
+        nonlocal done
+        i, n = i_n
+        done += 1
+        total = done + (n - i) + (n_planes - p - 1) * batches_per_plane()
+        msg = f"plane {p + 1}/{n_planes}, tile batch {i}/{n}"
+        return Progress(plane=p, n_planes=n_planes, done=done, total=total, message=msg)
+
     labels: list[np.ndarray] = []
     prob_stack: np.ndarray | None = None
     with _eval_mode(model):
+        total = n_planes * batches_per_plane()
         yield Progress(plane=0, n_planes=n_planes, done=0, total=total, message="starting")
         for p in range(n_planes):
             plane = np.asarray(planes[p])
             lo, hi = norm.stats(plane)
             gen = _predict_plane(model, norm.apply(plane, lo, hi), state, batch, dev, True, tta)
-            while True:
-                try:
-                    i, n = next(gen)
-                except StopIteration as stop:
-                    probs = stop.value
-                    break
-                done += 1
-                total = done + (n - i) + (n_planes - p - 1) * batches_per_plane()
-                msg = f"plane {p + 1}/{n_planes}, tile batch {i}/{n}"
-                yield Progress(plane=p, n_planes=n_planes, done=done, total=total, message=msg)
+            probs = yield from relay(gen, functools.partial(progress, p))
             if output == "probabilities":
                 if prob_stack is None:
                     prob_stack = np.empty((n_planes, *probs.shape), np.float32)
