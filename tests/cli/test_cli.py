@@ -389,6 +389,7 @@ def test_info_json_matches_core(capsys: pytest.CaptureFixture, model_path: Path)
     assert info["classes"] == ["background", "object", "boundary"]
     assert (info["object_class"], info["boundary_class"]) == (1, 2)
     assert info["normalization"] == {"mode": "percentile", "low": 1.0, "high": 99.8}
+    assert info["instances"] == {"threshold": 0.5, "expand": 2.0, "min_size": 32, "min_peak": 0.0}
     assert info["provenance"]["date"] == "2025-01-01"
     first = info["valid_sizes"]["first"]
     assert first[0] == [44, 4] and all(b[0] - a[0] == 4 for a, b in zip(first, first[1:], strict=False))
@@ -401,6 +402,7 @@ def test_info_text(capsys: pytest.CaptureFixture, model_path: Path) -> None:
     assert f"{count_parameters(UNet(TINY)):,}" in out
     assert "receptive field  41 px" in out
     assert "2: boundary (object boundaries)" in out
+    assert "instances        threshold 0.5, seeds grown 2 px, min size 32 px, min peak probability 0" in out
 
 
 @pytest.mark.parametrize("content", [b"not a model at all\n", None])
@@ -465,3 +467,33 @@ def test_console_script(tmp_path: Path, model_path: Path, images: dict[str, Path
     assert [line for line in proc.stderr.splitlines() if str(bad) in line][0].startswith("tiled-unet: error:")
     assert "it/s" not in proc.stderr and "batch/s" not in proc.stderr  # no progress bar when not a tty
     assert (tmp_path / "rgba.tif").is_file()
+
+
+def test_evaluate_optimize_writes_a_tuned_copy_and_never_the_model(
+    capsys: pytest.CaptureFixture, tmp_path: Path, model_path: Path
+) -> None:
+    from skimage.draw import disk
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    truth = np.zeros((40, 44), np.uint16)
+    truth[disk((20, 20), 8)] = 1
+    tifffile.imwrite(images / "a.tif", (truth * 200 + 20).astype(np.uint8))
+    tifffile.imwrite(labels / "a.tif", truth)
+    before = model_path.read_bytes()
+    common = ("evaluate", "--model", model_path, "--images", images, "--labels", labels, "--device", "cpu")
+    code, out, err = run_cli(capsys, *common, "--optimize", tmp_path / "tuned.pt")
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if line.startswith("f1_0.5 ")]
+    assert len(rows) == 10 and "min_peak" in rows[0]
+    f1s = [float(r.split()[1].rstrip(":")) for r in rows]
+    assert f1s == sorted(f1s, reverse=True)
+    tuned = ckpt_mod.load_checkpoint(tmp_path / "tuned.pt")
+    assert tuned.provenance["instances_optimized"]["f1_0.5"] == pytest.approx(f1s[0], abs=1e-4)
+    assert model_path.read_bytes() == before
+    code, _, err = run_cli(capsys, *common, "--optimize", tmp_path / "tuned.pt")
+    assert code == 2 and any("exists; use --overwrite" in line for line in err)
+    code, _, err = run_cli(capsys, *common, "--optimize", model_path, "--overwrite")
+    assert code == 2 and any("would replace the model itself" in line for line in err)
+    assert model_path.read_bytes() == before

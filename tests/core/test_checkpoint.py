@@ -263,3 +263,22 @@ def test_newer_format_version(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as exc:
         load_checkpoint(path)
     assert "newer" in _one_line(exc)
+
+
+def test_instance_settings_round_trip_and_default_when_absent(tmp_path: Path) -> None:
+    import dataclasses
+
+    from tiled_unet.core.postprocess import InstanceSettings
+
+    tuned = dataclasses.replace(_tiny_checkpoint(), instances=InstanceSettings(min_peak=0.85, min_size=16))
+    assert load_checkpoint(save_checkpoint(tuned, tmp_path / "tuned.pt")).instances == tuned.instances
+    old = tuned.to_dict()
+    del old["instances"]  # a checkpoint written before the settings existed
+    torch.save(old, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt").instances == InstanceSettings()
+    bad = tuned.to_dict()
+    bad["instances"]["min_peak"] = 2.0
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(tmp_path / "bad.pt")
+    assert "damaged checkpoint (min_peak must be in [0, 1)" in _one_line(exc)

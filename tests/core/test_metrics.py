@@ -92,3 +92,32 @@ def test_evaluate_pools_instance_counts_over_images_and_groups(monkeypatch):
     only_b = result["only_b"]
     assert only_b["n_images"] == 1 and (only_b["tp_0.5"], only_b["fn_0.5"]) == (2, 1)
     assert only_b["ap_0.5"] == pytest.approx(2 / 3)
+
+
+def test_optimize_instance_settings_finds_the_peak_filter(monkeypatch):
+    from test_postprocess import faint_and_sure_discs
+
+    from tiled_unet.core import predict
+    from tiled_unet.core.checkpoint import Checkpoint
+    from tiled_unet.core.evaluate import optimize_instance_settings
+    from tiled_unet.core.model import UNetConfig
+
+    probs, truth = faint_and_sure_discs()
+    only_sure = np.where(truth == 2, 0, truth)  # the faint disc is a false object
+    monkeypatch.setattr(predict, "segment", lambda ckpt, image, **kw: probs)
+    ckpt = Checkpoint(
+        config=UNetConfig(n_classes=3, depth=1, base_features=1),
+        state_dict={},
+        class_names=("background", "object", "boundary"),
+        boundary_class=2,
+    )
+    seen = []
+    best, table = optimize_instance_settings(
+        ckpt, [("a", None, only_sure)], grid={"min_peak": (0.0, 0.5, 0.7, 0.9)}, on_image=seen.append
+    )
+    assert seen == ["a"]
+    assert [round(f1, 4) for _, f1 in table] == [1.0, 1.0, round(2 / 3, 4), round(2 / 3, 4)]
+    assert best.min_peak == 0.7  # the first of the ties, in grid order
+    assert best.min_size == ckpt.instances.min_size  # fields outside the grid are kept
+    with pytest.raises(ValueError, match="unknown post-processing parameters: speed"):
+        optimize_instance_settings(ckpt, [("a", None, only_sure)], grid={"speed": (1,)})

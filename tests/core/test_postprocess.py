@@ -94,3 +94,41 @@ def test_bad_classes_raise(object_class, boundary_class):
         to_instances(
             np.zeros((3, 4, 4), np.float32), object_class=object_class, boundary_class=boundary_class
         )
+
+
+def faint_and_sure_discs() -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities of a 3-class model: a sure disc (peak 0.95) and a faint one (peak 0.6)."""
+    truth = np.zeros((40, 70), np.int32)
+    truth[disk((20, 18), 9, shape=truth.shape)] = 1
+    truth[disk((20, 50), 9, shape=truth.shape)] = 2
+    probs = one_hot(np.where(truth > 0, 1, 0), 3, sharpness=0.95)
+    faint = truth == 2
+    probs[1][faint], probs[0][faint], probs[2][faint] = 0.6, 0.3, 0.1
+    return probs, truth
+
+
+def test_min_peak_drops_faint_objects_only():
+    probs, truth = faint_and_sure_discs()
+    both = to_instances(probs, object_class=1, boundary_class=2)
+    assert both.max() == 2
+    sure = to_instances(probs, object_class=1, boundary_class=2, min_peak=0.8)
+    assert sure.max() == 1 and np.all(sure[truth == 2] == 0) and np.all(sure[truth == 1] == 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"threshold": 1.0}, {"min_peak": -0.1}, {"expand": -1.0}, {"min_size": -1}]
+)
+def test_instance_settings_reject_bad_values(kwargs):
+    from tiled_unet.core.postprocess import InstanceSettings
+
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        InstanceSettings(**kwargs)
+
+
+def test_instance_settings_min_size_override_keeps_the_rest():
+    from tiled_unet.core.postprocess import InstanceSettings
+
+    tuned = InstanceSettings(min_peak=0.8, expand=1.0)
+    assert tuned.with_min_size(None) is tuned
+    assert tuned.with_min_size(5) == InstanceSettings(min_peak=0.8, expand=1.0, min_size=5)
+    assert set(tuned.to_dict()) == {"threshold", "expand", "min_size", "min_peak"}

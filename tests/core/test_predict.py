@@ -221,3 +221,18 @@ def test_tta_doubles_the_progress_total_of_segment():
     assert doubled[-1].done == doubled[-1].total == 2 * plain[-1].total
     assert [e.done for e in doubled] == list(range(len(doubled)))
     assert labels_tta.shape == labels.shape
+
+
+def test_segment_applies_the_checkpoint_instance_settings_and_min_size_overrides_one():
+    import dataclasses
+
+    from tiled_unet.core.postprocess import InstanceSettings, to_instances
+
+    ckpt = Checkpoint.from_model(tiny(), class_names=("background", "object", "boundary"), boundary_class=2)
+    ckpt = dataclasses.replace(ckpt, instances=InstanceSettings(expand=0.0, min_size=3, min_peak=0.3))
+    image = blobs()
+    probs = segment(ckpt, image, output="probabilities", tile=60, device="cpu")
+    expected = to_instances(probs, object_class=1, boundary_class=2, expand=0.0, min_size=3, min_peak=0.3)
+    np.testing.assert_array_equal(segment(ckpt, image, tile=60, device="cpu"), expected)
+    bigger = to_instances(probs, object_class=1, boundary_class=2, expand=0.0, min_size=40, min_peak=0.3)
+    np.testing.assert_array_equal(segment(ckpt, image, tile=60, device="cpu", min_size=40), bigger)

@@ -1,11 +1,14 @@
 """Training loop: learning, determinism, cancel, errors, best-checkpoint keeping."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from tiled_unet.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from tiled_unet.core.model import UNet, UNetConfig
+from tiled_unet.core.postprocess import InstanceSettings
 from tiled_unet.core.train import TrainSettings, predict_probabilities, train, train_iter
 
 CONFIG = UNetConfig(depth=2, base_features=8, n_classes=3, dropout=0.0)
@@ -92,8 +95,10 @@ def test_cancel_returns_none():
 def test_fine_tune_keeps_classes_and_normalization(tmp_path):
     img, lab = disc_data()
     init = init_checkpoint()
+    init = dataclasses.replace(init, instances=InstanceSettings(min_peak=0.8))
     ckpt = train(images=[img], labels=[lab], settings=settings(steps=3), init=init)
     assert ckpt.class_names == init.class_names and ckpt.normalization == init.normalization
+    assert ckpt.instances == init.instances  # post-processing tuned for the base is kept
     assert ckpt.provenance["steps"] == 3 and "date" in ckpt.provenance
     assert not all(torch.equal(ckpt.state_dict[k], init.state_dict[k]) for k in init.state_dict)
     path = save_checkpoint(ckpt, tmp_path / "m.pt")

@@ -69,6 +69,7 @@ def describe(model: str) -> dict[str, Any]:
         "object_class": ckpt.object_class,
         "boundary_class": ckpt.boundary_class,
         "normalization": dataclasses.asdict(ckpt.normalization),
+        "instances": ckpt.instances.to_dict(),
         "provenance": ckpt.provenance,
         "model_card": model_card(model) if builtin else "",
     }
@@ -113,6 +114,12 @@ def format_text(info: dict[str, Any]) -> str:
         "classes          " + "; ".join(_class_label(info, i) for i in range(len(info["classes"]))),
         f"normalization    {norm_text}",
     ]
+    if info["object_class"] >= 0:
+        inst = info["instances"]
+        lines.append(
+            f"instances        threshold {inst['threshold']:g}, seeds grown {inst['expand']:g} px, "
+            f"min size {inst['min_size']} px, min peak probability {inst['min_peak']:g}"
+        )
     if info["provenance"]:
         lines.append("provenance")
         for key, value in info["provenance"].items():

@@ -203,8 +203,9 @@ def _predict_block(
     if s["output"] == "semantic":
         array[(*lead, slice(y0, y1), slice(x0, x1))] = to_semantic(probs[(slice(None), *core)])
         return {}
-    kwargs = {} if s["min_size"] is None else {"min_size": int(s["min_size"])}
-    labels = to_instances(probs, object_class=s["object_class"], boundary_class=s["boundary_class"], **kwargs)
+    labels = to_instances(
+        probs, object_class=s["object_class"], boundary_class=s["boundary_class"], **s["instances"].to_dict()
+    )
     labels = labels.astype(np.uint32, copy=False)
     array[(*lead, slice(y0, y1), slice(x0, x1))] = labels[core]
     return {
@@ -461,6 +462,7 @@ def segment_blockwise_iter(
     if output == "instances" and object_class < 0:
         raise ValueError("this model has no object class; use output='semantic' or 'probabilities'")
     norm = normalization or ckpt.normalization
+    instances = ckpt.instances.with_min_size(min_size)
     step = tile_step(config)
     block = max(step, math.ceil(int(block) / step) * step)
     margin = math.ceil(max(0, int(margin)) / step) * step if output == "instances" else 0
@@ -498,7 +500,8 @@ def segment_blockwise_iter(
                     spec = {
                         "key": key, "device": str(dev), "plane": p, "plane_index": p if stack else None,
                         "block": (y0, y1, x0, x1), "grown": (gy0, gy1, gx0, gx1), "lo": lo, "hi": hi,
-                        "norm": norm, "tile": tile, "margin": margin, "output": output, "min_size": min_size,
+                        "norm": norm, "tile": tile, "margin": margin, "output": output,
+                        "instances": instances,
                         "object_class": object_class, "boundary_class": boundary_class,
                     }  # fmt: skip
                     tasks.append(dask.delayed(_predict_block, pure=False)(source, spec, d_ckpt, sink))

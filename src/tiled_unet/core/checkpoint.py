@@ -12,6 +12,7 @@ loading a file never runs code. Keys::
     class_names   list of class names, index = output channel
     object_class  index of the class whose connected regions are objects (or -1)
     boundary_class index of the object-boundary class (or -1)
+    instances     InstanceSettings as a dict (optional; defaults if absent)
     provenance    free dict: data, steps, metrics, date, command, base model ...
 """
 
@@ -32,6 +33,7 @@ import torch
 
 from .imageio import atomic_path
 from .model import UNet, UNetConfig
+from .postprocess import InstanceSettings
 
 FORMAT = "tiled-unet-checkpoint"
 FORMAT_VERSION = 1
@@ -98,6 +100,7 @@ class Checkpoint:
     object_class: int = 1
     boundary_class: int = -1
     provenance: dict[str, Any] = field(default_factory=dict)
+    instances: InstanceSettings = field(default_factory=InstanceSettings)
 
     def __post_init__(self) -> None:
         if len(self.class_names) != self.config.n_classes:
@@ -141,6 +144,7 @@ class Checkpoint:
             "class_names": list(self.class_names),
             "object_class": int(self.object_class),
             "boundary_class": int(self.boundary_class),
+            "instances": self.instances.to_dict(),
             "provenance": _plain(self.provenance),
         }
 
@@ -232,6 +236,7 @@ def checkpoint_from_dict(data: Any, *, source: str = "checkpoint") -> Checkpoint
             object_class=int(data.get("object_class", 1)),
             boundary_class=int(data.get("boundary_class", -1)),
             provenance=dict(data.get("provenance", {})),
+            instances=InstanceSettings(**data.get("instances", {})),
         )
     except CheckpointError as exc:
         raise CheckpointError(f"{source}: {exc}") from None

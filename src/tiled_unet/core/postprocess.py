@@ -17,15 +17,61 @@ touching objects with a seeded watershed (scikit-image):
   neck become two objects, and the watershed floods the negative distance. Foreground
   components that got no seed (thinner than the h) become objects of their own.
 
-Objects smaller than ``min_size`` pixels are removed and labels are renumbered 1..n.
+Objects smaller than ``min_size`` pixels, or whose highest object probability is below
+``min_peak``, are removed and labels are renumbered 1..n. The peak test drops faint, unsure
+objects (wrinkles, debris) that just cross the threshold; the nuclei model's value is tuned on
+training images (:func:`.evaluate.optimize_instance_settings`). :class:`InstanceSettings`
+holds these parameters; every checkpoint carries its own.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 
 #: Height of the distance-transform maxima that seed objects of two-class models (pixels).
 DISTANCE_H = 2.0
+
+
+@dataclass(frozen=True)
+class InstanceSettings:
+    """Parameters of :func:`to_instances`, stored in each checkpoint.
+
+    Attributes
+    ----------
+    threshold : float
+        Probability threshold for seeds and foreground.
+    expand : float
+        With a boundary class: how far (pixels) each seed grows into the foreground.
+    min_size : int
+        Objects with fewer pixels are removed.
+    min_peak : float
+        Objects whose highest object-class probability is below this are removed
+        (0 keeps all).
+    """
+
+    threshold: float = 0.5
+    expand: float = 2.0
+    min_size: int = 32
+    min_peak: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "min_peak"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if self.expand < 0 or self.min_size < 0:
+            raise ValueError(f"expand and min_size must be >= 0, got {self.expand} and {self.min_size}")
+
+    def with_min_size(self, min_size: int | None) -> InstanceSettings:
+        """These settings with ``min_size`` replaced (unchanged if None)."""
+        return self if min_size is None else dataclasses.replace(self, min_size=int(min_size))
+
+    def to_dict(self) -> dict[str, float]:
+        """Plain dict (for checkpoints and as ``to_instances`` keyword arguments)."""
+        return dataclasses.asdict(self)
 
 
 def _check_probs(probs: np.ndarray) -> np.ndarray:
@@ -77,6 +123,7 @@ def to_instances(
     min_size: int = 32,
     threshold: float = 0.5,
     expand: float = 2.0,
+    min_peak: float = 0.0,
 ) -> np.ndarray:
     """Label individual objects, separating touching ones.
 
@@ -94,6 +141,8 @@ def to_instances(
         Probability threshold for seeds and foreground.
     expand : float
         With a boundary class: how far (pixels) each seed grows into the foreground.
+    min_peak : float
+        Objects whose highest ``probs[object_class]`` is below this are removed.
 
     Returns
     -------
@@ -122,10 +171,14 @@ def to_instances(
         if unseeded.any():
             extra, _ = ndi.label(unseeded)
             labels = np.where(extra > 0, extra + labels.max(), labels)
-    if min_size > 1 and labels.max() > 0:
-        sizes = np.bincount(labels.ravel())
-        small = sizes < min_size
-        small[0] = False
-        labels[small[labels]] = 0
+    n = int(labels.max())
+    if n > 0 and (min_size > 1 or min_peak > 0):
+        drop = np.zeros(n + 1, bool)
+        if min_size > 1:
+            drop |= np.bincount(labels.ravel(), minlength=n + 1) < min_size
+        if min_peak > 0:
+            drop |= ndi.maximum(p_object, labels, index=np.arange(n + 1)) < min_peak
+        drop[0] = False
+        labels[drop[labels]] = 0
     labels, _, _ = relabel_sequential(labels)
     return labels.astype(label_dtype(int(labels.max())))

@@ -31,7 +31,7 @@ from .checkpoint import Checkpoint, Normalization, resolve_model
 from .devices import resolve_device
 from .image import from_planes, to_planes
 from .model import UNet, UNetConfig
-from .postprocess import to_instances, to_semantic
+from .postprocess import InstanceSettings, to_instances, to_semantic
 from .progress import drain, relay
 from .tiling import (
     TilePlan,
@@ -394,7 +394,8 @@ def segment_iter(
     batch_size : int, optional
         Tiles per forward pass.
     min_size : int, optional
-        Smallest object kept (instances only; default that of :func:`to_instances`).
+        Smallest object kept (instances only); overrides the checkpoint's
+        :class:`~.postprocess.InstanceSettings`, which give the other post-processing parameters.
     normalization : Normalization, optional
         Overrides the checkpoint's (default ``Normalization()`` for a bare network).
         Statistics are computed per plane.
@@ -422,6 +423,7 @@ def segment_iter(
     if output == "instances" and object_class < 0:
         raise ValueError("this model has no object class; use output='semantic' or 'probabilities'")
     norm = normalization or (ckpt.normalization if ckpt is not None else Normalization())
+    settings = (ckpt.instances if ckpt is not None else InstanceSettings()).with_min_size(min_size)
     planes, used_axes = to_planes(image, axes=axes, in_channels=config.in_channels)
     n_planes, _, ny, nx = (int(s) for s in planes.shape)
     state = _TileState.choose(tile, config, dev, batch_size, (ny, nx))
@@ -456,19 +458,18 @@ def segment_iter(
                     prob_stack = np.empty((n_planes, *probs.shape), np.float32)
                 prob_stack[p] = probs
             else:
-                labels.append(_postprocess(probs, output, object_class, boundary_class, min_size))
+                labels.append(_postprocess(probs, output, object_class, boundary_class, settings))
     stacked = prob_stack if prob_stack is not None else np.stack(labels)  # np.stack promotes dtypes
     return from_planes(stacked, used_axes, (ny, nx))
 
 
 def _postprocess(
-    probs: np.ndarray, output: OutputKind, object_class: int, boundary_class: int, min_size: int | None
+    probs: np.ndarray, output: OutputKind, object_class: int, boundary_class: int, settings: InstanceSettings
 ) -> np.ndarray:
     """Labels of one plane (``segment_iter`` stacks probabilities itself)."""
     if output == "semantic":
         return to_semantic(probs)
-    kwargs = {} if min_size is None else {"min_size": int(min_size)}
-    return to_instances(probs, object_class=object_class, boundary_class=boundary_class, **kwargs)
+    return to_instances(probs, object_class=object_class, boundary_class=boundary_class, **settings.to_dict())
 
 
 def segment(

@@ -44,6 +44,7 @@ from .data import BatchStream, PatchSampler, TrainingImage, prepare_image
 from .devices import resolve_device
 from .metrics import iou, match_instances, pixel_error, rand_error
 from .model import UNet, UNetConfig, check_input_size, output_size
+from .postprocess import InstanceSettings, to_instances
 from .predict import predict_probabilities
 from .targets import INSTANCE_CLASSES, SEMANTIC_CLASSES
 
@@ -179,12 +180,6 @@ def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: t
 # --------------------------------------------------------------------------- prediction for validation
 
 
-def _instances(probs: np.ndarray, *, object_class: int, boundary_class: int) -> np.ndarray:
-    from .postprocess import to_instances
-
-    return np.asarray(to_instances(probs, object_class=object_class, boundary_class=boundary_class))
-
-
 def validation_metrics(
     model: UNet,
     items: Sequence[TrainingImage],
@@ -192,6 +187,7 @@ def validation_metrics(
     device: torch.device,
     object_class: int,
     boundary_class: int,
+    instances: InstanceSettings | None = None,
 ) -> dict[str, float]:
     """Mean metrics over validation images.
 
@@ -199,7 +195,9 @@ def validation_metrics(
     models) with the annotation on annotated pixels; ``f1`` matches instances at IoU 0.5;
     ``rand_error`` (semantic models) is the adapted Rand error of the objects. ``score`` is
     what "best" means: ``f1`` for instance models, ``1 - pixel_error`` for semantic ones.
+    Objects are made with ``instances`` (default :class:`~.postprocess.InstanceSettings`).
     """
+    kwargs = (instances or InstanceSettings()).to_dict()
     was_training = model.training
     model.eval()
     rows: list[dict[str, float]] = []
@@ -212,7 +210,7 @@ def validation_metrics(
                 fg_pred |= pred == boundary_class
             fg_true = it.targets.instances > 0
             ann = it.targets.annotated
-            inst = _instances(probs, object_class=object_class, boundary_class=boundary_class)
+            inst = to_instances(probs, object_class=object_class, boundary_class=boundary_class, **kwargs)
             row = {
                 "pixel_error": pixel_error(fg_true, fg_pred, annotated=ann),
                 "iou": iou(fg_true & ann, fg_pred & ann),
@@ -332,6 +330,8 @@ def train_iter(
         raise ValueError(f"preview_every must be >= 0, got {preview_every}")
     base = resolve_model(init) if init is not None else None
     cfg, cls_names, object_class, boundary_class, normalization = _class_setup(base, config, class_names)
+    # a fine-tuned model keeps its base's post-processing (tuned for that model's probabilities)
+    instances = base.instances if base is not None else InstanceSettings()
     mode = "instance" if boundary_class >= 0 else "semantic"
     check_input_size(settings.patch, cfg)
     out_size = output_size(settings.patch, cfg)
@@ -440,7 +440,12 @@ def train_iter(
             metrics = None
             if val_items and (step % settings.val_every == 0 or done):
                 metrics = validation_metrics(
-                    model, val_items, device=device, object_class=object_class, boundary_class=boundary_class
+                    model,
+                    val_items,
+                    device=device,
+                    object_class=object_class,
+                    boundary_class=boundary_class,
+                    instances=instances,
                 )
                 history.append({"step": step, **metrics})
                 if best_metrics is None or metrics["score"] > best_metrics["score"]:
@@ -456,6 +461,7 @@ def train_iter(
                     object_class=object_class,
                     boundary_class=boundary_class,
                     provenance={"snapshot_of_step": step, "base_model": _base_name(base)},
+                    instances=instances,
                 )
             yield TrainProgress(
                 step=step,
@@ -497,6 +503,7 @@ def train_iter(
         object_class=object_class,
         boundary_class=boundary_class,
         provenance=provenance,
+        instances=instances,
     )
 
 
