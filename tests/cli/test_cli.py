@@ -247,6 +247,10 @@ def test_predict_tta_and_its_refusal_for_zarr(
     assert plain.shape == tta.shape and not np.allclose(plain, tta, atol=1e-4)
     np.testing.assert_allclose(tta.sum(0), 1.0, atol=1e-4)
     code, _, err = run_cli(
+        capsys, "predict", tmp_path / "a.tif", "--out", tmp_path / "p", "--min-peak", "1.5"
+    )
+    assert code == 2 and "--min-peak: expected a number in [0, 1), got '1.5'" in err[-1]
+    code, _, err = run_cli(
         capsys, "predict", tmp_path / "a.tif", "--out", tmp_path / "o.zarr", "--tta", *common
     )
     assert code == 1 and any("--tta is not available for block-wise" in line for line in err)

@@ -125,10 +125,11 @@ def test_instance_settings_reject_bad_values(kwargs):
         InstanceSettings(**kwargs)
 
 
-def test_instance_settings_min_size_override_keeps_the_rest():
+def test_instance_settings_overrides_keep_the_rest():
     from tiled_unet.core.postprocess import InstanceSettings
 
     tuned = InstanceSettings(min_peak=0.8, expand=1.0)
-    assert tuned.with_min_size(None) is tuned
-    assert tuned.with_min_size(5) == InstanceSettings(min_peak=0.8, expand=1.0, min_size=5)
+    assert tuned.overridden() is tuned
+    assert tuned.overridden(min_size=5) == InstanceSettings(min_peak=0.8, expand=1.0, min_size=5)
+    assert tuned.overridden(min_peak=0.0) == InstanceSettings(expand=1.0)
     assert set(tuned.to_dict()) == {"threshold", "expand", "min_size", "min_peak"}

@@ -223,16 +223,25 @@ def test_tta_doubles_the_progress_total_of_segment():
     assert labels_tta.shape == labels.shape
 
 
-def test_segment_applies_the_checkpoint_instance_settings_and_min_size_overrides_one():
+def test_segment_applies_the_checkpoint_instance_settings_and_overrides():
     import dataclasses
 
     from tiled_unet.core.postprocess import InstanceSettings, to_instances
 
     ckpt = Checkpoint.from_model(tiny(), class_names=("background", "object", "boundary"), boundary_class=2)
-    ckpt = dataclasses.replace(ckpt, instances=InstanceSettings(expand=0.0, min_size=3, min_peak=0.3))
+    own = InstanceSettings(threshold=0.4, expand=0.0, min_size=3)  # the random net's p(object) < 0.6
+    ckpt = dataclasses.replace(ckpt, instances=own)
     image = blobs()
     probs = segment(ckpt, image, output="probabilities", tile=60, device="cpu")
-    expected = to_instances(probs, object_class=1, boundary_class=2, expand=0.0, min_size=3, min_peak=0.3)
-    np.testing.assert_array_equal(segment(ckpt, image, tile=60, device="cpu"), expected)
-    bigger = to_instances(probs, object_class=1, boundary_class=2, expand=0.0, min_size=40, min_peak=0.3)
-    np.testing.assert_array_equal(segment(ckpt, image, tile=60, device="cpu", min_size=40), bigger)
+
+    def expected(**changes):
+        return to_instances(probs, object_class=1, boundary_class=2, **{**own.to_dict(), **changes})
+
+    labels = segment(ckpt, image, tile=60, device="cpu")
+    np.testing.assert_array_equal(labels, expected())
+    assert labels.max() > 2
+    bigger = segment(ckpt, image, tile=60, device="cpu", min_size=40)
+    np.testing.assert_array_equal(bigger, expected(min_size=40))
+    sure = segment(ckpt, image, tile=60, device="cpu", min_peak=0.5)
+    np.testing.assert_array_equal(sure, expected(min_peak=0.5))
+    assert 0 < sure.max() < labels.max() and bigger.max() < labels.max()  # both overrides mattered

@@ -200,8 +200,9 @@ def test_collect_rgb_plane_keeps_channels():
 # --------------------------------------------------------------------------- jobs with stand-ins
 
 
-def _fake_segment_iter(ckpt, image, *, axes, output, tile, device, min_size, tta=False):
+def _fake_segment_iter(ckpt, image, *, axes, output, tile, device, min_size, min_peak=None, tta=False):
     _fake_segment_iter.tta = tta
+    _fake_segment_iter.min_peak = min_peak
     planes = image.shape[0] if axes.startswith("Z") else 1
     for p in range(planes):
         yield SimpleNamespace(plane=p, n_planes=planes, done=p + 1, total=planes, message="")
@@ -222,11 +223,21 @@ def test_segment_job_returns_result_with_axes_and_count(intensity_checkpoint):
     assert L.summary_text(result).startswith("stack: 3 objects in ")
 
 
-def test_segment_job_passes_tta_and_refuses_it_for_huge_lazy_images(intensity_checkpoint, monkeypatch):
+def test_segment_job_passes_tta_and_min_peak_and_refuses_tta_for_huge_lazy_images(
+    intensity_checkpoint, monkeypatch
+):
     img = np.zeros((40, 40), np.uint8)
-    req = L.SegmentRequest(model=intensity_checkpoint, tta=True)
+    drain(
+        L.segment_job(
+            L.ImageInput("small", img),
+            L.SegmentRequest(model=intensity_checkpoint),
+            segment_iter=_fake_segment_iter,
+        )
+    )
+    assert _fake_segment_iter.tta is False and _fake_segment_iter.min_peak is None  # 0 = the model's
+    req = L.SegmentRequest(model=intensity_checkpoint, tta=True, min_peak=0.7)
     drain(L.segment_job(L.ImageInput("small", img), req, segment_iter=_fake_segment_iter))
-    assert _fake_segment_iter.tta is True
+    assert _fake_segment_iter.tta is True and _fake_segment_iter.min_peak == 0.7
     monkeypatch.setattr(L, "HUGE_PLANE_PIXELS", 100)
     huge = L.ImageInput("huge", da.from_array(img, chunks=20))
     with pytest.raises(ValueError, match=r"^huge: test-time augmentation is not available for huge images"):

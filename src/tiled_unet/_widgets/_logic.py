@@ -340,6 +340,8 @@ class SegmentRequest:
     tile: int = 0
     device: str = "auto"
     min_size: int = 0
+    #: Minimum peak object probability; 0 = the model's setting.
+    min_peak: float = 0.0
     model_label: str = ""
     #: Test-time augmentation: average with the prediction of the 180-degree rotation.
     tta: bool = False
@@ -408,6 +410,7 @@ def segment_job(
         tile=int(request.tile) or None,
         device=request.device,
         min_size=int(request.min_size) or None,
+        min_peak=float(request.min_peak) or None,
         tta=request.tta,
     )
     result = np.asarray(result)
@@ -454,6 +457,7 @@ def _blockwise_job(
             tile=int(request.tile) or None,
             device=request.device,
             min_size=int(request.min_size) or None,
+            min_peak=float(request.min_peak) or None,
             overwrite=True,
         )
         data = da.from_zarr(array)

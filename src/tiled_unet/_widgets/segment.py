@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QPushButton, QSpinBox
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QPushButton, QSpinBox
 
 from ._common import JobWidget, LayerComboBox, notify_error
 from ._logic import (
@@ -90,6 +90,15 @@ class SegmentWidget(JobWidget, ModelChoice):
         self.min_size_spin.setSpecialValueText("model default")
         self.min_size_spin.setToolTip("Objects smaller than this many pixels are removed (instances)")
 
+        self.min_peak_spin = QDoubleSpinBox()
+        self.min_peak_spin.setRange(0.0, 0.99)
+        self.min_peak_spin.setSingleStep(0.05)
+        self.min_peak_spin.setDecimals(2)
+        self.min_peak_spin.setSpecialValueText("model default")
+        self.min_peak_spin.setToolTip(
+            "Objects whose highest object probability is below this are removed (instances). "
+            "Lower it to keep faint objects; 0.5 or less keeps every object"
+        )
         self.tta_check = QCheckBox("Average with 180\N{DEGREE SIGN} rotation (2x time)")
         self.tta_check.setToolTip(
             "Test-time augmentation: also predict the image rotated by 180 degrees and average; "
@@ -103,6 +112,7 @@ class SegmentWidget(JobWidget, ModelChoice):
         form.addRow("Output", self.output_combo)
         form.addRow("Tile size", self.tile_spin)
         form.addRow("Min object size", self.min_size_spin)
+        form.addRow("Min peak probability", self.min_peak_spin)
         form.addRow("Test-time aug.", self.tta_check)
 
         self.run_button = QPushButton("Run")
@@ -134,6 +144,7 @@ class SegmentWidget(JobWidget, ModelChoice):
             tile=self.tile_spin.value(),
             device=self.device_combo.currentText(),
             min_size=self.min_size_spin.value(),
+            min_peak=self.min_peak_spin.value(),
             tta=self.tta_check.isChecked(),
         )
 

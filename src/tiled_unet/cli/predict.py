@@ -71,6 +71,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="drop objects smaller than PX pixels (instances)",
     )
     parser.add_argument(
+        "--min-peak",
+        type=_probability,
+        metavar="P",
+        help="drop objects whose highest object probability is below P (instances; default: the model's)",
+    )
+    parser.add_argument(
         "--tta",
         action="store_true",
         help="test-time augmentation: also predict the image rotated by 180 degrees and average "
@@ -98,6 +104,16 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
     return value
 
 
@@ -237,6 +253,7 @@ def _segment_one(path: Path, target: Path, checkpoint: Any, args: argparse.Names
         device=device,
         batch_size=args.batch_size,
         min_size=args.min_size,
+        min_peak=args.min_peak,
         tta=args.tta,
     )
     result = _drain_with_progress(gen, path.name, disable=args.quiet or not sys.stderr.isatty())
@@ -285,6 +302,7 @@ def _segment_blockwise(
         tile=args.tile,
         device=device,
         min_size=args.min_size,
+        min_peak=args.min_peak,
         overwrite=args.overwrite,
     )
     _drain_with_progress(gen, path.name, disable=args.quiet or not sys.stderr.isatty())

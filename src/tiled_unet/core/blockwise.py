@@ -388,6 +388,7 @@ def segment_blockwise_iter(
     tile: int | None = None,
     device: str = "cpu",
     min_size: int | None = None,
+    min_peak: float | None = None,
     normalization: Normalization | None = None,
     n_workers: int = 1,
     overwrite: bool = False,
@@ -416,8 +417,9 @@ def segment_blockwise_iter(
         Input tile edge within a block (default: from free memory).
     device : str
         Where the network runs on each worker.
-    min_size : int, optional
-        Smallest object kept (instances).
+    min_size, min_peak : optional
+        Override the checkpoint's post-processing settings (instances; see
+        :func:`.predict.segment_iter`).
     normalization : Normalization, optional
         Overrides the checkpoint's; statistics are computed once per plane on a subsample.
     n_workers : int
@@ -462,7 +464,7 @@ def segment_blockwise_iter(
     if output == "instances" and object_class < 0:
         raise ValueError("this model has no object class; use output='semantic' or 'probabilities'")
     norm = normalization or ckpt.normalization
-    instances = ckpt.instances.with_min_size(min_size)
+    instances = ckpt.instances.overridden(min_size=min_size, min_peak=min_peak)
     step = tile_step(config)
     block = max(step, math.ceil(int(block) / step) * step)
     margin = math.ceil(max(0, int(margin)) / step) * step if output == "instances" else 0

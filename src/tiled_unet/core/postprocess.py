@@ -65,9 +65,10 @@ class InstanceSettings:
         if self.expand < 0 or self.min_size < 0:
             raise ValueError(f"expand and min_size must be >= 0, got {self.expand} and {self.min_size}")
 
-    def with_min_size(self, min_size: int | None) -> InstanceSettings:
-        """These settings with ``min_size`` replaced (unchanged if None)."""
-        return self if min_size is None else dataclasses.replace(self, min_size=int(min_size))
+    def overridden(self, *, min_size: int | None = None, min_peak: float | None = None) -> InstanceSettings:
+        """These settings with the given (not None) values replaced."""
+        changes = {k: v for k, v in (("min_size", min_size), ("min_peak", min_peak)) if v is not None}
+        return dataclasses.replace(self, **changes) if changes else self
 
     def to_dict(self) -> dict[str, float]:
         """Plain dict (for checkpoints and as ``to_instances`` keyword arguments)."""

@@ -371,6 +371,7 @@ def segment_iter(
     device: str | torch.device = "auto",
     batch_size: int | None = None,
     min_size: int | None = None,
+    min_peak: float | None = None,
     normalization: Normalization | None = None,
     tta: bool = False,
 ) -> Generator[Progress, None, np.ndarray]:
@@ -396,6 +397,9 @@ def segment_iter(
     min_size : int, optional
         Smallest object kept (instances only); overrides the checkpoint's
         :class:`~.postprocess.InstanceSettings`, which give the other post-processing parameters.
+    min_peak : float, optional
+        Objects whose highest object probability is below this are dropped (instances only;
+        overrides the checkpoint's setting).
     normalization : Normalization, optional
         Overrides the checkpoint's (default ``Normalization()`` for a bare network).
         Statistics are computed per plane.
@@ -423,7 +427,9 @@ def segment_iter(
     if output == "instances" and object_class < 0:
         raise ValueError("this model has no object class; use output='semantic' or 'probabilities'")
     norm = normalization or (ckpt.normalization if ckpt is not None else Normalization())
-    settings = (ckpt.instances if ckpt is not None else InstanceSettings()).with_min_size(min_size)
+    settings = (ckpt.instances if ckpt is not None else InstanceSettings()).overridden(
+        min_size=min_size, min_peak=min_peak
+    )
     planes, used_axes = to_planes(image, axes=axes, in_channels=config.in_channels)
     n_planes, _, ny, nx = (int(s) for s in planes.shape)
     state = _TileState.choose(tile, config, dev, batch_size, (ny, nx))
