@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+import zarr
 
 from tiled_unet import __version__
 from tiled_unet.cli import main
@@ -223,7 +224,7 @@ def test_predict_stack_with_options(capsys: pytest.CaptureFixture, tmp_path: Pat
         assert tif.series[0].axes == "ZYX"
 
 
-def test_predict_tta_and_its_refusal_for_zarr(
+def test_predict_tta_whole_and_blockwise(
     capsys: pytest.CaptureFixture, tmp_path: Path, model_path: Path
 ) -> None:
     image = np.random.default_rng(2).random((30, 34)).astype(np.float32)
@@ -253,8 +254,9 @@ def test_predict_tta_and_its_refusal_for_zarr(
     code, _, err = run_cli(
         capsys, "predict", tmp_path / "a.tif", "--out", tmp_path / "o.zarr", "--tta", *common
     )
-    assert code == 1 and any("--tta is not available for block-wise" in line for line in err)
-    assert not (tmp_path / "o.zarr").exists()
+    assert code == 0, err
+    blockwise = zarr.open_array(str(tmp_path / "o.zarr"), mode="r")[:]
+    np.testing.assert_allclose(blockwise, tta, atol=1e-4)
 
 
 def test_bad_and_good_input(

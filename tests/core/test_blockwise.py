@@ -27,13 +27,13 @@ def noisy(shape=(150, 170), seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 4000, shape).astype(np.uint16)
 
 
-@pytest.mark.parametrize("depth", [2, 3])
-def test_blockwise_probabilities_equal_whole_image(depth):
+@pytest.mark.parametrize(("depth", "tta"), [(2, False), (3, False), (2, True), (3, True)])
+def test_blockwise_probabilities_equal_whole_image(depth, tta):
     model = tiny(depth=depth)
-    image = noisy()
-    whole = segment(model, image, output="probabilities", device="cpu")
+    image = noisy()  # 150 x 170: neither side a multiple of 2**depth, so the rotated grid shifts
+    whole = segment(model, image, output="probabilities", device="cpu", tta=tta)
     events = []
-    gen = segment_blockwise_iter(model, image, output="probabilities", block=40, tile=None)
+    gen = segment_blockwise_iter(model, image, output="probabilities", block=40, tile=None, tta=tta)
     while True:
         try:
             events.append(next(gen))

@@ -223,9 +223,7 @@ def test_segment_job_returns_result_with_axes_and_count(intensity_checkpoint):
     assert L.summary_text(result).startswith("stack: 3 objects in ")
 
 
-def test_segment_job_passes_tta_and_min_peak_and_refuses_tta_for_huge_lazy_images(
-    intensity_checkpoint, monkeypatch
-):
+def test_segment_job_passes_tta_and_min_peak_on_both_paths(intensity_checkpoint, monkeypatch):
     img = np.zeros((40, 40), np.uint8)
     drain(
         L.segment_job(
@@ -240,8 +238,16 @@ def test_segment_job_passes_tta_and_min_peak_and_refuses_tta_for_huge_lazy_image
     assert _fake_segment_iter.tta is True and _fake_segment_iter.min_peak == 0.7
     monkeypatch.setattr(L, "HUGE_PLANE_PIXELS", 100)
     huge = L.ImageInput("huge", da.from_array(img, chunks=20))
-    with pytest.raises(ValueError, match=r"^huge: test-time augmentation is not available for huge images"):
-        drain(L.segment_job(huge, req, segment_iter=_fake_segment_iter))
+    seen = {}
+
+    def fake_blockwise_iter(ckpt, data, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+        yield  # a generator
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        drain(L.segment_job(huge, req, segment_iter=_fake_segment_iter, blockwise_iter=fake_blockwise_iter))
+    assert seen["tta"] is True and seen["min_peak"] == 0.7
 
 
 def test_segment_job_with_the_real_core(intensity_checkpoint, nuclei_image):

@@ -396,11 +396,6 @@ def segment_job(
     ckpt = resolve_model(request.model)
     axes = image_axes(image, ckpt.config.in_channels)
     if use_blockwise(image, axes):
-        if request.tta:
-            raise ValueError(
-                f"{image.name}: test-time augmentation is not available for huge images "
-                "(block-wise prediction); switch it off"
-            )
         return (yield from _blockwise_job(image, request, ckpt, axes, store, blockwise_iter, start))
     result = yield from segment_iter(
         ckpt,
@@ -458,6 +453,7 @@ def _blockwise_job(
             device=request.device,
             min_size=int(request.min_size) or None,
             min_peak=float(request.min_peak) or None,
+            tta=request.tta,
             overwrite=True,
         )
         data = da.from_zarr(array)

@@ -80,7 +80,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--tta",
         action="store_true",
         help="test-time augmentation: also predict the image rotated by 180 degrees and average "
-        "(twice the time; not for Zarr / huge images)",
+        "(twice the time)",
     )
     parser.add_argument(
         "--axes", metavar="AXES", help="axis order of the inputs, e.g. YX, YXC, CYX, ZYX (default: inferred)"
@@ -197,10 +197,6 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             continue
         claimed[target] = path
-        if blockwise and args.tta:
-            error(f"{path}: --tta is not available for block-wise (Zarr / huge image) prediction")
-            failed += 1
-            continue
         try:
             if blockwise:
                 _segment_blockwise(path, target, checkpoint, args, str(device))
@@ -303,6 +299,7 @@ def _segment_blockwise(
         device=device,
         min_size=args.min_size,
         min_peak=args.min_peak,
+        tta=args.tta,
         overwrite=args.overwrite,
     )
     _drain_with_progress(gen, path.name, disable=args.quiet or not sys.stderr.isatty())

@@ -150,11 +150,14 @@ def _region_probabilities(
     norm: Normalization,
     region: tuple[int, int, int, int],
     tile: int | None,
+    rotated: bool = False,
 ) -> np.ndarray:
     """Exact probabilities ``(K, h, w)`` of the output ``region`` (y0, y1, x0, x1) of a plane.
 
     ``y0`` and ``x0`` must be multiples of ``2 ** depth``. The input read is the region
     plus the tiles' context, mirrored at the plane borders like whole-image prediction.
+    With ``rotated``, the plane is seen rotated by 180 degrees: ``region`` is in the
+    rotated plane's coordinates, and so is the result.
     """
     from .predict import _eval_mode, _run_tiles
     from .progress import drain
@@ -171,12 +174,30 @@ def _region_probabilities(
     plan = plan_tiles((h, w), out_tile=tile_output_size(tile, config), config=config)
     rows = mirror_indices(y0 - plan.halo, y0 - plan.halo + plan.origins[-1][0] + plan.in_tile[0], ny)
     cols = mirror_indices(x0 - plan.halo, x0 - plan.halo + plan.origins[-1][1] + plan.in_tile[1], nx)
+    if rotated:  # read the same pixels of the unrotated plane, in reversed order
+        rows, cols = ny - 1 - rows, nx - 1 - cols
     r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
     raw = np.asarray(plane[:, r0:r1, c0:c1])
     padded = norm.apply(raw[:, rows - r0][:, :, cols - c0], lo, hi)
     # the padded input holds the context already: tile origins index it directly
     with _eval_mode(model):
         return drain(_run_tiles(model, padded, tile, 1, device, True, plan=dataclasses.replace(plan, halo=0)))
+
+
+def _rotated_region_probabilities(model: Any, plane: Any, s: dict[str, Any]) -> np.ndarray:
+    """The probabilities of block spec ``s``'s grown region from the 180-degree rotated plane.
+
+    The region's start in the rotated plane is moved down to a multiple of ``2 ** depth``
+    (where whole-image prediction of the rotated plane places its tiles) and cropped after.
+    """
+    _, ny, nx = plane.shape
+    gy0, gy1, gx0, gx1 = s["grown"]
+    step = tile_step(model.config)
+    ry0, rx0 = ny - gy1, nx - gx1
+    ay0, ax0 = ry0 - ry0 % step, rx0 - rx0 % step
+    region = (ay0, ny - gy0, ax0, nx - gx0)
+    rot = _region_probabilities(model, plane, s["lo"], s["hi"], s["norm"], region, s["tile"], rotated=True)
+    return rot[:, ry0 - ay0 :, rx0 - ax0 :][:, ::-1, ::-1]
 
 
 def _predict_block(
@@ -194,6 +215,9 @@ def _predict_block(
     y0, y1, x0, x1 = s["block"]
     gy0, gy1, gx0, gx1 = s["grown"]
     probs = _region_probabilities(model, plane, s["lo"], s["hi"], s["norm"], s["grown"], s["tile"])
+    if s["tta"]:
+        probs += _rotated_region_probabilities(model, plane, s)
+        probs /= 2
     core = (slice(y0 - gy0, y1 - gy0), slice(x0 - gx0, x1 - gx0))
     lead = () if s["plane_index"] is None else (s["plane_index"],)
     array = out.value
@@ -390,6 +414,7 @@ def segment_blockwise_iter(
     min_size: int | None = None,
     min_peak: float | None = None,
     normalization: Normalization | None = None,
+    tta: bool = False,
     n_workers: int = 1,
     overwrite: bool = False,
 ) -> Generator[BlockProgress, None, Any]:
@@ -422,6 +447,9 @@ def segment_blockwise_iter(
         :func:`.predict.segment_iter`).
     normalization : Normalization, optional
         Overrides the checkpoint's; statistics are computed once per plane on a subsample.
+    tta : bool
+        Test-time augmentation: average with the prediction of the plane rotated by 180
+        degrees (the same result as :func:`.predict.segment_iter` with ``tta``).
     n_workers : int
         Blocks run at once on local threads (ignored under a dask.distributed client).
     overwrite : bool
@@ -503,7 +531,7 @@ def segment_blockwise_iter(
                         "key": key, "device": str(dev), "plane": p, "plane_index": p if stack else None,
                         "block": (y0, y1, x0, x1), "grown": (gy0, gy1, gx0, gx1), "lo": lo, "hi": hi,
                         "norm": norm, "tile": tile, "margin": margin, "output": output,
-                        "instances": instances,
+                        "instances": instances, "tta": tta,
                         "object_class": object_class, "boundary_class": boundary_class,
                     }  # fmt: skip
                     tasks.append(dask.delayed(_predict_block, pure=False)(source, spec, d_ckpt, sink))
