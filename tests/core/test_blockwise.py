@@ -13,6 +13,7 @@ from tiled_unet.core import blockwise
 from tiled_unet.core.blockwise import match_strip, segment_blockwise, segment_blockwise_iter
 from tiled_unet.core.model import UNet, UNetConfig
 from tiled_unet.core.predict import segment
+from tiled_unet.core.progress import drain
 
 
 def tiny(in_channels: int = 1, n_classes: int = 3, depth: int = 2) -> UNet:
@@ -34,12 +35,7 @@ def test_blockwise_probabilities_equal_whole_image(depth, tta):
     whole = segment(model, image, output="probabilities", device="cpu", tta=tta)
     events = []
     gen = segment_blockwise_iter(model, image, output="probabilities", block=40, tile=None, tta=tta)
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = drain(gen, events.append)
     assert result.shape == whole.shape and result.chunks == (3, 40, 40)
     np.testing.assert_allclose(result[:], whole, atol=1e-4, rtol=0)
     assert [e.done for e in events] == list(range(1, 4 * 5 + 1)) and events[-1].total == 20

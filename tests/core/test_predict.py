@@ -21,6 +21,7 @@ from tiled_unet.core.predict import (
     segment,
     segment_iter,
 )
+from tiled_unet.core.progress import drain as progress_drain
 
 
 @functools.cache
@@ -41,12 +42,10 @@ def blobs(shape=(40, 50), seed=0) -> np.ndarray:
 
 
 def drain(gen):
+    """(the progress events, the result) of a core generator."""
     events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
+    result = progress_drain(gen, events.append)
+    return events, result
 
 
 def test_generator_yields_monotone_progress_and_returns_probabilities():

@@ -9,6 +9,7 @@ import torch
 from tiled_unet.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from tiled_unet.core.model import UNet, UNetConfig
 from tiled_unet.core.postprocess import InstanceSettings
+from tiled_unet.core.progress import drain
 from tiled_unet.core.train import TrainSettings, predict_probabilities, train, train_iter
 
 CONFIG = UNetConfig(depth=2, base_features=8, n_classes=3, dropout=0.0)
@@ -119,12 +120,7 @@ def test_validation_keeps_best():
         val_labels=[vlab],
     )
     progress = []
-    while True:
-        try:
-            progress.append(next(gen))
-        except StopIteration as stop:
-            ckpt = stop.value
-            break
+    ckpt = drain(gen, progress.append)
     scores = [p.metrics["score"] for p in progress if p.metrics]
     assert len(scores) == 3
     assert ckpt.provenance["metrics"]["score"] == max(scores)

@@ -7,6 +7,7 @@ import torch
 from tiled_unet.core.checkpoint import Checkpoint
 from tiled_unet.core.model import UNetConfig
 from tiled_unet.core.predict import segment
+from tiled_unet.core.progress import drain
 from tiled_unet.core.train import TrainSettings, train_iter
 
 CONFIG = UNetConfig(depth=2, base_features=4, n_classes=3, dropout=0.0)
@@ -28,11 +29,8 @@ def run(steps: int, **kwargs):
     settings = TrainSettings(steps=steps, patch=PATCH, lr=3e-3, device="cpu", seed=0, augment=False)
     gen = train_iter(images=[img], labels=[lab], settings=settings, config=CONFIG, **kwargs)
     progress = []
-    while True:
-        try:
-            progress.append(next(gen))
-        except StopIteration as stop:
-            return progress, stop.value
+    final = drain(gen, progress.append)
+    return progress, final
 
 
 def test_snapshots_every_n_steps_are_independent_copies():

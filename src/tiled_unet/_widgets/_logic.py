@@ -346,6 +346,17 @@ class SegmentRequest:
     #: Test-time augmentation: average with the prediction of the 180-degree rotation.
     tta: bool = False
 
+    def core_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments both core segmenters take (0 = automatic / the model's)."""
+        return {
+            "output": self.output,
+            "tile": int(self.tile) or None,
+            "device": self.device,
+            "min_size": int(self.min_size) or None,
+            "min_peak": float(self.min_peak) or None,
+            "tta": self.tta,
+        }
+
 
 @dataclass(frozen=True)
 class SegmentResult:
@@ -401,12 +412,7 @@ def segment_job(
         ckpt,
         image.data,
         axes=axes,
-        output=request.output,
-        tile=int(request.tile) or None,
-        device=request.device,
-        min_size=int(request.min_size) or None,
-        min_peak=float(request.min_peak) or None,
-        tta=request.tta,
+        **request.core_kwargs(),
     )
     result = np.asarray(result)
     n_objects = None
@@ -446,15 +452,10 @@ def _blockwise_job(
             ckpt,
             image.data,
             out=folder / name,
-            output=request.output,
             axes=axes,
             block=HUGE_BLOCK,
-            tile=int(request.tile) or None,
-            device=request.device,
-            min_size=int(request.min_size) or None,
-            min_peak=float(request.min_peak) or None,
-            tta=request.tta,
             overwrite=True,
+            **request.core_kwargs(),
         )
         data = da.from_zarr(array)
         n_objects = None

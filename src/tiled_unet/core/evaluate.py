@@ -160,9 +160,10 @@ def optimize_instance_settings(
 ) -> tuple[InstanceSettings, list[tuple[InstanceSettings, float]]]:
     """The post-processing parameters with the best pooled F1 at IoU 0.5 on ``pairs``.
 
-    Each image is predicted once; every combination of ``grid`` (default
+    Each image is predicted once and every combination of ``grid`` (default
     :data:`SEARCH_GRID`; keys are :class:`~.postprocess.InstanceSettings` fields, the others
-    keep the checkpoint's values) is then scored on the stored probabilities.
+    keep the checkpoint's values) is scored on its probabilities, so only one image's
+    probabilities are held at a time.
 
     Returns
     -------
@@ -182,28 +183,31 @@ def optimize_instance_settings(
     unknown = set(grid) - set(InstanceSettings().to_dict())
     if unknown:
         raise ValueError(f"unknown post-processing parameters: {', '.join(sorted(unknown))}")
-    stored: list[tuple[np.ndarray, np.ndarray]] = []
+    keys = list(grid)
+    combos = [
+        dataclasses.replace(checkpoint.instances, **dict(zip(keys, values, strict=True)))
+        for values in itertools.product(*(grid[k] for k in keys))
+    ]
+    counts = np.zeros((len(combos), 3), np.int64)  # TP, FP, FN per combination
+    n_images = 0
     for name, image, labels in pairs:
         probs = segment(checkpoint, image, output="probabilities", device=device, tta=tta)
-        stored.append((probs.astype(np.float16), np.asarray(labels)))
-        if on_image is not None:
-            on_image(name)
-    if not stored:
-        raise ValueError("no images to optimise on")
-    keys = list(grid)
-    table: list[tuple[InstanceSettings, float]] = []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        settings = dataclasses.replace(checkpoint.instances, **dict(zip(keys, values, strict=True)))
-        tp = fp = fn = 0
-        for probs, labels in stored:
+        for row, settings in zip(counts, combos, strict=True):
             pred = to_instances(
-                probs.astype(np.float32),
+                probs,
                 object_class=checkpoint.object_class,
                 boundary_class=checkpoint.boundary_class,
                 **settings.to_dict(),
             )
             m = match_instances(labels, pred, 0.5)
-            tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
-        table.append((settings, 2 * tp / max(2 * tp + fp + fn, 1)))
+            row += (m.tp, m.fp, m.fn)
+        n_images += 1
+        if on_image is not None:
+            on_image(name)
+    if not n_images:
+        raise ValueError("no images to optimise on")
+    tp, fp, fn = counts.T
+    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    table = [(settings, float(score)) for settings, score in zip(combos, f1, strict=True)]
     table.sort(key=lambda row: -row[1])  # stable: ties keep the grid order
     return table[0][0], table
