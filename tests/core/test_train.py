@@ -167,3 +167,47 @@ def test_semantic_binary_model_and_prediction_shape():
     probs = predict_probabilities(ckpt.build_model(), img[None], device=torch.device("cpu"), tile=60)
     assert probs.shape == (2, 96, 96)
     np.testing.assert_allclose(probs.sum(0), 1.0, rtol=1e-5)
+
+
+def test_cpu_bf16_detection_reads_cpuinfo(monkeypatch):
+    import builtins
+    import io
+
+    from tiled_unet.core import devices
+
+    real_open = builtins.open
+
+    def fake(flags):
+        def _open(path, *a, **k):
+            if str(path) == "/proc/cpuinfo":
+                if flags is None:
+                    raise FileNotFoundError(path)
+                return io.StringIO(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n")
+            return real_open(path, *a, **k)
+
+        return _open
+
+    for flags, expected in [
+        ("avx512f avx512_bf16", torch.backends.mkldnn.is_available()),
+        ("avx2 avx512f", False),
+        (None, False),
+    ]:
+        devices.cpu_has_native_bf16.cache_clear()
+        monkeypatch.setattr(builtins, "open", fake(flags))
+        assert devices.cpu_has_native_bf16() is expected
+    monkeypatch.setattr(builtins, "open", real_open)
+    devices.cpu_has_native_bf16.cache_clear()
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_cpu_training_with_and_without_mixed_precision(amp):
+    # mixed precision on the CPU only where bfloat16 is native; either way the loop learns
+    # and is reproducible, and the stored weights are plain contiguous float32
+    img, lab = disc_data()
+    run = dict(images=[img], labels=[lab], settings=settings(amp=amp), config=CONFIG)
+    losses = [p.loss for p in train_iter(**run)]
+    assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
+    a, b = train(**run), train(**run)
+    for k, v in a.state_dict.items():
+        assert torch.equal(v, b.state_dict[k]), k
+        assert v.is_contiguous() and v.dtype == torch.float32

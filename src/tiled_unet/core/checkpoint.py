@@ -126,8 +126,7 @@ class Checkpoint:
     @classmethod
     def from_model(cls, model: UNet, **kwargs: Any) -> Checkpoint:
         """Snapshot a model's weights (copied to the CPU) into a checkpoint."""
-        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        return cls(config=model.config, state_dict=state, **kwargs)
+        return cls(config=model.config, state_dict=cpu_state_dict(model), **kwargs)
 
     def to_dict(self, *, half: bool = False) -> dict[str, Any]:
         """The plain dict stored on disk; ``half`` stores float weights as float16."""
@@ -147,6 +146,11 @@ class Checkpoint:
             "instances": self.instances.to_dict(),
             "provenance": _plain(self.provenance),
         }
+
+
+def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached, contiguous CPU copy of ``model``'s weights (whatever its device and layout)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
 
 
 def _check_state_dict(model: UNet, state: dict[str, Any], config: UNetConfig) -> None:

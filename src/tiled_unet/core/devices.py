@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -43,3 +44,21 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             + ", ".join(available_devices())
         )
     return torch.device(name)
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo.
+
+    oneDNN also runs bfloat16 on other AVX-512 CPUs by emulation, which is not faster than
+    float32, so only native support counts. False where /proc/cpuinfo does not exist.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"}) and torch.backends.mkldnn.is_available()
+    except OSError:
+        return False
+    return False
