@@ -113,6 +113,24 @@ def test_min_peak_drops_faint_objects_only():
     assert both.max() == 2
     sure = to_instances(probs, object_class=1, boundary_class=2, min_peak=0.8)
     assert sure.max() == 1 and np.all(sure[truth == 2] == 0) and np.all(sure[truth == 1] == 1)
+    # the peak test keeps exactly the objects whose highest p(object) reaches min_peak,
+    # including an object whose peak equals min_peak
+    assert to_instances(probs, object_class=1, boundary_class=2, min_peak=0.6).max() == 2
+    assert to_instances(probs, object_class=1, boundary_class=2, min_peak=0.61).max() == 1
+
+
+def test_min_peak_matches_the_maximum_per_object_on_noisy_probabilities():
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([1.0, 1.0, 0.3], size=(80, 90)).transpose(2, 0, 1).astype(np.float32)
+    probs = ndi.uniform_filter(probs, size=(1, 5, 5))
+    probs /= probs.sum(0, keepdims=True)
+    everything = to_instances(probs, object_class=1, boundary_class=2, min_size=1)
+    peaks = ndi.maximum(probs[1], everything, index=np.arange(1, everything.max() + 1))
+    for min_peak in (0.4, 0.5, 0.6):
+        kept = to_instances(probs, object_class=1, boundary_class=2, min_size=1, min_peak=min_peak)
+        assert kept.max() == np.count_nonzero(peaks >= min_peak) > 0
 
 
 @pytest.mark.parametrize(

@@ -177,8 +177,8 @@ def to_instances(
         drop = np.zeros(n + 1, bool)
         if min_size > 1:
             drop |= np.bincount(labels.ravel(), minlength=n + 1) < min_size
-        if min_peak > 0:
-            drop |= ndi.maximum(p_object, labels, index=np.arange(n + 1)) < min_peak
+        if min_peak > 0:  # no pixel reaches min_peak (a bincount: much faster than ndi.maximum)
+            drop |= np.bincount(labels[p_object >= min_peak], minlength=n + 1) == 0
         drop[0] = False
         labels[drop[labels]] = 0
     labels, _, _ = relabel_sequential(labels)
