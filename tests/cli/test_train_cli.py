@@ -118,3 +118,23 @@ def test_val_ids_hold_images_out_of_training(data, capsys):
     (data / "none.txt").write_text("s9\n")
     assert main(args(data, "--overwrite", "--val-ids", str(data / "none.txt"))) == 2
     assert "none of its ids" in capsys.readouterr().err
+
+
+def test_widen_starts_a_wider_model_from_init(data, capsys):
+    assert main(args(data)) == 0
+    argv = args(data, "--widen", "6")
+    argv[argv.index("--config") : argv.index("--config") + 2] = ["--init", str(data / "m.pt")]
+    argv[argv.index("--out") + 1] = str(data / "wide.pt")
+    assert main(argv) == 0
+    wide = load_checkpoint(data / "wide.pt")
+    assert wide.config.base_features == 6
+    assert wide.provenance["base_model"]["widened_from"]["base_features"] == 4
+    assert load_checkpoint(data / "m.pt").config.base_features == 4  # the base is untouched
+    # --widen needs a model to widen, and cannot narrow one
+    assert main(args(data, "--widen", "6", "--out", str(data / "x.pt"))) == 2
+    assert "--widen needs --init" in capsys.readouterr().err
+    argv[argv.index("--widen") + 1] = "3"
+    argv[argv.index("--out") + 1] = str(data / "narrow.pt")
+    assert main(argv) == 2
+    assert "base_features must be >= 4" in capsys.readouterr().err
+    assert not (data / "narrow.pt").exists() and not (data / "x.pt").exists()

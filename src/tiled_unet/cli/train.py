@@ -56,6 +56,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     start.add_argument("--init", metavar="MODEL", help="fine-tune this model (built-in name or .pt file)")
     start.add_argument("--config", metavar="JSON", help="train from scratch with this UNetConfig (JSON file)")
     parser.add_argument(
+        "--widen",
+        type=_positive_int,
+        metavar="FEATURES",
+        help="with --init: first widen that model to this many base features (same function, Net2Net)",
+    )
+    parser.add_argument(
         "--targets",
         choices=("instance", "semantic"),
         default="instance",
@@ -165,6 +171,12 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
         )
         init = resolve_model(args.init) if args.init else None
+        if args.widen is not None:
+            if init is None:
+                raise ValueError("--widen needs --init (the model to widen)")
+            from tiled_unet.core.widen import widen_checkpoint
+
+            init = widen_checkpoint(init, args.widen, seed=args.seed)
         config = None
         if init is None:
             if args.config:

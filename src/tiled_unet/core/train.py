@@ -527,7 +527,10 @@ def _base_name(base: Checkpoint | None) -> Any:
     if base is None:
         return "none (trained from scratch)"
     prov = copy.deepcopy(base.provenance)
-    return {"name": prov.get("name", "unnamed"), "date": prov.get("date"), "data": prov.get("data")}
+    out = {"name": prov.get("name", "unnamed"), "date": prov.get("date"), "data": prov.get("data")}
+    if "widened_from" in prov:
+        out["widened_from"] = prov["widened_from"]
+    return out
 
 
 def train(**kwargs: Any) -> Checkpoint | None:
