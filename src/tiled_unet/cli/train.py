@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--widen needs --init (the model to widen)")
             from tiled_unet.core.widen import widen_checkpoint
 
-            init = widen_checkpoint(init, args.widen, seed=args.seed)
+            init = widen_checkpoint(init, args.widen)  # fixed copy choice and noise (seed 0)
         config = None
         if init is None:
             if args.config:
