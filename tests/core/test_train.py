@@ -169,33 +169,20 @@ def test_semantic_binary_model_and_prediction_shape():
     np.testing.assert_allclose(probs.sum(0), 1.0, rtol=1e-5)
 
 
-def test_cpu_bf16_detection_reads_cpuinfo(monkeypatch):
-    import builtins
-    import io
-
+def test_cpu_bf16_detection_asks_torch(monkeypatch):
     from tiled_unet.core import devices
 
-    real_open = builtins.open
-
-    def fake(flags):
-        def _open(path, *a, **k):
-            if str(path) == "/proc/cpuinfo":
-                if flags is None:
-                    raise FileNotFoundError(path)
-                return io.StringIO(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n")
-            return real_open(path, *a, **k)
-
-        return _open
-
-    for flags, expected in [
-        ("avx512f avx512_bf16", torch.backends.mkldnn.is_available()),
-        ("avx2 avx512f", False),
-        (None, False),
-    ]:
+    cases = [((True, False), True), ((False, True), True), ((False, False), False)]
+    for (avx512_bf16, amx), expected in cases:
         devices.cpu_has_native_bf16.cache_clear()
-        monkeypatch.setattr(builtins, "open", fake(flags))
-        assert devices.cpu_has_native_bf16() is expected
-    monkeypatch.setattr(builtins, "open", real_open)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert devices.cpu_has_native_bf16() is (expected and torch.backends.mkldnn.is_available())
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    devices.cpu_has_native_bf16.cache_clear()
+    assert devices.cpu_has_native_bf16() is False  # a torch without these checks: float32
+    monkeypatch.undo()
     devices.cpu_has_native_bf16.cache_clear()
 
 

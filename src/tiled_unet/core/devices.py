@@ -48,17 +48,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 @functools.cache
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo.
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), as torch's cpuinfo sees it.
 
     oneDNN also runs bfloat16 on other AVX-512 CPUs by emulation, which is not faster than
-    float32, so only native support counts. False where /proc/cpuinfo does not exist.
+    float32, so only native support counts. False where this torch cannot tell.
     """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"}) and torch.backends.mkldnn.is_available()
-    except OSError:
-        return False
-    return False
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    native = any(bool(check()) for check in checks if check is not None)
+    return native and torch.backends.mkldnn.is_available()
