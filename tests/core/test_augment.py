@@ -60,6 +60,18 @@ def test_elastic_displacement_statistics():
     assert np.std(many) == pytest.approx(10.0, rel=0.15)
 
 
+@pytest.mark.parametrize("shape", [(284, 284), (100, 57), (5, 7)])
+@pytest.mark.parametrize("grid", [3, 4])
+def test_elastic_displacement_is_the_cubic_spline_zoom_of_the_lattice(shape, grid):
+    from scipy import ndimage as ndi
+
+    coarse = np.random.default_rng(1).normal(0.0, 10.0, size=(2, grid, grid))
+    zoom = (shape[0] / grid, shape[1] / grid)
+    expected = np.stack([ndi.zoom(c, zoom, order=3, mode="nearest")[: shape[0], : shape[1]] for c in coarse])
+    got = elastic_displacement(shape, rng=np.random.default_rng(1), grid=grid, sigma=10.0)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+
+
 def test_patch_without_augmentation_is_a_crop():
     lab = label_image()
     img = lab[None].astype(np.float32) * 2

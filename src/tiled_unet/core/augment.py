@@ -17,6 +17,7 @@ run exactly.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -81,22 +82,37 @@ NO_AUGMENTATION = AugmentSettings(
 )
 
 
+@functools.lru_cache(maxsize=64)
+def _spline_zoom_matrix(n_out: int, grid: int) -> np.ndarray:
+    """``(n_out, grid)`` matrix ``M`` with ``M @ v == ndi.zoom(v, n_out / grid, order=3)`` for any ``v``.
+
+    The cubic-spline zoom is linear in its input and separable over axes, so a 2-D zoom of a
+    ``grid x grid`` lattice is ``M_y @ lattice @ M_x.T``: two tiny matrix products per patch
+    instead of a full-size spline evaluation (a quarter of the augmentation time).
+    """
+    from scipy import ndimage as ndi
+
+    eye = np.eye(grid)
+    cols = [ndi.zoom(eye[j], n_out / grid, order=3, mode="nearest")[:n_out] for j in range(grid)]
+    matrix = np.stack(cols, axis=1)
+    matrix.flags.writeable = False  # cached: shared by every call
+    return matrix
+
+
 def elastic_displacement(
     shape: tuple[int, int], *, rng: np.random.Generator, grid: int = 3, sigma: float = 10.0
 ) -> np.ndarray:
     """Smooth random displacement field ``(2, Y, X)`` in pixels.
 
     Displacements are drawn on a ``grid x grid`` lattice spanning the field (corners at the
-    corner pixels) from ``N(0, sigma^2)`` and interpolated bicubically to every pixel.
+    corner pixels) from ``N(0, sigma^2)`` and interpolated bicubically to every pixel (the same
+    values as ``scipy.ndimage.zoom(order=3, mode="nearest")`` of the lattice, computed as
+    separable matrix products).
     """
-    from scipy import ndimage as ndi
-
     coarse = rng.normal(0.0, sigma, size=(2, grid, grid))
-    out = np.empty((2, *shape), np.float64)
-    for k in range(2):
-        zoomed = ndi.zoom(coarse[k], (shape[0] / grid, shape[1] / grid), order=3, mode="nearest")
-        out[k] = zoomed[: shape[0], : shape[1]]
-    return out
+    m_y = _spline_zoom_matrix(int(shape[0]), grid)
+    m_x = _spline_zoom_matrix(int(shape[1]), grid)
+    return np.einsum("yi,kij,xj->kyx", m_y, coarse, m_x, optimize=True)
 
 
 def random_coordinates(
