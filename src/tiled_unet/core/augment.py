@@ -112,7 +112,7 @@ def elastic_displacement(
     coarse = rng.normal(0.0, sigma, size=(2, grid, grid))
     m_y = _spline_zoom_matrix(int(shape[0]), grid)
     m_x = _spline_zoom_matrix(int(shape[1]), grid)
-    return np.einsum("yi,kij,xj->kyx", m_y, coarse, m_x, optimize=True)
+    return m_y @ coarse @ m_x.T  # (Y, g) @ (2, g, g) @ (g, X) -> (2, Y, X)
 
 
 def random_coordinates(

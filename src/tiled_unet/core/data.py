@@ -146,6 +146,8 @@ class PatchSampler:
         self.rng = rng
         self.augment = augment
         self._pixels = [np.flatnonzero(it.targets.annotated) for it in self.items]
+        # grey images copied to several channels are warped once and copied back (same values)
+        self._grey = [_same_channels(it.image) for it in self.items]
         counts = np.array([len(p) for p in self._pixels], np.int64)
         if counts.sum() == 0:
             raise ValueError("no annotated pixels in the training data; nothing to train on")
@@ -167,8 +169,9 @@ class PatchSampler:
             item = self.items[i]
             cy, cx = np.unravel_index(flat, item.weights.shape)
             center = (cy + self.rng.uniform(-jitter, jitter), cx + self.rng.uniform(-jitter, jitter))
+            channels = item.image.shape[0]
             img, cls, w = extract_patch(
-                item.image,
+                item.image[:1] if self._grey[i] else item.image,
                 item.targets.classes,
                 item.weights,
                 center=center,
@@ -178,6 +181,8 @@ class PatchSampler:
                 settings=self.augment,
             )
             if np.any(w > 0):
+                if img.shape[0] != channels:
+                    img = np.repeat(img, channels, axis=0)
                 return img, cls, w
         raise RuntimeError("could not draw a patch with annotated pixels in 50 tries")
 
@@ -185,6 +190,11 @@ class PatchSampler:
         """``size`` patches stacked: images ``(N, C, in, in)``, classes and weights ``(N, out, out)``."""
         parts = [self.sample() for _ in range(size)]
         return tuple(np.stack([p[j] for p in parts]) for j in range(3))  # type: ignore[return-value]
+
+
+def _same_channels(image: np.ndarray) -> bool:
+    """Whether a ``(C, Y, X)`` image has several channels, all equal (a grey image copied)."""
+    return image.shape[0] > 1 and all(np.array_equal(image[0], c) for c in image[1:])
 
 
 # --------------------------------------------------------------------------- files
