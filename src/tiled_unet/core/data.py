@@ -169,7 +169,6 @@ class PatchSampler:
             item = self.items[i]
             cy, cx = np.unravel_index(flat, item.weights.shape)
             center = (cy + self.rng.uniform(-jitter, jitter), cx + self.rng.uniform(-jitter, jitter))
-            channels = item.image.shape[0]
             img, cls, w = extract_patch(
                 item.image[:1] if self._grey[i] else item.image,
                 item.targets.classes,
@@ -181,8 +180,8 @@ class PatchSampler:
                 settings=self.augment,
             )
             if np.any(w > 0):
-                if img.shape[0] != channels:
-                    img = np.repeat(img, channels, axis=0)
+                if self._grey[i]:
+                    img = np.repeat(img, item.image.shape[0], axis=0)
                 return img, cls, w
         raise RuntimeError("could not draw a patch with annotated pixels in 50 tries")
 
