@@ -138,3 +138,12 @@ def test_widen_starts_a_wider_model_from_init(data, capsys):
     assert main(argv) == 2
     assert "base_features must be >= 4" in capsys.readouterr().err
     assert not (data / "narrow.pt").exists() and not (data / "x.pt").exists()
+
+
+def test_zoom_augmentation_is_recorded_and_checked(data, capsys):
+    assert main(args(data, "--zoom", "0.7", "1.4")) == 0
+    assert load_checkpoint(data / "m.pt").provenance["settings"]["zoom"] == [0.7, 1.4]
+    capsys.readouterr()
+    assert main(args(data, "--zoom", "1.4", "0.7", "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert "zoom range" in err and len(err.strip().splitlines()) == 1

@@ -94,3 +94,40 @@ def test_patch_without_augmentation_is_a_crop():
     )
     np.testing.assert_array_equal(p_img[0, 3:, 3:], img[0, :5, :5])
     np.testing.assert_array_equal(p_img[0, 2, 3:], img[0, 1, :5])
+
+
+def test_zoom_magnifies_around_the_patch_centre():
+    from tiled_unet.core.augment import random_coordinates
+
+    only_zoom = AugmentSettings(elastic=False, rotate=False, flip=False, shift=0.0, zoom=(2.0, 2.0))
+    coords = random_coordinates((9, 9), center=(30.0, 40.0), rng=np.random.default_rng(0), settings=only_zoom)
+    assert coords[:, 4, 4] == pytest.approx([30.0, 40.0])
+    np.testing.assert_allclose(np.diff(coords[0], axis=0), 0.5)  # half a source pixel per output pixel
+    np.testing.assert_allclose(np.diff(coords[1], axis=1), 0.5)
+    # objects become twice as large: a disc of radius ~5.9 px fills four times the area
+    lab = label_image()
+    _, out, _ = extract_patch(
+        lab[None].astype(np.float32), lab, lab.astype(np.float32), center=(20.0, 20.0),
+        in_size=40, out_size=40, rng=np.random.default_rng(0), settings=only_zoom,
+    )
+    assert (out == 1).sum() == pytest.approx(4 * (lab == 1).sum(), rel=0.05)
+
+
+def test_zoom_off_draws_nothing_and_bad_ranges_are_refused():
+    from tiled_unet.core.augment import random_coordinates
+
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    random_coordinates((8, 8), center=(4.0, 4.0), rng=rng_a, settings=AugmentSettings())
+    random_coordinates((8, 8), center=(4.0, 4.0), rng=rng_b, settings=AugmentSettings(zoom=(1.0, 1.0)))
+    assert rng_a.random() == rng_b.random()  # default runs repeat exactly as before
+    zoomed = [
+        random_coordinates((8, 8), center=(4.0, 4.0), rng=np.random.default_rng(s),
+                           settings=AugmentSettings(elastic=False, rotate=False, flip=False, shift=0.0,
+                                                    zoom=(0.7, 1.4)))
+        for s in range(200)
+    ]
+    spacing = np.array([c[0, 1, 0] - c[0, 0, 0] for c in zoomed])
+    assert spacing.min() >= 1 / 1.4 - 1e-9 and spacing.max() <= 1 / 0.7 + 1e-9
+    assert spacing.max() - spacing.min() > 0.5  # the range is used
+    with pytest.raises(ValueError, match="zoom"):
+        AugmentSettings(zoom=(0.0, 1.0))

@@ -198,3 +198,12 @@ def test_cpu_training_with_and_without_mixed_precision(amp):
     for k, v in a.state_dict.items():
         assert torch.equal(v, b.state_dict[k]), k
         assert v.is_contiguous() and v.dtype == torch.float32
+
+
+def test_zoom_range_is_checked():
+    from tiled_unet.core.train import TrainSettings
+
+    assert TrainSettings(zoom=(0.7, 1.4)).zoom == (0.7, 1.4)
+    for bad in ((0.3, 1.0), (1.4, 0.7), (1.0, 5.0)):
+        with pytest.raises(ValueError, match="zoom range"):
+            TrainSettings(zoom=bad)

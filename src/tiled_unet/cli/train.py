@@ -101,6 +101,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--sigma", type=_positive_float, default=5.0, help="border weight width in px (paper: 5)"
     )
     parser.add_argument("--no-augment", action="store_true", help="switch data augmentation off")
+    parser.add_argument(
+        "--zoom",
+        nargs=2,
+        type=_positive_float,
+        default=(1.0, 1.0),
+        metavar=("LOW", "HIGH"),
+        help="random magnification range of the patches, e.g. 0.7 1.4 (default 1 1: off)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -164,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
             w0=args.w0,
             sigma=args.sigma,
             augment=not args.no_augment,
+            zoom=tuple(args.zoom),
             val_every=args.val_every,
             seed=args.seed,
             device=args.device,

@@ -51,6 +51,11 @@ class AugmentSettings:
         Additive offset, uniform in [-brightness, brightness] (images are normalised to ~[0, 1]).
     image_order : int
         Spline order for the image (1 = linear, 3 = cubic); labels and weights use 0.
+    zoom : tuple of float
+        Range of the random magnification (log-uniform; ``(1, 1)`` = off, the default):
+        objects appear this many times larger in the patch. Targets are sampled by nearest
+        neighbour, so keep the lower end above 0.5: the two-pixel boundary band between
+        touching instance objects then always survives the sampling.
     """
 
     elastic: bool = True
@@ -63,6 +68,7 @@ class AugmentSettings:
     contrast: tuple[float, float] = (0.8, 1.25)
     brightness: float = 0.1
     image_order: int = 1
+    zoom: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         if self.elastic_grid < 2:
@@ -71,7 +77,7 @@ class AugmentSettings:
             raise ValueError("elastic_sigma, shift and brightness must be >= 0")
         if self.image_order not in (0, 1, 3):
             raise ValueError(f"image_order must be 0, 1 or 3, got {self.image_order}")
-        for name in ("gamma", "contrast"):
+        for name in ("gamma", "contrast", "zoom"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ValueError(f"{name} range must satisfy 0 < low <= high, got {(lo, hi)}")
@@ -125,7 +131,7 @@ def random_coordinates(
     """Source coordinates ``(2, Y, X)`` for an output patch of ``shape`` centred on ``center``.
 
     The patch centre maps to ``center`` (plus shift and elastic displacement); around it the
-    patch is flipped, rotated and elastically deformed.
+    patch is flipped, rotated, zoomed and elastically deformed.
     """
     h, w = shape
     yy, xx = np.meshgrid(np.arange(h) - (h - 1) / 2.0, np.arange(w) - (w - 1) / 2.0, indexing="ij")
@@ -135,6 +141,10 @@ def random_coordinates(
         theta = rng.uniform(0.0, 2.0 * math.pi)
         c, s = math.cos(theta), math.sin(theta)
         yy, xx = c * yy - s * xx, s * yy + c * xx
+    z_lo, z_hi = settings.zoom
+    if z_hi > z_lo or z_lo != 1.0:  # no draw when off: runs without zoom repeat exactly
+        zoom = math.exp(rng.uniform(math.log(z_lo), math.log(z_hi)))
+        yy, xx = yy / zoom, xx / zoom
     coords = np.stack([yy + center[0], xx + center[1]])
     if settings.shift > 0:
         coords += rng.uniform(-settings.shift, settings.shift, size=(2, 1, 1))

@@ -78,6 +78,9 @@ class TrainSettings:
         Border term of the weight map (paper: 10 and 5 px).
     augment : bool
         Elastic deformation, rotation, flips, shifts and grey-value changes.
+    zoom : tuple of float
+        With ``augment``: range of a random magnification of each patch (log-uniform;
+        ``(1, 1)``, the default, is off). Teaches a model objects at other sizes.
     val_every : int
         Validate every this many steps (and after the last one) when validation data is given.
     seed : int
@@ -106,6 +109,7 @@ class TrainSettings:
     w0: float = 10.0
     sigma: float = 5.0
     augment: bool = True
+    zoom: tuple[float, float] = (1.0, 1.0)
     val_every: int = 100
     seed: int = 0
     device: str = "auto"
@@ -130,6 +134,8 @@ class TrainSettings:
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if not 0.5 <= self.zoom[0] <= self.zoom[1] <= 4.0:
+            raise ValueError(f"zoom range must satisfy 0.5 <= low <= high <= 4, got {tuple(self.zoom)}")
         if self.val_every < 1:
             raise ValueError(f"val_every must be >= 1, got {self.val_every}")
 
@@ -378,7 +384,7 @@ def train_iter(
         in_size=settings.patch,
         out_size=out_size,
         rng=rng,
-        augment=AugmentSettings() if settings.augment else None,
+        augment=AugmentSettings(zoom=settings.zoom) if settings.augment else None,
     )
     # workers fork here, before the model touches an accelerator
     stream = BatchStream(
