@@ -107,8 +107,14 @@ def test_zoom_magnifies_around_the_patch_centre():
     # objects become twice as large: a disc of radius ~5.9 px fills four times the area
     lab = label_image()
     _, out, _ = extract_patch(
-        lab[None].astype(np.float32), lab, lab.astype(np.float32), center=(20.0, 20.0),
-        in_size=40, out_size=40, rng=np.random.default_rng(0), settings=only_zoom,
+        lab[None].astype(np.float32),
+        lab,
+        lab.astype(np.float32),
+        center=(20.0, 20.0),
+        in_size=40,
+        out_size=40,
+        rng=np.random.default_rng(0),
+        settings=only_zoom,
     )
     assert (out == 1).sum() == pytest.approx(4 * (lab == 1).sum(), rel=0.05)
 
@@ -121,9 +127,12 @@ def test_zoom_off_draws_nothing_and_bad_ranges_are_refused():
     random_coordinates((8, 8), center=(4.0, 4.0), rng=rng_b, settings=AugmentSettings(zoom=(1.0, 1.0)))
     assert rng_a.random() == rng_b.random()  # default runs repeat exactly as before
     zoomed = [
-        random_coordinates((8, 8), center=(4.0, 4.0), rng=np.random.default_rng(s),
-                           settings=AugmentSettings(elastic=False, rotate=False, flip=False, shift=0.0,
-                                                    zoom=(0.7, 1.4)))
+        random_coordinates(
+            (8, 8),
+            center=(4.0, 4.0),
+            rng=np.random.default_rng(s),
+            settings=AugmentSettings(elastic=False, rotate=False, flip=False, shift=0.0, zoom=(0.7, 1.4)),
+        )
         for s in range(200)
     ]
     spacing = np.array([c[0, 1, 0] - c[0, 0, 0] for c in zoomed])
