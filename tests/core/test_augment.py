@@ -9,6 +9,7 @@ from tiled_unet.core.augment import (
     augment,
     elastic_displacement,
     extract_patch,
+    random_coordinates,
 )
 
 
@@ -97,8 +98,6 @@ def test_patch_without_augmentation_is_a_crop():
 
 
 def test_zoom_magnifies_around_the_patch_centre():
-    from tiled_unet.core.augment import random_coordinates
-
     only_zoom = AugmentSettings(elastic=False, rotate=False, flip=False, shift=0.0, zoom=(2.0, 2.0))
     coords = random_coordinates((9, 9), center=(30.0, 40.0), rng=np.random.default_rng(0), settings=only_zoom)
     assert coords[:, 4, 4] == pytest.approx([30.0, 40.0])
@@ -120,8 +119,6 @@ def test_zoom_magnifies_around_the_patch_centre():
 
 
 def test_zoom_off_draws_nothing_and_bad_ranges_are_refused():
-    from tiled_unet.core.augment import random_coordinates
-
     rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
     random_coordinates((8, 8), center=(4.0, 4.0), rng=rng_a, settings=AugmentSettings())
     random_coordinates((8, 8), center=(4.0, 4.0), rng=rng_b, settings=AugmentSettings(zoom=(1.0, 1.0)))
@@ -138,5 +135,6 @@ def test_zoom_off_draws_nothing_and_bad_ranges_are_refused():
     spacing = np.array([c[0, 1, 0] - c[0, 0, 0] for c in zoomed])
     assert spacing.min() >= 1 / 1.4 - 1e-9 and spacing.max() <= 1 / 0.7 + 1e-9
     assert spacing.max() - spacing.min() > 0.5  # the range is used
-    with pytest.raises(ValueError, match="zoom"):
-        AugmentSettings(zoom=(0.0, 1.0))
+    for bad in ((0.0, 1.0), (0.4, 1.0), (1.4, 0.7), (1.0, 5.0)):
+        with pytest.raises(ValueError, match="zoom range"):
+            AugmentSettings(zoom=bad)

@@ -201,8 +201,6 @@ def test_cpu_training_with_and_without_mixed_precision(amp):
 
 
 def test_zoom_range_is_checked():
-    from tiled_unet.core.train import TrainSettings
-
     assert TrainSettings(zoom=(0.7, 1.4)).zoom == (0.7, 1.4)
     for bad in ((0.3, 1.0), (1.4, 0.7), (1.0, 5.0)):
         with pytest.raises(ValueError, match="zoom range"):

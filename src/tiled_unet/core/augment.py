@@ -54,8 +54,8 @@ class AugmentSettings:
     zoom : tuple of float
         Range of the random magnification (log-uniform; ``(1, 1)`` = off, the default):
         objects appear this many times larger in the patch. Targets are sampled by nearest
-        neighbour, so keep the lower end above 0.5: the two-pixel boundary band between
-        touching instance objects then always survives the sampling.
+        neighbour, so the lower end must be at least 0.5: the two-pixel boundary band between
+        touching instance objects then always survives the sampling (at most 4).
     """
 
     elastic: bool = True
@@ -77,7 +77,9 @@ class AugmentSettings:
             raise ValueError("elastic_sigma, shift and brightness must be >= 0")
         if self.image_order not in (0, 1, 3):
             raise ValueError(f"image_order must be 0, 1 or 3, got {self.image_order}")
-        for name in ("gamma", "contrast", "zoom"):
+        if not 0.5 <= self.zoom[0] <= self.zoom[1] <= 4.0:
+            raise ValueError(f"zoom range must satisfy 0.5 <= low <= high <= 4, got {tuple(self.zoom)}")
+        for name in ("gamma", "contrast"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ValueError(f"{name} range must satisfy 0 < low <= high, got {(lo, hi)}")

@@ -134,8 +134,7 @@ class TrainSettings:
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
-        if not 0.5 <= self.zoom[0] <= self.zoom[1] <= 4.0:
-            raise ValueError(f"zoom range must satisfy 0.5 <= low <= high <= 4, got {tuple(self.zoom)}")
+        AugmentSettings(zoom=self.zoom)  # checks the zoom range before any data is read
         if self.val_every < 1:
             raise ValueError(f"val_every must be >= 1, got {self.val_every}")
 
