@@ -99,24 +99,14 @@ def add_channel(src: str, dst: str) -> None:
     save_checkpoint(ckpt, dst)
 
 
-def _valid_size(n: int, depth: int) -> int:
-    from tiled_unet.core.model import _valid_output
-
-    m = n
-    while _valid_output(m, depth) is None:
-        m += 1
-    return m
-
-
 def predict_outputs(model: torch.nn.Module, norm_cyx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Untiled prediction with mirrored borders: class probabilities (3, Y, X) and distance (Y, X)."""
-    from tiled_unet.core.model import halo
+    from tiled_unet.core.model import halo, output_size, valid_input_size
 
     cfg = model.config
     h = halo(cfg)
     _, ny, nx = norm_cyx.shape
-    oy = _valid_size(ny + 2 * h, cfg.depth) - 2 * h
-    ox = _valid_size(nx + 2 * h, cfg.depth) - 2 * h
+    oy, ox = (output_size(valid_input_size(n, cfg), cfg) for n in (ny, nx))
     padded = np.pad(norm_cyx, ((0, 0), (h, h + oy - ny), (h, h + ox - nx)), mode="symmetric")
     with torch.inference_mode():
         logits = model(torch.from_numpy(np.ascontiguousarray(padded))[None])[0]
@@ -176,29 +166,22 @@ def score(folder: str) -> None:
 
 
 def cache(model_path: str, ids_file: str, out: str) -> None:
-    """Save probabilities, distance, labels and modality for the images listed in ``ids_file``."""
-    import csv
-
-    import tifffile
-
+    """Save probabilities, distance and labels of the images listed in ``ids_file``."""
     from tiled_unet.core.data import read_array
     from tiled_unet.core.image import to_planes
 
     data = Path(os.environ.get("DSB", "../shared/data/dsb2018"))
-    modality = {r["image_id"]: r["modality"] for r in csv.DictReader(open(data / "metadata.csv"))}
     ckpt = resolve_model(model_path)
     model = ckpt.build_model("cpu")
     Path(out).mkdir(parents=True, exist_ok=True)
     for i in Path(ids_file).read_text().split():
         planes, _ = to_planes(read_array(data / "images" / f"{i}.png"), in_channels=ckpt.config.in_channels)
         probs, dist = predict_outputs(model, ckpt.normalization(np.asarray(planes[0], np.float32)))
-        labels = tifffile.imread(data / "labels" / f"{i}.tif")
         np.savez_compressed(
             Path(out) / f"{i}.npz",
             probs=probs.astype(np.float16),
             dist=dist.astype(np.float16),
-            labels=labels,
-            modality=modality.get(i, ""),
+            labels=read_array(data / "labels" / f"{i}.tif"),
         )
 
 
