@@ -65,9 +65,10 @@ def test_preview_every_2_steps_inline(make_napari_viewer, checkpoint_file):
     assert layer.metadata[METADATA_KEY]["step"] == 6 and layer.metadata[METADATA_KEY]["preview_of"] == "img"
     assert layer.data.shape == (64, 80) and layer.data.any()
     assert tuple(layer.scale) == (0.5, 0.5)
-    # placed just above its image, the user's selection and layers untouched
+    # on top, just under the annotation layer being painted; the user's selection and layers untouched
     names = [lay.name for lay in viewer.layers]
-    assert names.index(layer.name) == names.index("img") + 1
+    assert names.index(layer.name) == names.index(ann.name) - 1 == len(names) - 2
+    assert ft.status.text().startswith("Fine-tuned 6 steps")  # the final message stays
     assert viewer.layers.selection.active.name == ann.name and ann.mode == "paint"  # ann is a proxy
     np.testing.assert_array_equal(ann.data, painted)
     assert (user.data == 7).all() and image.data.dtype == np.float32

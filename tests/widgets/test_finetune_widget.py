@@ -46,7 +46,7 @@ def test_finetune_save_and_segment_with_the_new_model(make_napari_viewer, qtbot,
     assert ann.name == "nuclei annotations" and ann.data.shape == img.shape and ann.data.dtype == np.uint16
     assert tuple(ann.scale) == (0.5, 0.5) and not ann.data.any()
     assert ft.labels_combo.currentText() == "nuclei annotations"
-    _paint_some(ann, truth)
+    _paint_some(ann, truth, n_objects=3)  # fewer than 4: no held-back check, so the model is used
 
     assert not ft.save_button.isEnabled()
     ft.steps_spin.setValue(4)
@@ -56,6 +56,7 @@ def test_finetune_save_and_segment_with_the_new_model(make_napari_viewer, qtbot,
     qtbot.waitUntil(lambda: not ft.running, timeout=120_000)
     assert len(ft.plot.history) == 4 and all(np.isfinite(ft.plot.history.losses))
     assert "Fine-tuned 4 steps" in ft.status.text() and "loss" in ft.status.text()
+    assert "Not checked" in ft.status.text() and "now uses this model" in ft.status.text()
 
     session = session_for(viewer)
     assert session.current is ft.last_result.checkpoint
@@ -70,7 +71,7 @@ def test_finetune_save_and_segment_with_the_new_model(make_napari_viewer, qtbot,
     loaded = load_checkpoint(path)
     assert loaded.provenance["base_model"] == "file: tiny.pt"
     assert loaded.provenance["trained_on"] == ["nuclei"]
-    assert loaded.provenance["annotated_objects"] == 4
+    assert loaded.provenance["annotated_objects"] == 3
 
 
 def test_save_never_overwrites_without_confirmation(

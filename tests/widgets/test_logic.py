@@ -145,58 +145,6 @@ def test_session_is_per_viewer_and_holds_listeners_weakly(intensity_checkpoint):
     assert len(L._SESSIONS) == n - 1  # a closed viewer's session goes with it
 
 
-# --------------------------------------------------------------------------- training data
-
-
-def test_empty_annotation_matches_image_spatially():
-    image = L.ImageInput(
-        "rgb", np.zeros((3, 20, 30, 3), np.uint8), rgb=True, scale=(2, 1, 1), translate=(5, 0, 0)
-    )
-    data, kwargs = L.empty_annotation(image)
-    assert data.shape == (3, 20, 30) and data.dtype == np.uint16 and not data.any()
-    assert kwargs["scale"] == (2.0, 1.0, 1.0) and kwargs["translate"] == (5.0, 0.0, 0.0)
-    assert kwargs["name"] == "rgb annotations"
-    layer = _layer(kwargs["name"], data, **kwargs["metadata"])
-    assert L.annotation_for("rgb", [_layer("x", data), layer]) is layer
-    assert L.annotation_for("other", [layer]) is None
-
-
-def test_collect_uses_only_annotated_planes_of_a_lazy_stack():
-    stack = da.from_array(np.arange(4 * 16 * 16, dtype=np.float32).reshape(4, 16, 16), chunks=(1, 16, 16))
-    labels = np.zeros((4, 16, 16), np.uint16)
-    labels[1, 2:5, 2:5] = 2
-    labels[1, 8:10, 8:10] = 1
-    labels[3, 0, 0] = 1
-    data = L.collect_training_data([(L.ImageInput("stack", stack), labels, "ann")])
-    assert data.sources == ["stack[1]", "stack[3]"]
-    assert [im.shape for im in data.images] == [(16, 16), (16, 16)]
-    assert isinstance(data.images[0], np.ndarray)
-    np.testing.assert_array_equal(data.images[0], np.asarray(stack[1]))
-    assert data.n_objects == 1 and not data.warnings
-
-
-def test_collect_errors_are_messages_for_the_user():
-    image = L.ImageInput("nuclei", np.zeros((20, 30), np.uint8))
-    with pytest.raises(ValueError, match="Choose an image"):
-        L.collect_training_data([])
-    with pytest.raises(ValueError, match=r"shape \(20, 31\).*spatial shape \(20, 30\)"):
-        L.collect_training_data([(image, np.zeros((20, 31), np.uint8), "ann")])
-    with pytest.raises(ValueError, match="Nothing is painted in 'ann'"):
-        L.collect_training_data([(image, np.zeros((20, 30), np.uint8), "ann")])
-    only_background = np.zeros((20, 30), np.uint8)
-    only_background[:3] = 1
-    data = L.collect_training_data([(image, only_background, "ann")])
-    assert data.warnings and "objects" in data.warnings[0]
-
-
-def test_collect_rgb_plane_keeps_channels():
-    image = L.ImageInput("rgb", np.zeros((12, 14, 3), np.uint8), rgb=True)
-    labels = np.zeros((12, 14), np.uint8)
-    labels[3:6, 3:6] = 2
-    data = L.collect_training_data([(image, labels, "ann")])
-    assert data.images[0].shape == (12, 14, 3)
-
-
 # --------------------------------------------------------------------------- jobs with stand-ins
 
 
@@ -254,62 +202,6 @@ def test_segment_job_with_the_real_core(intensity_checkpoint, nuclei_image):
     req = L.SegmentRequest(model=intensity_checkpoint, device="cpu", model_label="tiny")
     result = drain(L.segment_job(L.ImageInput("nuclei", nuclei_image), req))
     assert result.data.shape == nuclei_image.shape and result.n_objects >= 20
-
-
-def test_finetune_job_with_a_stand_in(intensity_checkpoint):
-    calls = {}
-
-    def fake_train_iter(*, images, labels, settings, init, sparse, cancel, names):
-        calls.update(settings=settings, init=init, sparse=sparse, names=names)
-        for step in (1, 2, 3):
-            if cancel is not None and cancel():
-                return None
-            yield SimpleNamespace(step=step, n_steps=3, loss=1.0 / step, seconds=0.1 * step, metrics=None)
-        return intensity_checkpoint
-
-    data = L.TrainingData(images=[np.zeros((8, 8))], labels=[np.ones((8, 8), np.uint8)], sources=["im"])
-    req = L.FinetuneRequest(base_model=intensity_checkpoint, base_label="tiny", steps=3, learning_rate=1e-3)
-    losses = []
-    result = drain(L.finetune_job(data, req, train_iter=fake_train_iter), lambda p: losses.append(p.loss))
-    assert losses == [1.0, 0.5, 1.0 / 3]
-    assert calls["sparse"] and calls["names"] == ["im"] and calls["settings"].lr == 1e-3
-    assert calls["settings"].steps == 3 and calls["settings"].patch > 0
-    assert result.steps == 3 and result.final_loss == pytest.approx(1 / 3)
-    prov = result.checkpoint.provenance
-    assert prov["base_model"] == "tiny" and prov["trained_on"] == ["im"] and "date" in prov
-    assert prov["note"]  # the core's provenance is kept
-    assert intensity_checkpoint.provenance.get("base_model") is None  # base left untouched
-    cancelled = drain(L.finetune_job(data, req, train_iter=fake_train_iter, cancel=lambda: True))
-    assert cancelled is None
-
-
-def test_train_settings_from_request(intensity_checkpoint):
-    cfg = intensity_checkpoint.config
-    s = L.make_train_settings(L.FinetuneRequest(base_model=None, steps=0, minutes=2.5, learning_rate=0), cfg)
-    assert s.steps is None and s.minutes == 2.5 and s.lr is None
-    from tiled_unet.core.model import is_valid_input_size
-
-    assert is_valid_input_size(s.patch, cfg)
-    with pytest.raises(ValueError, match="steps or a time budget"):
-        L.make_train_settings(L.FinetuneRequest(base_model=None, steps=0, minutes=0), cfg)
-
-
-# --------------------------------------------------------------------------- small pieces
-
-
-def test_loss_history_smooths_and_skips_nan():
-    h = L.LossHistory(smoothing=0.5)
-    h.append(1, 2.0)
-    h.append(2, float("nan"))
-    h.append(3, 1.0)
-    assert h.steps == [1, 3] and h.smoothed == [2.0, 1.5] and len(h) == 2
-    h.clear()
-    assert len(h) == 0
-
-
-def test_train_progress_text():
-    p = SimpleNamespace(step=5, n_steps=10, loss=0.12345, seconds=3.2, metrics={"iou": 0.5})
-    assert L.train_progress_text(p) == "step 5/10, loss 0.1235, 3 s, iou 0.500"
 
 
 def test_error_messages():

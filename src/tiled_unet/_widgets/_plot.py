@@ -8,7 +8,7 @@ from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPainterPath, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-from ._logic import LossHistory
+from ._training import LossHistory
 
 
 class LossPlot(QWidget):

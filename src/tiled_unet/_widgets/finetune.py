@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import threading
 import time
 from collections.abc import Generator
@@ -14,6 +13,7 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
     QMessageBox,
     QPushButton,
@@ -30,27 +30,35 @@ from ._common import (
     start_job,
 )
 from ._logic import (
-    ANNOTATION_CONVENTION,
-    FROM_SCRATCH,
     METADATA_KEY,
-    FinetuneRequest,
-    FinetuneResult,
     ImageInput,
     ModelSession,
-    TrainingData,
-    annotation_for,
-    collect_training_data,
-    empty_annotation,
-    finetune_job,
     fingerprint,
     image_axes,
     image_input_from_layer,
     result_transform,
     spatial_shape,
-    train_progress_text,
 )
 from ._model_choice import ModelChoice
 from ._plot import LossPlot
+from ._training import (
+    ANNOTATION_CONVENTION,
+    BACKGROUND,
+    FROM_SCRATCH,
+    AnnotationInput,
+    FinetuneRequest,
+    FinetuneResult,
+    TrainingData,
+    annotation_for,
+    annotation_kind,
+    collect_training_data,
+    correction_annotation,
+    empty_annotation,
+    finetune_job,
+    next_object_id,
+    segmentation_for,
+    train_progress_text,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -115,24 +123,53 @@ def preview_job(checkpoint: Any, target: PreviewTarget, device: str) -> Generato
     return labels, time.perf_counter() - start
 
 
-class FinetuneWidget(JobWidget, ModelChoice):
-    """Fine-tune a U-Net on sparse annotations painted in a Labels layer.
+def _row(*widgets: Any) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for widget in widgets:
+        row.addWidget(widget)
+    return row
 
-    Convention of the annotation layer: 0 = not annotated, 1 = background, 2, 3, … = one id
-    per object. Only planes of a stack that carry annotations are used. When a run finishes,
-    the new model becomes the current model of the viewer's Segment widget; a cancelled or
-    failed run leaves the previous model in place.
+
+def _neutral_background(layer: Any) -> None:
+    """Show label 1 (background) in grey, the object ids in napari's usual colours."""
+    import numpy as np
+    from napari.utils.colormaps import DirectLabelColormap, label_colormap
+
+    top = max(int(np.asarray(layer.data).max(initial=0)) + 256, 512)
+    current = layer.colormap
+    if isinstance(current, DirectLabelColormap) and len(current.color_dict) > top:
+        return  # still covers every id in use
+    colors = label_colormap(top + 1).map(np.arange(top + 1))
+    mapping: dict[int | None, Any] = {k: colors[k] for k in range(2, top + 1)}
+    mapping.update({None: colors[-1], 0: np.zeros(4), BACKGROUND: np.array([0.55, 0.55, 0.55, 1.0])})
+    layer.colormap = DirectLabelColormap(color_dict=mapping)
+
+
+class FinetuneWidget(JobWidget, ModelChoice):
+    """Fine-tune a U-Net on annotations painted in a Labels layer.
+
+    Annotation layers (see :mod:`._training`): *New annotation layer* makes a sparse one
+    (0 = not annotated, 1 = background, 2, 3, … = one id per object); *Correct the
+    segmentation* copies the image's segmentation into a layer the user corrects (every pixel
+    counts); any other Labels layer chosen as *Annotations* is read as sparse or, when it holds
+    dense instance labels (a segmentation, a ground truth), densely, and the status says which.
+    *Paint object* and *Paint background* choose the label and the paint brush. Only planes of
+    a stack that carry annotations are used. A run holds back a quarter of the painted objects
+    and scores the new model and its base on them; when the new model is not worse (and finds
+    objects), it becomes the current model of the viewer's Segment widget. A worse, cancelled
+    or failed run leaves the previous model in place, and the status says so.
 
     Live preview ("Live preview every N steps", 0 = off, the default): every N steps the
     training yields a snapshot of the weights, and the plane of the first chosen image that the
     viewer shows is segmented with it in a worker thread, at most one at a time (a snapshot that
     arrives meanwhile waits; only the newest waits). The result goes to a Labels layer
-    ``"<image> preview"`` placed just above the image, created once and updated afterwards;
-    on a stack only the plane last previewed is filled. The layer is *kept* when the run ends
-    (showing the last snapshot, its step in ``metadata["tiled_unet"]["step"]``), for comparison
-    with the final segmentation; delete it at will. The next run reuses it unless it was edited
-    by hand, which makes it the user's: it is then left alone, like every other layer, and a new
-    preview layer is added. Adding it does not change the selected layer, so painting goes on.
+    ``"<image> preview"`` placed just under the annotation layer (on top of the image and its
+    segmentation), created once and updated afterwards; on a stack only the plane last
+    previewed is filled. The layer is *kept* when the run ends (showing the last snapshot, its
+    step in ``metadata["tiled_unet"]["step"]``), for comparison with the final segmentation;
+    delete it at will. The next run reuses it unless it was edited by hand, which makes it the
+    user's: it is then left alone, like every other layer, and a new preview layer is added.
+    Adding it does not change the selected layer, so painting goes on.
 
     The parameters, ``napari_viewer`` and ``use_thread``, are those of :class:`~._common.JobWidget`.
     """
@@ -140,6 +177,8 @@ class FinetuneWidget(JobWidget, ModelChoice):
     def __init__(self, napari_viewer: napari.Viewer, *, use_thread: bool = True) -> None:
         super().__init__(napari_viewer, use_thread=use_thread)
         from napari.layers import Image, Labels
+
+        from tiled_unet.core.finetune import DEFAULT_MINUTES
 
         self._init_model_choice(
             napari_viewer,
@@ -153,47 +192,66 @@ class FinetuneWidget(JobWidget, ModelChoice):
         self._preview_worker: Any = None
         self._preview_pending: Any = None  # newest snapshot waiting for the running preview
         self._preview_source: Any = None  # the image layer previewed in this run
+        self._preview_above: Any = None  # the annotation layer the preview goes under
         self._preview_run = 0  # run counter: results of an older run's preview are dropped
         self._run_text = ""
+        self._budget_seconds = 0.0
         #: The preview layer written last (None before the first preview).
         self.preview_layer: Any = None
         #: Number of preview results written into the preview layer (all runs).
         self.preview_updates = 0
-        #: The result of the last finished run (its checkpoint is what "Save model…" writes).
+        #: The result of the last finished run (accepted or not).
         self.last_result: FinetuneResult | None = None
 
         self.images_list = LayerListWidget(napari_viewer, Image)
         self.images_list.setMaximumHeight(80)
         self.images_list.setToolTip(
-            "Image layer(s) to train on. Each uses the annotation layer created for it with "
-            "'New annotation layer', else the layer chosen below."
+            "Image layer(s) to train on. The first uses the layer chosen under Annotations; the "
+            "others the annotation layer made for them."
         )
         self.labels_combo = LayerComboBox(napari_viewer, Labels)
-        self.labels_combo.setToolTip("Labels layer with your annotations")
+        self.labels_combo.setToolTip(
+            "Labels layer with your annotations (sparse paint, corrections, or dense instance labels)"
+        )
         self.new_labels_button = QPushButton("New annotation layer")
-        self.new_labels_button.setToolTip("An empty Labels layer matching the first chosen image")
+        self.new_labels_button.setToolTip("An empty layer over the first chosen image to paint on (sparse)")
         self.new_labels_button.clicked.connect(self.new_annotation_layer)
+        self.correct_button = QPushButton("Correct the segmentation")
+        self.correct_button.setToolTip(
+            "Copy the image's segmentation into a new layer: erase false objects, paint missed ones, "
+            "split merges; every pixel of it is trained on"
+        )
+        self.correct_button.clicked.connect(self.correct_segmentation)
+        self.paint_object_button = QPushButton("Paint object")
+        self.paint_object_button.setToolTip("Paint a new object: the next free id (2, 3, …) with the brush")
+        self.paint_object_button.clicked.connect(self.paint_object)
+        self.paint_background_button = QPushButton("Paint background")
+        self.paint_background_button.setToolTip("Paint background (label 1, shown in grey) with the brush")
+        self.paint_background_button.clicked.connect(self.paint_background)
         convention = QLabel(ANNOTATION_CONVENTION)
         convention.setWordWrap(True)
 
-        self.steps_spin = QSpinBox()
-        self.steps_spin.setRange(0, 1_000_000)
-        self.steps_spin.setValue(200)
-        self.steps_spin.setSpecialValueText("no limit")
-        self.steps_spin.setToolTip("Optimisation steps (no limit: only the time budget counts)")
         self.minutes_spin = QDoubleSpinBox()
         self.minutes_spin.setRange(0.0, 24 * 60.0)
         self.minutes_spin.setDecimals(1)
+        self.minutes_spin.setValue(DEFAULT_MINUTES)
         self.minutes_spin.setSpecialValueText("no limit")
         self.minutes_spin.setSuffix(" min")
         self.minutes_spin.setToolTip("Time budget; training stops after the step that exceeds it")
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(0, 1_000_000)
+        self.steps_spin.setValue(0)
+        self.steps_spin.setSpecialValueText("no limit")
+        self.steps_spin.setToolTip("Optimisation steps (no limit: only the time budget counts)")
         self.lr_spin = QDoubleSpinBox()
         self.lr_spin.setDecimals(6)
         self.lr_spin.setRange(0.0, 1.0)
         self.lr_spin.setSingleStep(1e-5)
-        self.lr_spin.setValue(1e-4)
+        self.lr_spin.setValue(0.0)
         self.lr_spin.setSpecialValueText("default")
-        self.lr_spin.setToolTip("Learning rate of the Adam optimiser")
+        self.lr_spin.setToolTip(
+            "Learning rate of the Adam optimiser (default 2e-4, decaying over the budget)"
+        )
         self.preview_spin = QSpinBox()
         self.preview_spin.setRange(0, 1_000_000)
         self.preview_spin.setValue(0)
@@ -207,11 +265,12 @@ class FinetuneWidget(JobWidget, ModelChoice):
         form = QFormLayout()
         form.addRow("Images", self.images_list)
         form.addRow("Annotations", self.labels_combo)
-        form.addRow("", self.new_labels_button)
+        form.addRow(_row(self.new_labels_button, self.correct_button))
+        form.addRow(_row(self.paint_object_button, self.paint_background_button))
         form.addRow(convention)
         form.addRow("Base model", self.model_combo)
-        form.addRow("Steps", self.steps_spin)
         form.addRow("Time budget", self.minutes_spin)
+        form.addRow("Steps", self.steps_spin)
         form.addRow("Learning rate", self.lr_spin)
         form.addRow("Device", self.device_combo)
         form.addRow("Live preview every", self.preview_spin)
@@ -242,47 +301,127 @@ class FinetuneWidget(JobWidget, ModelChoice):
 
     # ------------------------------------------------------------------ annotations
 
+    def _first_image(self) -> tuple[Any, ImageInput, int] | None:
+        """The first chosen image layer, its snapshot and the base model's channels (or None, said)."""
+        images = self.images_list.layers()
+        if not images:
+            notify_error("No image layer: open an image (or File > Open Sample > Tiled U-Net) first.")
+            return None
+        try:
+            model, _ = self._model_value()
+            return images[0], image_input_from_layer(images[0]), self._in_channels(model)
+        except ValueError as exc:
+            notify_error(str(exc))
+            return None
+
+    def _add_annotation_layer(self, data: Any, kwargs: dict[str, Any]) -> Any:
+        layer = self.viewer.add_labels(data, **kwargs)
+        _neutral_background(layer)
+        layer.brush_size = 8
+        self.labels_combo.set_layer(layer)
+        return layer
+
     def new_annotation_layer(self) -> Any:
-        """Add an empty annotation layer over the first chosen image and choose it.
+        """Add an empty annotation layer over the first chosen image, choose it, paint an object.
 
         Returns
         -------
         napari.layers.Labels or None
             The new layer (None if there is no image layer).
         """
-        images = self.images_list.layers()
-        if not images:
-            notify_error("No image layer: open an image (or File > Open Sample > Tiled U-Net) first.")
+        first = self._first_image()
+        if first is None:
             return None
+        _, image, channels = first
         try:
-            image = image_input_from_layer(images[0])
-            model, _ = self._model_value()
-            data, kwargs = empty_annotation(image, self._in_channels(model))
+            data, kwargs = empty_annotation(image, channels)
         except ValueError as exc:
             notify_error(str(exc))
             return None
-        layer = self.viewer.add_labels(data, **kwargs)
-        self.labels_combo.set_layer(layer)
-        layer.selected_label = 2
-        layer.brush_size = 8
-        layer.mode = "paint"
+        layer = self._add_annotation_layer(data, kwargs)
+        self.paint_object()
         self.status.setText(ANNOTATION_CONVENTION)
         return layer
 
-    def training_pairs(self) -> list[tuple[Any, Any, str]]:
-        """``(ImageInput, annotation data, annotation name)`` for each chosen image."""
+    def correct_segmentation(self) -> Any:
+        """Copy the first image's segmentation into a corrections layer and choose it.
+
+        Returns
+        -------
+        napari.layers.Labels or None
+            The new layer (None, with a message, if the image has no segmentation yet).
+        """
+        first = self._first_image()
+        if first is None:
+            return None
+        layer, image, channels = first
+        seg = segmentation_for(layer.name, self.viewer.layers)
+        if seg is None:
+            notify_error(f"No segmentation of '{layer.name}' yet: run Segment first.")
+            return None
+        try:
+            data, kwargs = correction_annotation(image, seg.data, channels)
+        except ValueError as exc:
+            notify_error(str(exc))
+            return None
+        new = self._add_annotation_layer(data, kwargs)
+        seg.visible = False  # the copy shows the same objects; the original stays as it was
+        self.paint_background()
+        self.status.setText(
+            "Correct the copy: paint background (1) or erase over false objects, 'Paint object' for "
+            "missed ones, and split merged objects by painting one part with a new id. Every pixel counts."
+        )
+        return new
+
+    def _paint_target(self) -> Any:
+        layer = self.labels_combo.layer()
+        if layer is None:
+            return self.new_annotation_layer()
+        selection = self.viewer.layers.selection
+        selection.active = layer
+        layer.mode = "paint"
+        return layer
+
+    def paint_object(self) -> None:
+        """Paint a new object: the annotation layer gets the next free id (>= 2) and the brush."""
+        layer = self._paint_target()
+        if layer is not None:
+            layer.selected_label = next_object_id(layer.data)
+            _neutral_background(layer)
+
+    def paint_background(self) -> None:
+        """Paint background: the annotation layer gets label 1 and the brush."""
+        layer = self._paint_target()
+        if layer is not None:
+            layer.selected_label = BACKGROUND
+
+    def training_pairs(self) -> list[AnnotationInput]:
+        """The chosen images, each with its annotation layer, read on the GUI thread.
+
+        The layer chosen under *Annotations* goes with the image it was made for, if that image
+        is chosen, else with the first image; the other images use the layer made for them.
+        """
         images = self.images_list.layers()
         if not images:
             raise ValueError("No image layer chosen: select the image(s) to train on.")
         chosen = self.labels_combo.layer()
+        names = [layer.name for layer in images]
+        owner = (chosen.metadata.get(METADATA_KEY) or {}).get("annotates") if chosen is not None else None
+        owner = owner if owner in names else names[0]
         pairs = []
         for layer in images:
-            labels = annotation_for(layer.name, self.viewer.layers) or chosen
+            labels = (
+                chosen
+                if layer.name == owner and chosen is not None
+                else annotation_for(layer.name, self.viewer.layers)
+            )
             if labels is None:
                 raise ValueError(
                     f"No annotation layer for '{layer.name}': click 'New annotation layer' and paint."
                 )
-            pairs.append((image_input_from_layer(layer), labels.data, labels.name))
+            kind, note = annotation_kind(labels)
+            pairs.append(AnnotationInput(image_input_from_layer(layer), labels.data, labels.name, kind))
+            self._notes.append(note)
         return pairs
 
     # ------------------------------------------------------------------ training
@@ -297,14 +436,18 @@ class FinetuneWidget(JobWidget, ModelChoice):
             minutes=self.minutes_spin.value(),
             learning_rate=self.lr_spin.value(),
             device=self.device_combo.currentText(),
+            preview_every=int(self.preview_spin.value()),
         )
 
     def start(self) -> None:
         """Collect the annotated planes and start fine-tuning (ignored while running)."""
         if self._worker is not None:
             return
+        self._notes: list[str] = []
         try:
             request = self.request()
+            if request.steps <= 0 and request.minutes <= 0:
+                raise ValueError("Give a number of steps or a time budget in minutes.")
             if request.base_model is not None:
                 # read the base model once: its channels shape the data, and the job trains it
                 from tiled_unet.core.checkpoint import resolve_model
@@ -313,29 +456,21 @@ class FinetuneWidget(JobWidget, ModelChoice):
             data: TrainingData = collect_training_data(
                 self.training_pairs(), in_channels=self._in_channels(request.base_model)
             )
-            if request.steps <= 0 and request.minutes <= 0:
-                raise ValueError("Give a number of steps or a time budget in minutes.")
         except ValueError as exc:  # includes CheckpointError
             notify_error(str(exc))
             return
-        for warning in data.warnings:
-            notify_warning(warning)
         self._cancel.clear()
         self.plot.clear()
         self._set_running(True)
-        self._run_text = f"Fine-tuning on {len(data.labels)} annotated plane(s), {data.n_objects} object(s)…"
+        self._budget_seconds = 60.0 * request.minutes if request.steps <= 0 else 0.0
+        notes = " ".join(dict.fromkeys(self._notes))
+        self._run_text = f"Fine-tuning on {len(data.labels)} plane(s), {data.n_objects} object(s). {notes}"
         self.status.setText(self._run_text)
-        extra: dict[str, Any] = {}
-        preview_every = int(self.preview_spin.value())
         self._preview_run += 1
         self._preview_pending = None
-        self._preview_source = None
-        if preview_every > 0:
-            from tiled_unet.core.train import train_iter
-
-            self._preview_source = self.images_list.layers()[0]
-            extra["train_iter"] = functools.partial(train_iter, preview_every=preview_every)
-        self._start(finetune_job, data, request, cancel=self._cancel.is_set, **extra)
+        self._preview_source = self.images_list.layers()[0] if request.preview_every > 0 else None
+        self._preview_above = self.labels_combo.layer()
+        self._start(finetune_job, data, request, cancel=self._cancel.is_set)
 
     def cancel(self) -> None:
         """Stop training at the next step; the previous model stays."""
@@ -352,7 +487,8 @@ class FinetuneWidget(JobWidget, ModelChoice):
             self._preview_worker.quit()
 
     def _set_running(self, running: bool) -> None:
-        self.start_button.setEnabled(not running)
+        for widget in (self.start_button, self.new_labels_button, self.correct_button):
+            widget.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         self.save_button.setEnabled(not running and self.session.current is not None)
         if running:
@@ -360,10 +496,18 @@ class FinetuneWidget(JobWidget, ModelChoice):
             self.progress.setFormat("preparing…")
 
     def _on_progress(self, progress: Any) -> None:
+        from tiled_unet.core.finetune import FinetuneStage
+
+        if isinstance(progress, FinetuneStage):
+            self.progress.setFormat(progress.message)
+            return
         n = int(progress.n_steps or 0)
         if n:
             self.progress.setRange(0, n)
             self.progress.setValue(min(int(progress.step), n))
+        elif self._budget_seconds > 0:
+            self.progress.setRange(0, int(self._budget_seconds))
+            self.progress.setValue(min(int(progress.seconds), int(self._budget_seconds)))
         self.progress.setFormat(train_progress_text(progress))
         self.plot.add(int(progress.step), float(progress.loss))
         snapshot = getattr(progress, "checkpoint", None)
@@ -430,8 +574,8 @@ class FinetuneWidget(JobWidget, ModelChoice):
         self.preview_layer = layer
         self.preview_updates += 1
         where = f", plane {target.plane}" if target.plane is not None else ""
-        text = f"Preview: step {step}{where} ({seconds:.1f} s)."
-        self.status.setText(f"{self._run_text} {text}" if self.running else text)
+        if self.running:  # after the run, its final message stays
+            self.status.setText(f"{self._run_text} Preview: step {step}{where} ({seconds:.1f} s).")
 
     def _preview_layer_for(self, target: PreviewTarget) -> Any:
         """Our unedited preview layer of this image, or None (layers edited by hand are the user's)."""
@@ -449,7 +593,7 @@ class FinetuneWidget(JobWidget, ModelChoice):
         return None
 
     def _add_preview_layer(self, data: Any, target: PreviewTarget) -> Any:
-        """Add the preview layer just above its image, keeping the user's layer selection."""
+        """Add the preview layer on top, just under the annotation layer, keeping the selection."""
         from napari.layers import Labels
 
         layers = self.viewer.layers
@@ -458,8 +602,8 @@ class FinetuneWidget(JobWidget, ModelChoice):
             data, name=f"{target.image.name} preview", scale=scale, translate=translate, opacity=0.5
         )
         selected, active = list(layers.selection), layers.selection.active
-        source = self._preview_source
-        index = layers.index(source) + 1 if source is not None and source in layers else len(layers)
+        above = self._preview_above
+        index = layers.index(above) if above is not None and above in layers else len(layers)
         layers.insert(index, layer)
         layers.selection.clear()
         layers.selection.update(selected)
@@ -478,18 +622,19 @@ class FinetuneWidget(JobWidget, ModelChoice):
             self.request_preview(pending[0], pending[1])
 
     def _on_result(self, result: FinetuneResult | None) -> None:
-        """Make the new model current (GUI thread); None means the run was cancelled."""
+        """Make the new model current if it passed the check (GUI thread); None: cancelled."""
         if result is None:
             self._on_abort()
             return
         self.last_result = result
         loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
-        label = f"fine-tuned ({result.steps} steps)"
-        self.status.setText(
-            f"Fine-tuned {result.steps} steps in {result.seconds:.0f} s{loss}. "
-            "The Segment widget now uses this model."
-        )
-        self.session.set_current(result.checkpoint, label)
+        done = f"Fine-tuned {result.steps} steps in {result.seconds:.0f} s{loss}. {result.summary}"
+        if not result.accepted:
+            notify_warning(result.summary)
+            self.status.setText(f"{done} The previous model is unchanged.")
+            return
+        self.status.setText(f"{done} The Segment widget now uses this model.")
+        self.session.set_current(result.checkpoint, f"fine-tuned ({result.steps} steps)")
 
     def _on_error(self, exc: BaseException) -> None:
         message = self._report(exc, "Fine-tuning failed")

@@ -4,6 +4,12 @@ Examples::
 
     tiled-unet train --images imgs/ --labels labels/ --out my.pt --init nuclei --steps 500
     tiled-unet train --images a.tif b.tif --labels la/ --out em.pt --targets semantic --minutes 30
+    tiled-unet train --images imgs/ --labels painted/ --out mine.pt --init nuclei --sparse
+
+A fine-tune on sparse paint (``--sparse --init``) works as the Fine-tune widget does: device-sized
+defaults (a 2-minute budget), the base model holds the unannotated pixels, a quarter of the
+painted objects is held back, and the model is written only if it scores at least as well as
+its base on them (``--keep-worse`` writes it anyway; exit code 1 when it is not written).
 
 Every problem with the inputs (missing partner, shape mismatch, labels without annotated
 pixels, an existing ``--out``) is reported as one line before training starts. The model file
@@ -13,6 +19,7 @@ is written atomically at the end; an interrupted run writes nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from collections.abc import Sequence
@@ -74,7 +81,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     budget.add_argument("--steps", type=_positive_int, help="optimisation steps (default 1000)")
     budget.add_argument("--minutes", type=_positive_float, help="time budget instead of a step count")
     parser.add_argument(
-        "--sparse", action="store_true", help="labels are sparse: 0 unannotated, 1 bg, 2.. objects"
+        "--sparse",
+        action="store_true",
+        help="labels are sparse: 0 unannotated, 1 bg, 2.. objects; with --init the base model holds "
+        "the unannotated pixels and the result is checked on held-back objects",
+    )
+    parser.add_argument(
+        "--hold-back",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="with --sparse --init: fraction of painted objects kept out to check the result (default 0.25)",
+    )
+    parser.add_argument(
+        "--keep-worse",
+        action="store_true",
+        help="with --sparse --init: write the model even if it is worse than its base on held-back objects",
     )
     parser.add_argument("--val-images", nargs="+", metavar="PATH", help="validation images")
     parser.add_argument("--val-labels", nargs="+", metavar="PATH", help="validation labels")
@@ -85,7 +107,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     )
     parser.add_argument("--val-every", type=_positive_int, default=100, help="validate every N steps")
     parser.add_argument(
-        "--schedule", choices=("constant", "cosine"), default="constant", help="learning-rate schedule"
+        "--schedule",
+        choices=("constant", "cosine"),
+        default=None,
+        help="learning-rate schedule (default constant; cosine for --sparse --init)",
     )
     parser.add_argument(
         "--workers", type=int, default=0, help="processes drawing augmented patches in parallel (default 0)"
@@ -93,9 +118,23 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
     parser.add_argument("--name", help="model name recorded in the provenance")
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-    parser.add_argument("--lr", type=_positive_float, help="learning rate (default: adam 1e-4, sgd 1e-3)")
-    parser.add_argument("--patch", type=_positive_int, default=572, help="network input size of a patch")
-    parser.add_argument("--batch-size", type=_positive_int, default=1)
+    parser.add_argument(
+        "--lr",
+        type=_positive_float,
+        help="learning rate (default: adam 1e-4, sgd 1e-3; 2e-4 for --sparse --init)",
+    )
+    parser.add_argument(
+        "--patch",
+        type=_positive_int,
+        default=None,
+        help="network input size of a patch (default 572; --sparse --init: sized for the device)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="default 1 (--sparse --init: 4 on a CPU, 8 on a GPU)",
+    )
     parser.add_argument("--w0", type=float, default=10.0, help="border weight amplitude (paper: 10)")
     parser.add_argument(
         "--sigma", type=_positive_float, default=5.0, help="border weight width in px (paper: 5)"
@@ -145,6 +184,47 @@ def _describe(names: Sequence[str]) -> str:
     return f"{len(names)} images: {', '.join(names[:10])}{more}"
 
 
+def _settings(args: argparse.Namespace, painted_base: Any) -> Any:
+    """Training settings from the options; a fine-tune on paint gets the device-sized defaults."""
+    from tiled_unet.core.train import TrainSettings
+
+    given = {
+        "optimizer": args.optimizer,
+        "w0": args.w0,
+        "sigma": args.sigma,
+        "augment": not args.no_augment,
+        "zoom": tuple(args.zoom),
+        "val_every": args.val_every,
+        "seed": args.seed,
+        "device": args.device,
+        "workers": args.workers,
+    }
+    if painted_base is not None:
+        from tiled_unet.core.finetune import finetune_settings
+
+        base = finetune_settings(
+            painted_base.config,
+            device=args.device,
+            minutes=args.minutes,
+            steps=args.steps,
+            lr=args.lr,
+            patch=args.patch,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
+        changes = {**given, "schedule": args.schedule or base.schedule}
+        return dataclasses.replace(base, **changes)
+    return TrainSettings(
+        lr=args.lr,
+        steps=None if args.minutes else (args.steps or 1000),
+        minutes=args.minutes,
+        batch_size=args.batch_size or 1,
+        patch=args.patch or 572,
+        schedule=args.schedule or "constant",
+        **given,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``tiled-unet train``; return the exit code (0 ok, 2 bad input)."""
     from tqdm import tqdm
@@ -152,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     from tiled_unet.core.checkpoint import CheckpointError, resolve_model, save_checkpoint
     from tiled_unet.core.model import UNetConfig
     from tiled_unet.core.progress import drain
-    from tiled_unet.core.train import TrainSettings, train_iter
+    from tiled_unet.core.train import train_iter
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -162,24 +242,9 @@ def run(args: argparse.Namespace) -> int:
         _error("give both --val-images and --val-labels, or neither")
         return 2
     try:
-        settings = TrainSettings(
-            optimizer=args.optimizer,
-            lr=args.lr,
-            steps=None if args.minutes else (args.steps or 1000),
-            minutes=args.minutes,
-            batch_size=args.batch_size,
-            patch=args.patch,
-            w0=args.w0,
-            sigma=args.sigma,
-            augment=not args.no_augment,
-            zoom=tuple(args.zoom),
-            val_every=args.val_every,
-            seed=args.seed,
-            device=args.device,
-            schedule=args.schedule,
-            workers=args.workers,
-        )
         init = resolve_model(args.init) if args.init else None
+        painted = init is not None and args.sparse
+        settings = _settings(args, init if painted else None)
         if args.widen is not None:
             if init is None:
                 raise ValueError("--widen needs --init (the model to widen)")
@@ -213,21 +278,43 @@ def run(args: argparse.Namespace) -> int:
         if args.val_images:
             vi, vl, vn = _load_pairs(args.val_images, args.val_labels)
             val = {"val_images": vi, "val_labels": vl, "val_names": vn}
-        gen = train_iter(
-            images=images,
-            labels=labels,
-            settings=settings,
-            init=init,
-            config=config,
-            sparse=args.sparse,
-            names=names,
-            class_names=class_names,
-            data_description=_describe(names),
-            **val,
-        )
+        if painted and val:
+            raise ValueError(
+                "--sparse --init checks on held-back painted objects: leave out the validation data"
+            )
+        if painted:
+            from tiled_unet.core.finetune import HOLD_BACK, finetune_iter
+
+            gen = finetune_iter(
+                images=images,
+                labels=labels,
+                base=init,
+                settings=settings,
+                names=names,
+                hold_back_fraction=HOLD_BACK if args.hold_back is None else args.hold_back,
+                data_description=_describe(names),
+            )
+        else:
+            if args.hold_back is not None or args.keep_worse:
+                raise ValueError("--hold-back and --keep-worse need --sparse --init")
+            gen = train_iter(
+                images=images,
+                labels=labels,
+                settings=settings,
+                init=init,
+                config=config,
+                sparse=args.sparse,
+                names=names,
+                class_names=class_names,
+                data_description=_describe(names),
+                **val,
+            )
         bar = tqdm(total=settings.steps, disable=args.no_progress, unit="step", file=sys.stderr)
 
         def show(p: Any) -> None:
+            if not hasattr(p, "loss"):  # a stage of a fine-tune
+                bar.write(str(p.message))
+                return
             post = {"loss": f"{p.loss:.4f}"}
             if p.metrics:
                 bar.write(
@@ -245,6 +332,12 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, CheckpointError, FileNotFoundError, FloatingPointError) as exc:
         _error(str(exc).strip().splitlines()[0])
         return 2
+    if painted:
+        outcome, ckpt = ckpt, ckpt.checkpoint
+        sys.stderr.write(f"{PROG}: {outcome.summary()}\n")
+        if not outcome.accepted and not args.keep_worse:
+            _error(f"{out} not written: the fine-tuned model is not better (--keep-worse writes it anyway)")
+            return 1
     argv = getattr(args, "argv", None)
     ckpt.provenance["command"] = f"{PROG} " + shlex.join(
         ["train", *argv] if argv is not None else sys.argv[1:]

@@ -8,6 +8,7 @@ mirrored, so border pixels are trained with a full context window.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import numpy as np
 from .augment import AugmentSettings, extract_patch
 from .checkpoint import Normalization
 from .targets import AnnotationKind, TargetMode, Targets, make_targets
-from .weights import weight_map
+from .weights import class_weights, weight_map
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 
@@ -71,8 +72,17 @@ def prepare_image(
     boundary_class: int,
     w0: float,
     sigma: float,
+    prior: np.ndarray | None = None,
+    prior_weight: float = 0.0,
 ) -> TrainingImage:
     """Check one image/annotation pair and compute its targets and weight map.
+
+    ``prior`` (fine-tuning on sparse annotations) is a ``(Y, X)`` class map of what the base
+    model predicts, ``-1`` where it has nothing to say. Unannotated pixels with a prior are
+    trained towards it with ``prior_weight`` times their class weight, which holds the model
+    where nobody painted (the base was right there, or at least nobody said otherwise). The
+    class-balancing weights then come from the painted classes *plus* the prior, so they
+    reflect the image's class frequencies, not how much of each class was painted.
 
     Raises
     ------
@@ -107,13 +117,33 @@ def prepare_image(
         raise ValueError(
             f"{name}: labels have no annotated pixel (sparse labels: paint 1 = background, 2.. = objects)"
         )
+    per_class = None
+    if prior is not None:
+        targets, fill, per_class = _with_prior(targets, np.asarray(prior), name)
     weights = weight_map(
-        targets, w0=w0, sigma=sigma, boundary_class=boundary_class if mode == "instance" else -1
+        targets,
+        w0=w0,
+        sigma=sigma,
+        boundary_class=boundary_class if mode == "instance" else -1,
+        per_class=per_class,
     )
+    if per_class is not None:
+        weights[fill] = (prior_weight * per_class[targets.classes[fill]]).astype(np.float32)
     norm = normalization(img)
     return TrainingImage(
         name=name, image=np.ascontiguousarray(norm, np.float32), targets=targets, weights=weights
     )
+
+
+def _with_prior(targets: Targets, prior: np.ndarray, name: str) -> tuple[Targets, np.ndarray, np.ndarray]:
+    """Targets with the prior's classes on unannotated pixels; the filled mask; class weights."""
+    if prior.shape != targets.classes.shape:
+        raise ValueError(f"{name}: prior shape {prior.shape} does not match labels {targets.classes.shape}")
+    fill = ~targets.annotated & (prior >= 0)
+    classes = np.where(fill, prior, targets.classes).astype(np.int64)
+    per_class = class_weights(classes[targets.annotated | fill])
+    # ``annotated`` stays the painted mask: patches are centred on paint
+    return dataclasses.replace(targets, classes=classes), fill, per_class
 
 
 class PatchSampler:

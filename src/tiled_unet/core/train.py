@@ -279,6 +279,8 @@ def train_iter(
     class_names: Sequence[str] | None = None,
     data_description: str | None = None,
     preview_every: int = 0,
+    priors: Sequence[np.ndarray | None] | None = None,
+    prior_weight: float = 0.5,
 ) -> Generator[TrainProgress, None, Checkpoint | None]:
     """Train a U-Net, yielding progress after every step; return the trained checkpoint.
 
@@ -309,6 +311,12 @@ def train_iter(
     preview_every : int
         If > 0, every this many steps the yielded progress carries ``checkpoint``, a snapshot
         of the current weights (copied to the CPU), e.g. to segment a live preview. 0: never.
+    priors : sequence of np.ndarray or None, optional
+        Per training image, a ``(Y, X)`` class map (``-1`` = none) that unannotated pixels are
+        trained towards, e.g. the base model's confident predictions
+        (:func:`~.finetune.base_prior`); see :func:`~.data.prepare_image`.
+    prior_weight : float
+        Weight of prior pixels relative to painted pixels of the same class.
 
     Yields
     ------
@@ -343,9 +351,18 @@ def train_iter(
     out_size = output_size(settings.patch, cfg)
     names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
 
+    if priors is not None and len(priors) != len(images):
+        raise ValueError(f"{len(priors)} priors for {len(images)} training images")
+    if not prior_weight >= 0:
+        raise ValueError(f"prior_weight must be >= 0, got {prior_weight}")
+
     def prepare(
-        imgs: Sequence[np.ndarray], labs: Sequence[np.ndarray], nms: Sequence[str]
+        imgs: Sequence[np.ndarray],
+        labs: Sequence[np.ndarray],
+        nms: Sequence[str],
+        pri: Sequence[np.ndarray | None] | None = None,
     ) -> list[TrainingImage]:
+        pri = pri if pri is not None else [None] * len(imgs)
         return [
             prepare_image(
                 im,
@@ -359,11 +376,17 @@ def train_iter(
                 boundary_class=boundary_class,
                 w0=settings.w0,
                 sigma=settings.sigma,
+                prior=pr,
+                prior_weight=prior_weight,
             )
-            for im, lb, nm in zip(imgs, labs, nms, strict=True)
+            for im, lb, nm, pr in zip(imgs, labs, nms, pri, strict=True)
         ]
 
-    train_items = prepare(images, labels, names)
+    train_items = prepare(images, labels, names, priors)
+    if sparse and mode == "instance" and not any(np.any(it.targets.instances > 0) for it in train_items):
+        raise ValueError(
+            "only background (1) is painted: paint some objects with ids 2, 3, ... before training"
+        )
     val_items: list[TrainingImage] = []
     if val_images is not None and val_labels is not None:
         if len(val_images) != len(val_labels):

@@ -53,13 +53,30 @@ def class_balance(classes: np.ndarray, annotated: np.ndarray) -> np.ndarray:
     out = np.zeros(np.shape(classes), np.float32)
     if cls.size == 0:
         return out
-    counts = np.bincount(cls.astype(np.int64))
+    out[annotated] = class_weights(cls)[cls].astype(np.float32)
+    return out
+
+
+def class_weights(classes: np.ndarray) -> np.ndarray:
+    """Per-class balancing weights ``n / (K * n_k)`` of the given class indices.
+
+    Parameters
+    ----------
+    classes : np.ndarray
+        Non-negative integer class indices (any shape), e.g. those of the annotated pixels.
+
+    Returns
+    -------
+    np.ndarray
+        ``(max class + 1,)`` float64; 0 for classes that do not occur.
+    """
+    cls = np.asarray(classes).ravel().astype(np.int64)
+    counts = np.bincount(cls)
     present = np.count_nonzero(counts)
     per_class = np.zeros(counts.shape, np.float64)
     nz = counts > 0
     per_class[nz] = cls.size / (present * counts[nz])
-    out[annotated] = per_class[cls].astype(np.float32)
-    return out
+    return per_class
 
 
 def border_distances(
@@ -114,6 +131,7 @@ def weight_map(
     balance: bool = True,
     boundary_class: int = -1,
     truncate: float | None = 4.0,
+    per_class: np.ndarray | None = None,
 ) -> np.ndarray:
     """The paper's weight map ``w(x) = w_c(x) + w0 exp(-(d1 + d2)^2 / (2 sigma^2))``.
 
@@ -131,6 +149,10 @@ def weight_map(
         Class index of object boundaries (those pixels also get the border term); -1 = none.
     truncate : float or None
         Drop the border term where ``d1 + d2 > truncate * sigma`` (see the module notes).
+    per_class : np.ndarray, optional
+        With ``balance``: the class-balancing weight of each class (e.g. from
+        :func:`class_weights` of a denser class map than the annotation); default: computed
+        from the annotated pixels.
 
     Returns
     -------
@@ -142,7 +164,11 @@ def weight_map(
     if w0 < 0:
         raise ValueError(f"w0 must be >= 0, got {w0}")
     annotated = np.asarray(targets.annotated, bool)
-    if balance:
+    if balance and per_class is not None:
+        table = np.zeros(max(len(per_class), int(targets.classes.max(initial=0)) + 1), np.float64)
+        table[: len(per_class)] = per_class
+        w = np.where(annotated, table[np.asarray(targets.classes)], 0.0).astype(np.float32)
+    elif balance:
         w = class_balance(targets.classes, annotated)
     else:
         w = annotated.astype(np.float32)

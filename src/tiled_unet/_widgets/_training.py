@@ -1,0 +1,430 @@
+"""Qt-free logic behind the Fine-tune widget: annotation layers, how they are read, the job.
+
+Three kinds of annotation layer are read (:func:`annotation_kind`):
+
+``"sparse"``
+    What *New annotation layer* makes: 0 = not annotated, 1 = background, 2, 3, ... = one id
+    per object. Only painted pixels are trained on (and the base model holds the rest, see
+    :mod:`tiled_unet.core.finetune`).
+``"corrections"``
+    What *Correct the segmentation* makes: a copy of the segmentation (objects as ids >= 2,
+    the rest 1) that the user edits. Every pixel counts: 0 (erased) and 1 are background.
+``"dense"``
+    A segmentation result, or any layer of dense instance labels (0 = background, every
+    other id one object), e.g. a ground truth opened from a file. Every pixel counts.
+
+Every kind is converted to the sparse encoding the core trains on (:func:`training_labels`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ._logic import METADATA_KEY, ImageInput, image_axes, result_transform, spatial_shape
+
+Kind = Literal["sparse", "corrections", "dense"]
+
+#: One-line explanation of the sparse annotation convention, shown in the Fine-tune widget.
+ANNOTATION_CONVENTION = "Paint 1 = background, 2, 3, … = one id per object; 0 = not annotated."
+#: Label of the base-model choice that trains a new network (the paper's architecture).
+FROM_SCRATCH = "new U-Net (from scratch)"
+#: Label painted by *Paint background*.
+BACKGROUND = 1
+
+_KIND_NOTES = {
+    "sparse": "read as sparse annotations (0 = not annotated, 1 = background, 2.. = objects)",
+    "corrections": "read as corrections of a segmentation (every pixel counts; 0 and 1 = background)",
+    "dense": "read as dense instance labels (every pixel counts; 0 = background, each id one object)",
+}
+
+
+# --------------------------------------------------------------------------- annotation layers
+
+
+def _info(layer: Any) -> dict[str, Any]:
+    info = (getattr(layer, "metadata", None) or {}).get(METADATA_KEY)
+    return info if isinstance(info, dict) else {}
+
+
+def annotation_layer_kwargs(image: ImageInput, axes: str, name: str, kind: Kind) -> dict[str, Any]:
+    """``add_labels`` keyword arguments of an annotation layer of ``kind`` over ``image``."""
+    scale, translate = result_transform(image, axes, "instances")
+    return {
+        "name": name,
+        "scale": scale,
+        "translate": translate,
+        "metadata": {METADATA_KEY: {"annotates": image.name, "annotation": kind}},
+    }
+
+
+def empty_annotation(image: ImageInput, in_channels: int = 1) -> tuple[np.ndarray, dict[str, Any]]:
+    """Zeros for a new (sparse) annotation layer over ``image``, with the kwargs of ``add_labels``.
+
+    The array has the image's spatial shape (no channel axis), uint16 (room for 65,534
+    objects), and the image's scale and translate.
+    """
+    axes = image_axes(image, in_channels)
+    shape = spatial_shape(image.shape, axes)
+    kwargs = annotation_layer_kwargs(image, axes, f"{image.name} annotations", "sparse")
+    return np.zeros(shape, dtype=np.uint16), kwargs
+
+
+def segmentation_for(image_name: str, layers: Iterable[Any]) -> Any:
+    """The newest instance segmentation layer the Segment widget wrote for ``image_name``."""
+    for layer in reversed(list(layers)):
+        info = _info(layer)
+        if info.get("source") == image_name and info.get("output") == "instances":
+            return layer
+    return None
+
+
+def correction_annotation(
+    image: ImageInput, segmentation: Any, in_channels: int = 1
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A corrections layer from a segmentation: objects as ids >= 2, everything else 1.
+
+    Raises
+    ------
+    ValueError
+        If the segmentation does not match the image, or holds too many objects for uint16.
+    """
+    axes = image_axes(image, in_channels)
+    want = spatial_shape(image.shape, axes)
+    seg = np.asarray(segmentation)
+    if tuple(seg.shape) != want:
+        raise ValueError(
+            f"The segmentation has shape {tuple(seg.shape)} but image '{image.name}' has {want}."
+        )
+    if seg.size and int(seg.max()) >= np.iinfo(np.uint16).max - 1:
+        raise ValueError(f"The segmentation has {int(seg.max())} objects: too many to correct by hand.")
+    data = np.where(seg > 0, seg.astype(np.int64) + 1, BACKGROUND).astype(np.uint16)
+    return data, annotation_layer_kwargs(image, axes, f"{image.name} corrections", "corrections")
+
+
+def annotation_for(image_name: str, layers: Iterable[Any]) -> Any:
+    """The newest annotation or corrections layer made for ``image_name``, if any."""
+    for layer in reversed(list(layers)):
+        if _info(layer).get("annotates") == image_name:
+            return layer
+    return None
+
+
+def looks_dense(labels: np.ndarray) -> bool:
+    """Whether a labels array looks like dense instance labels rather than sparse paint.
+
+    In dense labels, 1 is an object like the others: one compact region without holes, not
+    much larger than the median object. Sparse background paint (1) is usually several strokes
+    or rings around objects.
+    """
+    from scipy import ndimage as ndi
+
+    lab = np.asarray(labels)
+    ids, counts = np.unique(lab, return_counts=True)
+    if 0 not in ids or BACKGROUND not in ids or np.count_nonzero(ids >= 2) < 2:
+        return False
+    area1 = int(counts[ids == BACKGROUND][0])
+    if area1 > 3 * float(np.median(counts[ids >= 2])):
+        return False
+    mask = lab == BACKGROUND
+    _, n = ndi.label(mask)
+    return n == 1 and not np.any(ndi.binary_fill_holes(mask) & ~mask)
+
+
+def annotation_kind(layer: Any, data: np.ndarray | None = None) -> tuple[Kind, str]:
+    """How a Labels layer chosen as annotations is read, and a one-line note saying so.
+
+    Layers this plugin made say what they are in their metadata; a segmentation result is
+    dense; any other layer is dense when :func:`looks_dense`, else sparse.
+    """
+    info = _info(layer)
+    kind: Kind
+    if info.get("annotation") in _KIND_NOTES:
+        kind = info["annotation"]
+    elif info.get("output") == "instances":
+        kind = "dense"
+    else:
+        kind = "dense" if looks_dense(np.asarray(layer.data if data is None else data)) else "sparse"
+    return kind, f"'{layer.name}' {_KIND_NOTES[kind]}."
+
+
+def training_labels(labels: np.ndarray, kind: Kind) -> np.ndarray:
+    """An annotation of any kind in the sparse encoding the core trains on."""
+    lab = np.asarray(labels)
+    if kind == "sparse":
+        return lab
+    if kind == "corrections":
+        return np.where(lab >= 2, lab, BACKGROUND).astype(np.int32)
+    from tiled_unet.core.finetune import sparse_from_dense
+
+    return sparse_from_dense(lab)
+
+
+def next_object_id(labels: Any) -> int:
+    """The label *Paint object* selects: one above the largest id in use, at least 2."""
+    arr = np.asarray(labels)
+    return max(int(arr.max(initial=0)) + 1, 2)
+
+
+# --------------------------------------------------------------------------- training data
+
+
+@dataclass
+class TrainingData:
+    """Planes that carry annotations, in the sparse encoding, ready for the core."""
+
+    images: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    n_objects: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AnnotationInput:
+    """One image and the annotation layer chosen for it, read on the GUI thread."""
+
+    image: ImageInput
+    data: Any
+    name: str
+    kind: Kind = "sparse"
+
+
+def _plane(array: Any, axis: int, index: int) -> Any:
+    """``array`` at ``index`` along ``axis`` (works for numpy and dask without loading the rest)."""
+    return array[(slice(None),) * axis + (index,)]
+
+
+def _painted(lab: np.ndarray, kind: Kind) -> bool:
+    """Whether a plane says anything: sparse paint, or objects in a dense/corrections plane."""
+    return bool(lab.any()) if kind == "sparse" else bool(np.any(lab >= (2 if kind == "corrections" else 1)))
+
+
+def collect_training_data(pairs: Sequence[AnnotationInput], *, in_channels: int = 1) -> TrainingData:
+    """Gather the annotated planes of each image, converted to the sparse encoding.
+
+    Only planes of a stack that carry annotations are used (each plane is read once, so a
+    dask-backed stack is not loaded whole).
+
+    Raises
+    ------
+    ValueError
+        With a message for the user: no pairs, an annotation whose shape differs from the
+        image's spatial shape, nothing painted, or no object painted (only background).
+    """
+    if not pairs:
+        raise ValueError("Choose an image layer and an annotation (Labels) layer.")
+    out = TrainingData()
+    for pair in pairs:
+        image = pair.image
+        axes = image_axes(image, in_channels)
+        want = spatial_shape(image.shape, axes)
+        got = tuple(int(s) for s in pair.data.shape)
+        if got != want:
+            raise ValueError(
+                f"Annotations '{pair.name}' have shape {got} but image '{image.name}' has spatial "
+                f"shape {want}; use 'New annotation layer' to create a matching one."
+            )
+        stacked = any(a in "ZT" for a in axes)
+        plane_axis = axes.replace("C", "").index("Z" if "Z" in axes else "T") if stacked else None
+        image_plane_axis = axes.index("Z" if "Z" in axes else "T") if stacked else None
+        for p in range(want[plane_axis] if stacked else 1):
+            lab = np.asarray(_plane(pair.data, plane_axis, p) if stacked else pair.data)
+            if not _painted(lab, pair.kind):
+                continue
+            sparse = training_labels(lab, pair.kind)
+            out.images.append(np.asarray(_plane(image.data, image_plane_axis, p) if stacked else image.data))
+            out.labels.append(sparse)
+            out.sources.append(f"{image.name}[{p}]" if stacked else image.name)
+            out.n_objects += int(np.count_nonzero(np.unique(sparse) >= 2))
+    if not out.labels:
+        names = ", ".join(repr(p.name) for p in pairs)
+        raise ValueError(f"Nothing is painted in {names}: {ANNOTATION_CONVENTION}")
+    if out.n_objects == 0:
+        raise ValueError(
+            "Only background (1) is painted: click 'Paint object' and paint some objects before training."
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- the job
+
+
+@dataclass(frozen=True)
+class FinetuneRequest:
+    """Settings of one fine-tuning run, read from the widget on the GUI thread.
+
+    Attributes
+    ----------
+    base_model : Checkpoint, str or None
+        Model to start from (a built-in name, a path, a checkpoint); None trains from scratch.
+    base_label : str
+        How the base model is named in the provenance.
+    steps : int
+        Optimisation steps (0: only the time budget limits).
+    minutes : float
+        Time budget in minutes (0: only the steps limit; both 0: the core's default budget).
+    learning_rate : float
+        Learning rate (0: the core's default).
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
+    preview_every : int
+        Yield a weight snapshot for the live preview every this many steps (0: never).
+    """
+
+    base_model: Any
+    base_label: str = ""
+    steps: int = 0
+    minutes: float = 0.0
+    learning_rate: float = 0.0
+    device: str = "auto"
+    preview_every: int = 0
+
+    def settings(self, config: Any) -> Any:
+        """The core's ``TrainSettings`` for this request.
+
+        See :func:`tiled_unet.core.finetune.finetune_settings`.
+        """
+        from tiled_unet.core.finetune import finetune_settings
+
+        return finetune_settings(
+            config,
+            device=self.device,
+            steps=int(self.steps) if self.steps > 0 else None,
+            minutes=float(self.minutes) if self.minutes > 0 else None,
+            lr=float(self.learning_rate) if self.learning_rate > 0 else None,
+        )
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What a fine-tuning job returns to the GUI thread."""
+
+    checkpoint: Any
+    steps: int
+    seconds: float
+    final_loss: float | None
+    accepted: bool = True
+    summary: str = ""
+
+
+def finetune_job(
+    data: TrainingData,
+    request: FinetuneRequest,
+    *,
+    cancel: Callable[[], bool] | None = None,
+    train_iter: Callable[..., Generator[Any, None, Any]] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Generator[Any, None, FinetuneResult | None]:
+    """Fine-tune the base model on ``data`` (worker thread); returns a :class:`FinetuneResult`.
+
+    Yields the core's ``FinetuneStage`` messages and ``TrainProgress``. With a base model the
+    run goes through :func:`tiled_unet.core.finetune.finetune_iter` (prior on unannotated pixels,
+    held-back check); from scratch it trains on the paint alone. Returns None if cancelled.
+    ``train_iter`` replaces the core's training loop (tests).
+    """
+    from tiled_unet.core.checkpoint import now_iso, resolve_model
+    from tiled_unet.core.finetune import FinetuneStage, finetune_iter
+    from tiled_unet.core.model import UNetConfig
+
+    if train_iter is None:
+        from tiled_unet.core.train import train_iter
+    start = time.perf_counter()
+    base = resolve_model(request.base_model) if request.base_model is not None else None
+    settings = request.settings(base.config if base is not None else UNetConfig(n_classes=3))
+    common = {"images": data.images, "labels": data.labels, "settings": settings, "cancel": cancel}
+    common["names"] = list(data.sources)
+    if request.preview_every > 0:
+        common["preview_every"] = int(request.preview_every)
+    last = None
+    if base is not None:
+        gen = finetune_iter(base=base, train_iter=train_iter, **common)
+    else:
+        yield FinetuneStage("Computing training targets and weights…")
+        gen = train_iter(init=None, sparse=True, **common)
+    while True:
+        try:
+            progress = next(gen)
+        except StopIteration as stop:
+            value = stop.value
+            break
+        if not isinstance(progress, FinetuneStage):
+            last = progress
+        yield progress
+    if base is not None:
+        ckpt, accepted, summary = value.checkpoint, value.accepted, value.summary()
+    else:
+        ckpt, accepted, summary = value, True, "Trained from scratch (no base model to compare with)."
+    if ckpt is None:
+        return None
+    extra = {
+        "base_model": request.base_label or (str(request.base_model) if base is not None else FROM_SCRATCH),
+        "trained_on": list(data.sources),
+        "annotated_objects": int(data.n_objects),
+        "finetuned_with": "napari-tiled-unet Fine-tune widget",
+        "date": now_iso(),
+        **(provenance or {}),
+    }
+    ckpt = dataclasses.replace(ckpt, provenance={**dict(getattr(ckpt, "provenance", {}) or {}), **extra})
+    loss = getattr(last, "loss", None)
+    return FinetuneResult(
+        checkpoint=ckpt,
+        steps=int(getattr(last, "step", 0) or 0),
+        seconds=time.perf_counter() - start,
+        final_loss=None if loss is None else float(loss),
+        accepted=accepted,
+        summary=summary,
+    )
+
+
+class LossHistory:
+    """Loss values per step with an exponential moving average, for the live plot."""
+
+    def __init__(self, smoothing: float = 0.9) -> None:
+        self.smoothing = float(smoothing)
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+
+    def append(self, step: int, loss: float) -> None:
+        """Record ``loss`` at ``step`` (non-finite values are skipped)."""
+        loss = float(loss)
+        if not np.isfinite(loss):
+            return
+        ema = loss if not self.smoothed else self.smoothing * self.smoothed[-1] + (1 - self.smoothing) * loss
+        self.steps.append(int(step))
+        self.losses.append(loss)
+        self.smoothed.append(ema)
+
+    def clear(self) -> None:
+        """Forget all values."""
+        self.steps.clear()
+        self.losses.clear()
+        self.smoothed.clear()
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+def train_progress_text(progress: Any) -> str:
+    """One line for the core's ``TrainProgress`` (step, n_steps, loss, seconds, metrics).
+
+    With a time budget only (``n_steps`` 0) the step count stands alone.
+    """
+    n = int(progress.n_steps)
+    text = f"step {int(progress.step)}" + (f"/{n}" if n else "") + f", loss {float(progress.loss):.4f}"
+    seconds = getattr(progress, "seconds", None)
+    if seconds:
+        text += f", {float(seconds):.0f} s"
+    metrics = getattr(progress, "metrics", None) or {}
+    for key, value in list(metrics.items())[:2]:
+        try:
+            text += f", {key} {float(value):.3f}"
+        except (TypeError, ValueError):
+            continue
+    return text

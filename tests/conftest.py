@@ -1,0 +1,51 @@
+"""Fixtures for all tests: tiny deterministic checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def make_intensity_checkpoint(threshold: float = 0.25, gain: float = 20.0, in_channels: int = 1):
+    """A tiny U-Net (depth 2, 4 features, 3 classes) whose object logit follows the input.
+
+    All weights are zero except an identity path through the first encoder block, the
+    level-0 skip connection and the last decoder block; the head turns the normalised
+    intensity ``x`` into logits ``(-g (x - t), g (x - t), -|g|)`` for background, object and
+    boundary. Bright regions therefore become objects, deterministically (dark ones if ``g < 0``).
+    """
+    import torch
+
+    from tiled_unet.core.checkpoint import Checkpoint
+    from tiled_unet.core.model import UNet, UNetConfig
+
+    config = UNetConfig(in_channels=in_channels, n_classes=3, depth=2, base_features=4, dropout=0.0)
+    model = UNet(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for block in (model.down[0], model.up[-1]):
+            block[0].weight[0, : in_channels if block is model.down[0] else 1, 1, 1] = 1.0 / (
+                in_channels if block is model.down[0] else 1
+            )
+            block[2].weight[0, 0, 1, 1] = 1.0
+        model.head.weight[:, 0, 0, 0] = torch.tensor([-gain, gain, 0.0])
+        model.head.bias[:] = torch.tensor([gain * threshold, -gain * threshold, -abs(gain)])
+    return Checkpoint.from_model(
+        model,
+        class_names=("background", "object", "boundary"),
+        object_class=1,
+        boundary_class=2,
+        provenance={"note": "test model: object logit follows intensity"},
+    )
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint():
+    """The factory :func:`make_intensity_checkpoint` (e.g. ``gain < 0`` finds dark regions)."""
+    return make_intensity_checkpoint
+
+
+@pytest.fixture(scope="session")
+def intensity_checkpoint():
+    """The deterministic tiny checkpoint (see :func:`make_intensity_checkpoint`)."""
+    return make_intensity_checkpoint()
