@@ -464,6 +464,8 @@ class FinetuneWidget(JobWidget, ModelChoice):
         self._set_running(True)
         self._budget_seconds = 60.0 * request.minutes if request.steps <= 0 else 0.0
         notes = " ".join(dict.fromkeys(self._notes))
+        for note in dict.fromkeys(self._notes):
+            notify_info(note)
         self._run_text = f"Fine-tuning on {len(data.labels)} plane(s), {data.n_objects} object(s). {notes}"
         self.status.setText(self._run_text)
         self._preview_run += 1
