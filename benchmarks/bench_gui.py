@@ -133,6 +133,80 @@ def gui_run(viewer: Any, widget: Any, image_name: str, timeout: float = 600.0) -
     }
 
 
+class PhaseStallProbe(StallProbe):
+    """A stall probe that files each stall under the phase ``phase()`` names when it ends."""
+
+    def __init__(self, phase: Any, period_ms: int = 10) -> None:
+        super().__init__(period_ms)
+        self.phase = phase
+        self.by_phase: dict[str, float] = {}
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        stall = now - self.last - self.period
+        name = self.phase()
+        self.by_phase[name] = max(self.by_phase.get(name, 0.0), stall)
+        super()._tick()
+
+
+def finetune_run(
+    viewer: Any, truth: np.ndarray, minutes: float, preview: int, timeout: float = 900.0
+) -> dict:
+    """Paint 40 % of the nuclei (+ a background ring), click Start, file GUI stalls by phase."""
+    from qtpy.QtCore import QEventLoop, QTimer
+    from qtpy.QtWidgets import QApplication
+    from scipy import ndimage as ndi
+
+    _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
+    QApplication.processEvents()
+    ann = ft.new_annotation_layer()
+    rng = np.random.default_rng(0)
+    ids = np.unique(truth)[1:]
+    chosen = rng.choice(ids, size=max(1, int(0.4 * len(ids))), replace=False)
+    painted = np.isin(truth, chosen)
+    data = np.zeros(truth.shape, np.uint16)
+    data[ndi.binary_dilation(painted, iterations=8) & (truth == 0)] = 1
+    for new, old in enumerate(chosen, start=2):
+        data[truth == old] = new
+    ann.data = data
+    ft.minutes_spin.setValue(minutes)
+    ft.steps_spin.setValue(0)
+    ft.preview_spin.setValue(preview)
+
+    def phase() -> str:
+        if not ft.running:
+            return "idle (result shown)"
+        text = ft.progress.format()
+        if text.startswith("step"):
+            return "training" + (" + preview" if ft.previewing else "")
+        return "preparing" if not len(ft.plot.history) else "checking held-back objects"
+
+    loop = QEventLoop()
+    poll = QTimer()
+    poll.setInterval(50)
+    poll.timeout.connect(lambda: None if ft.running else loop.quit())
+    probe = PhaseStallProbe(phase)
+    probe.start()
+    t0 = time.perf_counter()
+    ft.start_button.click()
+    poll.start()
+    QTimer.singleShot(int(timeout * 1000), loop.quit)
+    loop.exec()
+    seconds = time.perf_counter() - t0
+    # a moment after the end, while the Segment widget refreshes its result with the new model
+    end = QEventLoop()
+    QTimer.singleShot(3000, end.quit)
+    end.exec()
+    probe.stop()
+    poll.stop()
+    return {
+        "seconds": seconds,
+        "steps": len(ft.plot.history),
+        "stalls": probe.by_phase,
+        "status": ft.status.text(),
+    }
+
+
 def core_run(image: np.ndarray, model: str, device: str) -> float:
     from tiled_unet.core.checkpoint import resolve_model
     from tiled_unet.core.predict import segment
@@ -147,6 +221,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--device", default="auto", help="device chosen in the widget and for the core run")
+    parser.add_argument(
+        "--finetune", type=float, default=0.0, metavar="MIN", help="then fine-tune for MIN minutes (0: skip)"
+    )
+    parser.add_argument(
+        "--preview", type=int, default=20, help="live preview every N steps while fine-tuning"
+    )
     args = parser.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="bench-gui-")
@@ -192,6 +272,22 @@ def main() -> None:
             f"{r['stall_at'] - r['stall']:.2f}..{r['stall_at']:.2f} | {r['ticks']} | {r['objects']:.0f} "
             f"| {core[-1]:.2f} |"
         )
+    if args.finetune > 0:
+        from tiled_unet._sample_data import nuclei_with_labels
+
+        (img, _, _), (truth, _, _) = nuclei_with_labels()
+        viewer.layers.clear()
+        viewer.add_image(img, name="sample", colormap="gray")
+        widget.image_combo.setCurrentText("sample")
+        gui_run(viewer, widget, "sample")  # a segmentation to refresh when the new model is used
+        ft = finetune_run(viewer, np.asarray(truth), args.finetune, args.preview)
+        print()
+        print(f"Fine-tune ({args.finetune} min budget, preview every {args.preview} steps, sample 520x696):")
+        print(f"{ft['steps']} steps in {ft['seconds']:.1f} s; status: {ft['status']}")
+        print("| phase | longest stall ms |")
+        print("|---|---|")
+        for name, stall in ft["stalls"].items():
+            print(f"| {name} | {stall * 1000:.0f} |")
     viewer.close()
 
     def fmt(values: list[float]) -> str:

@@ -49,3 +49,11 @@ def make_checkpoint():
 def intensity_checkpoint():
     """The deterministic tiny checkpoint (see :func:`make_intensity_checkpoint`)."""
     return make_intensity_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def checkpoint_file(tmp_path_factory, intensity_checkpoint):
+    """The tiny checkpoint saved to a file."""
+    from tiled_unet.core.checkpoint import save_checkpoint
+
+    return save_checkpoint(intensity_checkpoint, tmp_path_factory.mktemp("ckpt") / "tiny.pt")

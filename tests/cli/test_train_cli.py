@@ -106,7 +106,9 @@ def test_registers_as_subcommand():
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
     ns = parser.parse_args(["train", "--images", "a", "--labels", "b", "--out", "c.pt"])
-    assert ns.func.__name__ == "run" and ns.patch == 572
+    assert (
+        ns.func.__name__ == "run" and ns.patch is None
+    )  # 572 from scratch, device-sized for --sparse --init
 
 
 def test_val_ids_hold_images_out_of_training(data, capsys):
@@ -147,3 +149,50 @@ def test_zoom_augmentation_is_recorded_and_checked(data, capsys):
     assert main(args(data, "--zoom", "1.4", "0.7", "--overwrite")) == 2
     err = capsys.readouterr().err
     assert "zoom range" in err and len(err.strip().splitlines()) == 1
+
+
+def _painted_folder(tmp_path, ids, inverted=False):
+    """Bright discs; the sparse paint marks the discs ``ids`` (or, inverted, background as objects)."""
+    yy, xx = np.mgrid[:96, :128]
+    lab = np.zeros((96, 128), np.int32)
+    k = 0
+    for cy in range(12, 96, 24):
+        for cx in range(12, 128, 24):
+            k += 1
+            lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= 49] = k
+    paint = np.zeros(lab.shape, np.uint16)
+    for new, old in enumerate(ids, start=2):
+        paint[lab == old] = new
+    paint[(paint == 0) & (lab == 0) & (yy % 24 < 4)] = 1
+    for sub in ("img", "lab"):
+        (tmp_path / sub).mkdir(exist_ok=True)
+    tifffile.imwrite(tmp_path / "img" / "a.tif", ((lab > 0) * 200).astype(np.uint8))
+    tifffile.imwrite(tmp_path / "lab" / "a.tif", paint)
+    return tmp_path
+
+
+def test_sparse_finetune_is_checked_and_a_worse_model_is_not_written(tmp_path, checkpoint_file, capsys):
+    d = _painted_folder(tmp_path, [1, 2, 3, 6, 7, 8, 9, 12])
+    common = ["--images", str(d / "img"), "--labels", str(d / "lab"), "--init", str(checkpoint_file)]
+    common += ["--sparse", "--no-progress", "--device", "cpu", "--patch", "92"]
+    # lr 0.5 for 5 steps ruins the perfect (intensity) base model
+    assert main([*common, "--out", str(d / "bad.pt"), "--steps", "5", "--lr", "0.5"]) == 1
+    err = capsys.readouterr().err
+    assert "not written" in err and "--keep-worse" in err
+    assert "finds no object" in err or "worse than the base model" in err
+    assert not (d / "bad.pt").exists()
+    assert main([*common, "--out", str(d / "bad.pt"), "--steps", "5", "--lr", "0.5", "--keep-worse"]) == 0
+    ckpt = load_checkpoint(d / "bad.pt")
+    assert ckpt.provenance["finetune_check"]["accepted"] is False
+    assert ckpt.provenance["settings"]["schedule"] == "cosine"  # the fine-tune defaults
+    assert ckpt.provenance["settings"]["batch_size"] == 4
+
+
+def test_sparse_background_only_is_refused(tmp_path, checkpoint_file, capsys):
+    d = _painted_folder(tmp_path, [])
+    code = main(
+        ["--images", str(d / "img"), "--labels", str(d / "lab"), "--init", str(checkpoint_file), "--sparse"]
+        + ["--out", str(d / "m.pt"), "--steps", "1", "--no-progress", "--device", "cpu", "--patch", "92"]
+    )
+    assert code == 2 and "only background (1) is painted" in capsys.readouterr().err
+    assert not (d / "m.pt").exists()

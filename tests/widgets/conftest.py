@@ -21,14 +21,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def checkpoint_file(tmp_path_factory, intensity_checkpoint):
-    """The tiny checkpoint saved to a file."""
-    from tiled_unet.core.checkpoint import save_checkpoint
-
-    return save_checkpoint(intensity_checkpoint, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
-
-
 @pytest.fixture
 def nuclei_image() -> np.ndarray:
     """The packaged nuclei sample (520 x 696 uint8)."""
