@@ -123,6 +123,10 @@ def preview_job(checkpoint: Any, target: PreviewTarget, device: str) -> Generato
     return labels, time.perf_counter() - start
 
 
+#: The fine-tuning job, run in a separate process by :func:`tiled_unet.core.process.run_in_process`.
+_JOB = "tiled_unet._widgets._training:finetune_job"
+
+
 def _row(*widgets: Any) -> QHBoxLayout:
     row = QHBoxLayout()
     for widget in widgets:
@@ -157,7 +161,10 @@ class FinetuneWidget(JobWidget, ModelChoice):
     a stack that carry annotations are used. A run holds back a quarter of the painted objects
     and scores the new model and its base on them; when the new model is not worse (and finds
     objects), it becomes the current model of the viewer's Segment widget. A worse, cancelled
-    or failed run leaves the previous model in place, and the status says so.
+    or failed run leaves the previous model in place, and the status says so. Training runs in a
+    separate process (:func:`tiled_unet.core.process.run_in_process`): it never holds the
+    viewer's interpreter lock, so the viewer stays responsive and the user can keep painting;
+    with ``use_thread=False`` (tests) it runs inline.
 
     Live preview ("Live preview every N steps", 0 = off, the default): every N steps the
     training yields a snapshot of the weights, and the plane of the first chosen image that the
@@ -472,7 +479,13 @@ class FinetuneWidget(JobWidget, ModelChoice):
         self._preview_pending = None
         self._preview_source = self.images_list.layers()[0] if request.preview_every > 0 else None
         self._preview_above = self.labels_combo.layer()
-        self._start(finetune_job, data, request, cancel=self._cancel.is_set)
+        if self.use_thread:  # in its own process: training never holds this interpreter's lock
+            from tiled_unet.core.process import run_in_process
+
+            self.progress.setFormat("starting the training process…")
+            self._start(run_in_process, _JOB, data, request, cancel=self._cancel.is_set)
+        else:
+            self._start(finetune_job, data, request, cancel=self._cancel.is_set)
 
     def cancel(self) -> None:
         """Stop training at the next step; the previous model stays."""
