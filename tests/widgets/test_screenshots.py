@@ -72,14 +72,19 @@ def test_finetune_screenshot(make_napari_viewer, qtbot, tmp_path):
     viewer.window.remove_dock_widget(seg_dock)  # one dock, so the Fine-tune widget has room
     _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
     ft.use_thread = False
+    from scipy import ndimage as ndi
+
     ann = ft.new_annotation_layer()
     data = ann.data
-    for k, obj in enumerate(np.unique(truth)[1:7]):
+    chosen = np.unique(truth)[1:9]
+    ring = ndi.binary_dilation(np.isin(truth, chosen), iterations=8) & (truth == 0)
+    data[ring] = 1  # background (grey) around the painted nuclei
+    for k, obj in enumerate(chosen):
         data[truth == obj] = k + 2
-    data[:60, :260][truth[:60, :260] == 0] = 1
     ann.data = data
-    ft.steps_spin.setValue(12)
-    ft.lr_spin.setValue(1e-4)
+    ft.paint_object_button.click()  # the next free id and the brush, as a user would go on
+    assert ann.selected_label == len(chosen) + 2
+    ft.steps_spin.setValue(12)  # and the default time budget: whichever ends first
     ft.start()
     assert len(ft.plot.history) == 12
     shot = _shoot(viewer, qtbot, tmp_path / "finetune.png")

@@ -39,7 +39,7 @@ def test_empty_annotation_matches_image_spatially():
     layer = SimpleNamespace(name=kwargs["name"], data=data, metadata=kwargs["metadata"])
     assert T.annotation_for("rgb", [_layer("x", data), layer]) is layer
     assert T.annotation_for("other", [layer]) is None
-    assert T.annotation_kind(layer)[0] == "sparse"
+    assert T.annotation_kind(layer) == ("sparse", "")
 
 
 def test_correction_layer_copies_the_segmentation_as_objects_from_2():
@@ -50,12 +50,11 @@ def test_correction_layer_copies_the_segmentation_as_objects_from_2():
     np.testing.assert_array_equal(data[seg > 0], seg[seg > 0] + 1)
     assert np.all(data[seg == 0] == 1)
     layer = SimpleNamespace(name=kwargs["name"], data=data, metadata=kwargs["metadata"])
-    kind, note = T.annotation_kind(layer)
-    assert kind == "corrections" and "every pixel counts" in note
+    assert T.annotation_kind(layer) == ("corrections", "")  # made for this: nothing to say
     # the user erases object 3 (id 4 here, now 0 = background too) and adds one
     data[seg == 3] = 0
     data[0:5, 70:75] = T.next_object_id(data)
-    sparse = T.training_labels(data, kind)
+    sparse = T.training_labels(data, "corrections")
     assert np.all(sparse[seg == 3] == 1) and np.all(sparse > 0)  # dense: every pixel annotated
     assert len(np.unique(sparse[sparse >= 2])) == 4
     with pytest.raises(ValueError, match="shape"):

@@ -139,14 +139,15 @@ def looks_dense(labels: np.ndarray) -> bool:
 def annotation_kind(layer: Any, data: np.ndarray | None = None) -> tuple[Kind, str]:
     """How a Labels layer chosen as annotations is read, and a one-line note saying so.
 
-    Layers this plugin made say what they are in their metadata; a segmentation result is
-    dense; any other layer is dense when :func:`looks_dense`, else sparse.
+    Layers made by *New annotation layer* or *Correct the segmentation* say what they are in
+    their metadata (their note is empty: the user made them for this); a segmentation result
+    is dense; any other layer is dense when :func:`looks_dense`, else sparse.
     """
     info = _info(layer)
     kind: Kind
     if info.get("annotation") in _KIND_NOTES:
-        kind = info["annotation"]
-    elif info.get("output") == "instances":
+        return info["annotation"], ""
+    if info.get("output") == "instances":
         kind = "dense"
     else:
         kind = "dense" if looks_dense(np.asarray(layer.data if data is None else data)) else "sparse"

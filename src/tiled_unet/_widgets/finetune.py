@@ -428,7 +428,8 @@ class FinetuneWidget(JobWidget, ModelChoice):
                 )
             kind, note = annotation_kind(labels)
             pairs.append(AnnotationInput(image_input_from_layer(layer), labels.data, labels.name, kind))
-            self._notes.append(note)
+            if note:
+                self._notes.append(note)
         return pairs
 
     # ------------------------------------------------------------------ training
