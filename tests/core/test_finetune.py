@@ -156,6 +156,8 @@ def test_outcome_is_accepted_only_when_not_worse():
     assert not nothing.accepted and "no better" in nothing.summary()
     empty = dataclasses.replace(better, objects_found=0)
     assert not empty.accepted and "finds no object" in empty.summary()
+    looser = dataclasses.replace(better, before=Matching(0.5, 3, 0, 1, 0.9))  # same F1, worse fit
+    assert not looser.accepted and "IoU 0.90 -> 0.80" in looser.summary() and "no better" in looser.summary()
     unchecked = dataclasses.replace(better, before=None, after=None)
     assert unchecked.accepted and "Not checked" in unchecked.summary()
 
@@ -231,7 +233,11 @@ def test_a_worse_model_is_not_accepted(intensity_checkpoint, make_checkpoint):
         settings=settings,
         train_iter=loop_returning(intensity_checkpoint),
     )
-    assert same.accepted and same.summary() == "F1 on your 2 held-back objects 1.00 -> 1.00."
+    iou = same.after.mean_matched_iou
+    assert (
+        same.accepted
+        and same.summary() == f"F1 on your 2 held-back objects 1.00 -> 1.00 (IoU {iou:.2f} -> {iou:.2f})."
+    )
 
 
 @pytest.mark.skipif(

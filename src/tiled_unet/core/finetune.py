@@ -15,8 +15,9 @@ everywhere (``benchmarks/bench_finetune.py`` measures it). Two things hold it:
 
 A guard then decides whether the result may replace the base model: a part of the painted
 objects (``hold_back``, with the painted pixels around them) is kept out of training, and
-both models are scored on them (F1 at IoU 0.5). A model that scores worse than its base, or
-finds no object at all on the painted images, is reported as *not accepted*.
+both models are scored on them (F1 at IoU 0.5; at equal F1, the mean IoU of the matched
+objects decides). A model that scores worse than its base, or finds no object at all on the
+painted images, is reported as *not accepted*.
 """
 
 from __future__ import annotations
@@ -111,8 +112,11 @@ class FinetuneOutcome:
             return False
         if self.before is None or self.after is None:
             return True
-        # equal counts as "not worse" unless both found none of the held-back objects
-        return self.after.f1 > self.before.f1 or (self.after.f1 == self.before.f1 and self.after.tp > 0)
+        # at equal F1 the matched objects must fit at least as well (their mean IoU)
+        after, before = self.after, self.before
+        if after.f1 != before.f1:
+            return after.f1 > before.f1
+        return after.tp > 0 and after.mean_matched_iou >= before.mean_matched_iou
 
     def summary(self) -> str:
         """One line for the user, e.g. ``"F1 on your 4 held-back objects 0.61 -> 0.83."``."""
@@ -126,6 +130,8 @@ class FinetuneOutcome:
                 "on objects it was not trained on."
             )
         score = f"F1 on your {self.n_held} held-back objects {self.before.f1:.2f} -> {self.after.f1:.2f}"
+        if round(self.before.f1, 2) == round(self.after.f1, 2) and self.after.tp and self.before.tp:
+            score += f" (IoU {self.before.mean_matched_iou:.2f} -> {self.after.mean_matched_iou:.2f})"
         if self.accepted:
             return f"{score}."
         verdict = "worse than" if self.after.f1 < self.before.f1 else "no better than"
