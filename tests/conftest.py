@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+
+
+@pytest.fixture
+def disc_grid() -> np.ndarray:
+    """Dense instance labels (96 x 128, int32): a grid of 20 discs of radius 7, 24 px apart."""
+    yy, xx = np.mgrid[:96, :128]
+    lab = np.zeros((96, 128), np.int32)
+    k = 0
+    for cy in range(12, 96, 24):
+        for cx in range(12, 128, 24):
+            k += 1
+            lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= 49] = k
+    return lab
 
 
 def make_intensity_checkpoint(threshold: float = 0.25, gain: float = 20.0, in_channels: int = 1):

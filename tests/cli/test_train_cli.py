@@ -151,15 +151,9 @@ def test_zoom_augmentation_is_recorded_and_checked(data, capsys):
     assert "zoom range" in err and len(err.strip().splitlines()) == 1
 
 
-def _painted_folder(tmp_path, ids, inverted=False):
-    """Bright discs; the sparse paint marks the discs ``ids`` (or, inverted, background as objects)."""
-    yy, xx = np.mgrid[:96, :128]
-    lab = np.zeros((96, 128), np.int32)
-    k = 0
-    for cy in range(12, 96, 24):
-        for cx in range(12, 128, 24):
-            k += 1
-            lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= 49] = k
+def _painted_folder(tmp_path, lab, ids):
+    """Bright discs ``lab``; the sparse paint marks the discs ``ids`` and stripes of background."""
+    yy, _ = np.mgrid[: lab.shape[0], : lab.shape[1]]
     paint = np.zeros(lab.shape, np.uint16)
     for new, old in enumerate(ids, start=2):
         paint[lab == old] = new
@@ -171,8 +165,10 @@ def _painted_folder(tmp_path, ids, inverted=False):
     return tmp_path
 
 
-def test_sparse_finetune_is_checked_and_a_worse_model_is_not_written(tmp_path, checkpoint_file, capsys):
-    d = _painted_folder(tmp_path, [1, 2, 3, 6, 7, 8, 9, 12])
+def test_sparse_finetune_is_checked_and_a_worse_model_is_not_written(
+    tmp_path, disc_grid, checkpoint_file, capsys
+):
+    d = _painted_folder(tmp_path, disc_grid, [1, 2, 3, 6, 7, 8, 9, 12])
     common = ["--images", str(d / "img"), "--labels", str(d / "lab"), "--init", str(checkpoint_file)]
     common += ["--sparse", "--no-progress", "--device", "cpu", "--patch", "92"]
     # lr 0.5 for 5 steps ruins the perfect (intensity) base model
@@ -188,8 +184,8 @@ def test_sparse_finetune_is_checked_and_a_worse_model_is_not_written(tmp_path, c
     assert ckpt.provenance["settings"]["batch_size"] == 4
 
 
-def test_sparse_background_only_is_refused(tmp_path, checkpoint_file, capsys):
-    d = _painted_folder(tmp_path, [])
+def test_sparse_background_only_is_refused(tmp_path, disc_grid, checkpoint_file, capsys):
+    d = _painted_folder(tmp_path, disc_grid, [])
     code = main(
         ["--images", str(d / "img"), "--labels", str(d / "lab"), "--init", str(checkpoint_file), "--sparse"]
         + ["--out", str(d / "m.pt"), "--steps", "1", "--no-progress", "--device", "cpu", "--patch", "92"]

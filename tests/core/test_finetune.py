@@ -20,18 +20,6 @@ DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "dsb2018
 CONFIG = UNetConfig(depth=2, base_features=8, n_classes=3, dropout=0.0)
 
 
-def discs(shape=(96, 128), r=7, step=24):
-    """Dense instance labels: a grid of discs."""
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    lab = np.zeros(shape, np.int32)
-    k = 0
-    for cy in range(step // 2, shape[0], step):
-        for cx in range(step // 2, shape[1], step):
-            k += 1
-            lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k
-    return lab
-
-
 def paint(dense, ids, ring=4):
     """Sparse paint of some objects (ids 2..) with a background ring (1), as a user would."""
     from scipy import ndimage as ndi
@@ -65,8 +53,8 @@ def prepared(sparse, prior=None, weight=0.5):
 # --------------------------------------------------------------------------- the drift mechanism
 
 
-def test_plain_sparse_weights_follow_the_paint_and_ignore_far_background():
-    dense = discs()
+def test_plain_sparse_weights_follow_the_paint_and_ignore_far_background(disc_grid):
+    dense = disc_grid
     little, much = paint(dense, [1], ring=2), paint(dense, [1], ring=8)
     a, b = prepared(little), prepared(much)
     far = dense == 0
@@ -78,8 +66,8 @@ def test_plain_sparse_weights_follow_the_paint_and_ignore_far_background():
     assert b.weights[obj].mean() > 2 * a.weights[obj].mean()
 
 
-def test_prior_holds_unannotated_pixels_with_image_wide_class_weights():
-    dense = discs()
+def test_prior_holds_unannotated_pixels_with_image_wide_class_weights(disc_grid):
+    dense = disc_grid
     truth = make_targets(dense, kind="instance")
     prior = truth.classes.copy()  # a base model that is right everywhere
     little, much = paint(dense, [1], ring=2), paint(dense, [1], ring=8)
@@ -107,8 +95,8 @@ def test_base_prior_keeps_only_confident_pixels():
 # --------------------------------------------------------------------------- hold-back and its score
 
 
-def test_hold_back_takes_objects_and_their_paint_out_of_training():
-    dense = discs()
+def test_hold_back_takes_objects_and_their_paint_out_of_training(disc_grid):
+    dense = disc_grid
     sparse = paint(dense, [1, 2, 3, 6, 7, 8, 9, 12])
     train, held = FT.hold_back([sparse], fraction=0.25, seed=3)
     (h,) = held
@@ -124,8 +112,8 @@ def test_hold_back_takes_objects_and_their_paint_out_of_training():
     assert held == [None] and np.array_equal(train[0], few)
 
 
-def test_held_back_matching_judges_only_objects_in_the_region():
-    dense = discs()
+def test_held_back_matching_judges_only_objects_in_the_region(disc_grid):
+    dense = disc_grid
     sparse = paint(dense, [1, 2, 3, 6, 7, 8, 9, 12])
     (h,) = FT.hold_back([sparse], fraction=0.25, seed=3)[1]
     perfect = FT.held_back_matching(dense, h)
@@ -172,8 +160,8 @@ def _base() -> Checkpoint:
     )
 
 
-def test_finetune_reports_stages_steps_and_the_check():
-    dense = discs()
+def test_finetune_reports_stages_steps_and_the_check(disc_grid):
+    dense = disc_grid
     img = (dense > 0).astype(np.float32) + np.random.default_rng(0).normal(0, 0.1, dense.shape).astype(
         np.float32
     )
@@ -192,17 +180,17 @@ def test_finetune_reports_stages_steps_and_the_check():
     assert all(torch.equal(before_state[k], base.state_dict[k]) for k in before_state)  # base untouched
 
 
-def test_finetune_refuses_background_only_paint():
-    dense = discs()
+def test_finetune_refuses_background_only_paint(disc_grid):
+    dense = disc_grid
     only_bg = np.where(dense == 0, 1, 0)
     settings = FT.finetune_settings(CONFIG, device="cpu", steps=1, patch=92)
     with pytest.raises(ValueError, match="only background"):
         FT.finetune(images=[dense.astype(np.float32)], labels=[only_bg], base=_base(), settings=settings)
 
 
-def test_a_worse_model_is_not_accepted(intensity_checkpoint, make_checkpoint):
+def test_a_worse_model_is_not_accepted(disc_grid, intensity_checkpoint, make_checkpoint):
     """The guard, with stand-in training loops: one returns a worse model, one an equal one."""
-    dense = discs()
+    dense = disc_grid
     img = (dense > 0).astype(np.float32)
     sparse = paint(dense, [1, 2, 3, 6, 7, 8, 9, 12])
     settings = FT.finetune_settings(CONFIG, device="cpu", steps=1, patch=92)

@@ -15,17 +15,6 @@ pytestmark = pytest.mark.qt
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "dsb2018"
 
 
-def _discs(shape=(96, 128), r=7, step=24):
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    lab = np.zeros(shape, np.int32)
-    k = 0
-    for cy in range(step // 2, shape[0], step):
-        for cx in range(step // 2, shape[1], step):
-            k += 1
-            lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k
-    return lab
-
-
 def _widgets(viewer, checkpoint_file=None):
     _, seg = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
     _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
@@ -97,7 +86,7 @@ def test_correct_the_segmentation_trains_on_every_pixel(
 
 
 def test_the_chosen_annotation_layer_is_used_and_a_segmentation_is_read_densely(
-    make_napari_viewer, checkpoint_file, monkeypatch, notifications
+    disc_grid, make_napari_viewer, checkpoint_file, monkeypatch, notifications
 ):
     from tiled_unet._widgets import finetune
 
@@ -111,7 +100,7 @@ def test_the_chosen_annotation_layer_is_used_and_a_segmentation_is_read_densely(
 
     monkeypatch.setattr(finetune, "finetune_job", spy)
     viewer = make_napari_viewer()
-    truth = _discs()
+    truth = disc_grid
     viewer.add_image((truth > 0).astype(np.float32), name="discs")
     seg, ft = _widgets(viewer, checkpoint_file)
     seg.run()
@@ -144,7 +133,7 @@ def test_background_only_paint_is_refused(
 
 
 def test_a_worse_model_does_not_replace_the_current_one(
-    make_napari_viewer, checkpoint_file, make_checkpoint, monkeypatch
+    disc_grid, make_napari_viewer, checkpoint_file, make_checkpoint, monkeypatch
 ):
     import tiled_unet.core.train as core_train
 
@@ -156,7 +145,7 @@ def test_a_worse_model_does_not_replace_the_current_one(
 
     monkeypatch.setattr(core_train, "train_iter", ruined)
     viewer = make_napari_viewer()
-    truth = _discs()
+    truth = disc_grid
     viewer.add_image((truth > 0).astype(np.float32), name="discs")
     seg, ft = _widgets(viewer, checkpoint_file)
     seg.run()
