@@ -480,6 +480,8 @@ class FinetuneWidget(JobWidget, ModelChoice):
         self._preview_pending = None
         self._preview_source = self.images_list.layers()[0] if request.preview_every > 0 else None
         self._preview_above = self.labels_combo.layer()
+        if self._preview_source is not None:
+            self._prepare_preview_layer(self._in_channels(request.base_model))
         if self.use_thread:  # in its own process: training never holds this interpreter's lock
             from tiled_unet.core.process import run_in_process
 
@@ -592,6 +594,28 @@ class FinetuneWidget(JobWidget, ModelChoice):
         where = f", plane {target.plane}" if target.plane is not None else ""
         if self.running:  # after the run, its final message stays
             self.status.setText(f"{self._run_text} Preview: step {step}{where} ({seconds:.1f} s).")
+
+    def _prepare_preview_layer(self, in_channels: int) -> None:
+        """Make the (empty) preview layer now, if there is none to reuse.
+
+        Adding a Labels layer costs napari a tenth of a second or more; done here, at the
+        click on Start, previews during training only replace its data.
+        """
+        import numpy as np
+
+        try:
+            image = image_input_from_layer(self._preview_source)
+            target = PreviewTarget(image, image_axes(image, in_channels), None)
+        except ValueError:
+            return  # said when the first preview is attempted
+        if self._preview_layer_for(target) is None:
+            data = np.zeros(spatial_shape(image.shape, target.axes), np.uint16)
+            layer = self._add_preview_layer(data, target)
+            layer.metadata[METADATA_KEY] = {
+                "preview_of": image.name,
+                "step": 0,
+                "fingerprint": fingerprint(data),
+            }
 
     def _preview_layer_for(self, target: PreviewTarget) -> Any:
         """Our unedited preview layer of this image, or None (layers edited by hand are the user's)."""
