@@ -116,7 +116,7 @@ def f1_mean(ckpt: object, images: list[np.ndarray], truths: list[np.ndarray]) ->
 
 
 def run_variant(variant: str, base: object, painted: list, args: argparse.Namespace) -> dict:
-    from tiled_unet.core.finetune import PRIOR_WEIGHT, finetune, finetune_settings, sparse_from_dense
+    from tiled_unet.core.finetune import PRIOR_WEIGHT, finetune_iter, finetune_settings, sparse_from_dense
 
     imgs = [p[0] for p in painted]
     if variant == "dense":
@@ -129,9 +129,23 @@ def run_variant(variant: str, base: object, painted: list, args: argparse.Namesp
     weight = (
         0.0 if variant == "plain" else (args.prior_weight if args.prior_weight is not None else PRIOR_WEIGHT)
     )
+    from tiled_unet.core.model import output_size
+    from tiled_unet.core.progress import drain
+
+    last = {}
     t = time.perf_counter()
-    outcome = finetune(images=imgs, labels=labels, base=base, settings=settings, prior_weight=weight)
-    return {"outcome": outcome, "seconds": time.perf_counter() - t, "settings": settings}
+    outcome = drain(
+        finetune_iter(images=imgs, labels=labels, base=base, settings=settings, prior_weight=weight),
+        lambda p: last.update(seconds=p.seconds) if hasattr(p, "seconds") else None,
+    )
+    train_s = last.get("seconds", float("nan"))
+    px = settings.batch_size * output_size(settings.patch, base.config) ** 2
+    return {
+        "outcome": outcome,
+        "seconds": time.perf_counter() - t,
+        "steps_per_s": outcome.steps / train_s,
+        "px_per_s": outcome.steps * px / train_s,
+    }
 
 
 def main() -> None:
@@ -192,14 +206,16 @@ def main() -> None:
             )
             kept = f1 if out.accepted else base_f1
             check = (
-                f"{out.before.f1:.2f}->{out.after.f1:.2f} ({out.n_held} obj)"
+                f"{out.before.f1:.2f}->{out.after.f1:.2f} IoU {out.before.mean_matched_iou:.2f}->"
+                f"{out.after.mean_matched_iou:.2f} ({out.n_held} obj)"
                 if out.before is not None and out.after is not None
                 else "none"
             )
             row[variant] = {"f1": f1, "kept": kept, "accepted": out.accepted, "seconds": res["seconds"]}
             print(
                 f"{variant}: F1 {f1:.3f} (kept {kept:.3f}), objects/image {n:.1f}, {out.steps} steps, "
-                f"{res['seconds']:.0f} s, check {check}, accepted {out.accepted}"
+                f"{res['seconds']:.0f} s ({res['steps_per_s']:.2f} steps/s, "
+                f"{res['px_per_s'] / 1e3:.0f} k output px/s), check {check}, accepted {out.accepted}"
             )
         rows.append(row)
 

@@ -272,15 +272,20 @@ def main() -> None:
             f"{r['stall_at'] - r['stall']:.2f}..{r['stall_at']:.2f} | {r['ticks']} | {r['objects']:.0f} "
             f"| {core[-1]:.2f} |"
         )
+    viewer.close()
     if args.finetune > 0:
         from tiled_unet._sample_data import nuclei_with_labels
 
         (img, _, _), (truth, _, _) = nuclei_with_labels()
-        viewer.layers.clear()
+        viewer = napari.Viewer(show=True)  # a fresh viewer (Mesa crashed when reusing the first)
         viewer.add_image(img, name="sample", colormap="gray")
-        widget.image_combo.setCurrentText("sample")
-        gui_run(viewer, widget, "sample")  # a segmentation to refresh when the new model is used
+        _, seg = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
+        QApplication.processEvents()
+        seg.image_combo.setCurrentText("sample")
+        seg.device_combo.setCurrentText(args.device)
+        gui_run(viewer, seg, "sample")  # a segmentation to refresh when the new model is used
         ft = finetune_run(viewer, np.asarray(truth), args.finetune, args.preview)
+        viewer.close()
         print()
         print(f"Fine-tune ({args.finetune} min budget, preview every {args.preview} steps, sample 520x696):")
         print(f"{ft['steps']} steps in {ft['seconds']:.1f} s; status: {ft['status']}")
@@ -288,7 +293,6 @@ def main() -> None:
         print("|---|---|")
         for name, stall in ft["stalls"].items():
             print(f"| {name} | {stall * 1000:.0f} |")
-    viewer.close()
 
     def fmt(values: list[float]) -> str:
         return ", ".join(f"{v:.2f}" for v in values)
