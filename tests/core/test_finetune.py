@@ -251,3 +251,25 @@ def test_short_finetune_on_real_nuclei_raises_held_back_f1():
     outcome = FT.finetune(images=[img], labels=[sparse], base=base, settings=settings)
     assert outcome.n_held >= 2
     assert outcome.after.f1 > outcome.before.f1 and outcome.accepted
+
+
+def test_post_processing_is_retuned_on_enough_painted_objects(disc_grid):
+    from tiled_unet.core.postprocess import InstanceSettings
+
+    probs = np.zeros((3, *disc_grid.shape), np.float32)
+    probs[0] = np.where(disc_grid > 0, 0.3, 0.95)
+    probs[1] = np.where(disc_grid > 0, 0.65, 0.03)  # faint objects: below the model's min peak
+    probs[2] = 1 - probs[0] - probs[1]
+    ckpt = Checkpoint(
+        config=CONFIG,
+        state_dict={},
+        class_names=("background", "object", "boundary"),
+        boundary_class=2,
+        instances=InstanceSettings(min_peak=0.9, min_size=16),
+    )
+    many = paint(disc_grid, list(range(1, 13)))
+    tuned, n = FT.retune_instances(ckpt, [probs], [many])
+    assert n == 12 and tuned.instances.min_peak < 0.65 and tuned is not ckpt
+    assert ckpt.instances.min_peak == 0.9  # the base is left alone
+    few = paint(disc_grid, list(range(1, 6)))
+    assert FT.retune_instances(ckpt, [probs], [few]) == (ckpt, 0)

@@ -172,26 +172,65 @@ def optimize_instance_settings(
     table : list of (InstanceSettings, F1)
         All combinations, best first.
     """
-    import itertools
-
-    from .postprocess import to_instances
     from .predict import segment
 
     if checkpoint.object_class < 0:
         raise ValueError("this model has no object class: nothing to optimise")
+
+    def scored() -> Iterable[tuple[np.ndarray, Callable[[np.ndarray], Matching]]]:
+        for name, image, labels in pairs:
+            probs = segment(checkpoint, image, output="probabilities", device=device, tta=tta)
+            yield probs, lambda pred, truth=labels: match_instances(truth, pred, 0.5)
+            if on_image is not None:
+                on_image(name)
+
+    return search_instance_settings(checkpoint, scored(), grid=grid)
+
+
+def search_instance_settings(
+    checkpoint: Checkpoint,
+    items: Iterable[tuple[np.ndarray, Callable[[np.ndarray], Matching]]],
+    *,
+    grid: Mapping[str, Sequence[float]] | None = None,
+    include_current: bool = False,
+) -> tuple[InstanceSettings, list[tuple[InstanceSettings, float]]]:
+    """The post-processing parameters whose objects match best (pooled F1) on ``items``.
+
+    Parameters
+    ----------
+    checkpoint : Checkpoint
+        Gives the classes and the settings the grid varies (its own come first on ties).
+    items : iterable of (probabilities, match)
+        Per image, ``(K, Y, X)`` probabilities and a function matching predicted labels with
+        what is known of the truth (e.g. :func:`~.metrics.match_instances` against dense
+        labels, or only in painted regions).
+    grid : mapping, optional
+        Values to try per :class:`~.postprocess.InstanceSettings` field (default
+        :data:`SEARCH_GRID`; all combinations).
+    include_current : bool
+        Try the checkpoint's own settings first, so they win ties.
+
+    Returns
+    -------
+    best, table
+        As :func:`optimize_instance_settings`.
+    """
+    import itertools
+
+    from .postprocess import to_instances
+
     grid = dict(SEARCH_GRID if grid is None else grid)
     unknown = set(grid) - set(InstanceSettings().to_dict())
     if unknown:
         raise ValueError(f"unknown post-processing parameters: {', '.join(sorted(unknown))}")
     keys = list(grid)
-    combos = [
+    combos = [checkpoint.instances] * include_current + [
         dataclasses.replace(checkpoint.instances, **dict(zip(keys, values, strict=True)))
         for values in itertools.product(*(grid[k] for k in keys))
     ]
     counts = np.zeros((len(combos), 3), np.int64)  # TP, FP, FN per combination
     n_images = 0
-    for name, image, labels in pairs:
-        probs = segment(checkpoint, image, output="probabilities", device=device, tta=tta)
+    for probs, match in items:
         for row, settings in zip(counts, combos, strict=True):
             pred = to_instances(
                 probs,
@@ -199,15 +238,13 @@ def optimize_instance_settings(
                 boundary_class=checkpoint.boundary_class,
                 **settings.to_dict(),
             )
-            m = match_instances(labels, pred, 0.5)
+            m = match(pred)
             row += (m.tp, m.fp, m.fn)
         n_images += 1
-        if on_image is not None:
-            on_image(name)
     if not n_images:
         raise ValueError("no images to optimise on")
     tp, fp, fn = counts.T
     f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
     table = [(settings, float(score)) for settings, score in zip(combos, f1, strict=True)]
-    table.sort(key=lambda row: -row[1])  # stable: ties keep the grid order
+    table.sort(key=lambda row: -row[1])  # stable: ties keep the earlier combination
     return table[0][0], table
