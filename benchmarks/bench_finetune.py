@@ -135,7 +135,14 @@ def run_variant(variant: str, base: object, painted: list, args: argparse.Namesp
     last = {}
     t = time.perf_counter()
     outcome = drain(
-        finetune_iter(images=imgs, labels=labels, base=base, settings=settings, prior_weight=weight),
+        finetune_iter(
+            images=imgs,
+            labels=labels,
+            base=base,
+            settings=settings,
+            prior_weight=weight,
+            retune=not args.no_retune,
+        ),
         lambda p: last.update(seconds=p.seconds) if hasattr(p, "seconds") else None,
     )
     train_s = last.get("seconds", float("nan"))
@@ -162,6 +169,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--prior-weight", type=float, default=None)
+    parser.add_argument("--no-retune", action="store_true", help="keep the base's post-processing")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="nuclei")
     args = parser.parse_args()

@@ -330,6 +330,7 @@ def finetune_iter(
     hold_back_fraction: float = HOLD_BACK,
     prior_weight: float = PRIOR_WEIGHT,
     confidence: float = PRIOR_CONFIDENCE,
+    retune: bool = True,
     cancel: Callable[[], bool] | None = None,
     train_iter: Callable[..., Generator[Any, None, Any]] | None = None,
     **train_kwargs: Any,
@@ -354,6 +355,8 @@ def finetune_iter(
     prior_weight, confidence : float
         How strongly, and where, unannotated pixels are held at the base model's prediction
         (``prior_weight=0``: not at all, the plain sparse loss).
+    retune : bool
+        Re-tune the post-processing on the painted training objects (:func:`retune_instances`).
     cancel : callable, optional
         Polled between stages and before every step; True stops with no checkpoint.
     train_iter : callable, optional
@@ -432,7 +435,7 @@ def finetune_iter(
 
     yield FinetuneStage("Checking the new model on your held-back objects…")
     probs = _probabilities(ckpt, planes, device)
-    ckpt, tuned_on = retune_instances(ckpt, probs, train_labels)
+    ckpt, tuned_on = retune_instances(ckpt, probs, train_labels) if retune else (ckpt, 0)
     after, found = _score(ckpt, probs, held)
     outcome = FinetuneOutcome(ckpt, before, after, n_held, found, steps, time.perf_counter() - start, painted)
     check: dict[str, Any] = {
