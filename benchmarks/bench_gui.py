@@ -172,6 +172,9 @@ def finetune_run(
     ft.minutes_spin.setValue(minutes)
     ft.steps_spin.setValue(0)
     ft.preview_spin.setValue(preview)
+    settle = QEventLoop()  # let the viewer draw the new dock and layer before measuring
+    QTimer.singleShot(1500, settle.quit)
+    settle.exec()
 
     def phase() -> str:
         if not ft.running:
