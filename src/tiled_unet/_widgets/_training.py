@@ -194,6 +194,8 @@ class AnnotationInput:
     data: Any
     name: str
     kind: Kind = "sparse"
+    #: How the layer is read, for the user (empty for layers made for this).
+    note: str = ""
 
 
 def _plane(array: Any, axis: int, index: int) -> Any:

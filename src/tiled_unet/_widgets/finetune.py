@@ -134,12 +134,17 @@ def _row(*widgets: Any) -> QHBoxLayout:
     return row
 
 
-def _neutral_background(layer: Any) -> None:
-    """Show label 1 (background) in grey, the object ids in napari's usual colours."""
+def _neutral_background(layer: Any, largest: int | None = None) -> None:
+    """Show label 1 (background) in grey, the object ids in napari's usual colours.
+
+    ``largest`` is the largest id in use or about to be (default: read from the data).
+    """
     import numpy as np
     from napari.utils.colormaps import DirectLabelColormap, label_colormap
 
-    top = max(int(np.asarray(layer.data).max(initial=0)) + 256, 512)
+    if largest is None:
+        largest = int(np.asarray(layer.data).max(initial=0))
+    top = max(largest + 256, 512)
     current = layer.colormap
     if isinstance(current, DirectLabelColormap) and len(current.color_dict) > top:
         return  # still covers every id in use
@@ -394,7 +399,7 @@ class FinetuneWidget(JobWidget, ModelChoice):
         layer = self._paint_target()
         if layer is not None:
             layer.selected_label = next_object_id(layer.data)
-            _neutral_background(layer)
+            _neutral_background(layer, layer.selected_label)
 
     def paint_background(self) -> None:
         """Paint background: the annotation layer gets label 1 and the brush."""
@@ -427,9 +432,7 @@ class FinetuneWidget(JobWidget, ModelChoice):
                     f"No annotation layer for '{layer.name}': click 'New annotation layer' and paint."
                 )
             kind, note = annotation_kind(labels)
-            pairs.append(AnnotationInput(image_input_from_layer(layer), labels.data, labels.name, kind))
-            if note:
-                self._notes.append(note)
+            pairs.append(AnnotationInput(image_input_from_layer(layer), labels.data, labels.name, kind, note))
         return pairs
 
     # ------------------------------------------------------------------ training
@@ -451,7 +454,6 @@ class FinetuneWidget(JobWidget, ModelChoice):
         """Collect the annotated planes and start fine-tuning (ignored while running)."""
         if self._worker is not None:
             return
-        self._notes: list[str] = []
         try:
             request = self.request()
             if request.steps <= 0 and request.minutes <= 0:
@@ -461,8 +463,9 @@ class FinetuneWidget(JobWidget, ModelChoice):
                 from tiled_unet.core.checkpoint import resolve_model
 
                 request = dataclasses.replace(request, base_model=resolve_model(request.base_model))
+            pairs = self.training_pairs()
             data: TrainingData = collect_training_data(
-                self.training_pairs(), in_channels=self._in_channels(request.base_model)
+                pairs, in_channels=self._in_channels(request.base_model)
             )
         except ValueError as exc:  # includes CheckpointError
             notify_error(str(exc))
@@ -471,10 +474,12 @@ class FinetuneWidget(JobWidget, ModelChoice):
         self.plot.clear()
         self._set_running(True)
         self._budget_seconds = 60.0 * request.minutes if request.steps <= 0 else 0.0
-        notes = " ".join(dict.fromkeys(self._notes))
-        for note in dict.fromkeys(self._notes):
+        notes = list(dict.fromkeys(p.note for p in pairs if p.note))
+        for note in notes:
             notify_info(note)
-        self._run_text = f"Fine-tuning on {len(data.labels)} plane(s), {data.n_objects} object(s). {notes}"
+        self._run_text = (
+            f"Fine-tuning on {len(data.labels)} plane(s), {data.n_objects} object(s). {' '.join(notes)}"
+        )
         self.status.setText(self._run_text)
         self._preview_run += 1
         self._preview_pending = None

@@ -398,12 +398,12 @@ def finetune_iter(
             raise ValueError(f"{nm}: {exc}") from None
     base_probs = _probabilities(base_ckpt, planes, device)
     before, _ = _score(base_ckpt, base_probs, held)
-    priors = []
-    for p, h in zip(base_probs, held, strict=True):
-        prior = base_prior(p, confidence=confidence) if prior_weight > 0 else np.full(p.shape[1:], -1)
-        if h is not None:
-            prior[h.region] = -1  # the check must not be trained on, not even by the prior
-        priors.append(prior)
+    priors = None
+    if prior_weight > 0:
+        priors = [base_prior(p, confidence=confidence) for p in base_probs]
+        for prior, h in zip(priors, held, strict=True):
+            if h is not None:
+                prior[h.region] = -1  # the check must not be trained on, not even by the prior
     if cancel is not None and cancel():
         return FinetuneOutcome(None, before, None, 0, 0, 0, time.perf_counter() - start, painted)
 
@@ -416,7 +416,7 @@ def finetune_iter(
         sparse=True,
         cancel=cancel,
         names=names,
-        priors=priors if prior_weight > 0 else None,
+        priors=priors,
         prior_weight=prior_weight,
         **train_kwargs,
     )
