@@ -21,6 +21,10 @@ Run (about 5 minutes per group and variant on a 2-core CPU)::
 
     python benchmarks/bench_finetune.py --variants sparse dense plain
     python benchmarks/bench_finetune.py --split train --groups 3   # settings are chosen here
+
+As on a laptop CPU without AVX-512 (torch and oneDNN limited to AVX2 kernels, no bfloat16)::
+
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_finetune.py
 """
 
 from __future__ import annotations
@@ -186,7 +190,12 @@ def main() -> None:
         f"# bench_finetune: {args.split} split, zoom {args.zoom}, model {args.model}, "
         f"variants {args.variants}"
     )
-    print(f"# CPU {cpu} ({platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads")
+    from tiled_unet.core.devices import cpu_has_native_bf16
+
+    print(
+        f"# CPU {cpu} ({platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"kernels {torch.backends.cpu.get_cpu_capability()}, bfloat16 training {cpu_has_native_bf16()}"
+    )
     rows = []
     chosen = groups(args.split)
     chosen = [chosen[i] for i in args.only] if args.only else chosen[: args.groups]

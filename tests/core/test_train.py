@@ -172,12 +172,18 @@ def test_semantic_binary_model_and_prediction_shape():
 def test_cpu_bf16_detection_asks_torch(monkeypatch):
     from tiled_unet.core import devices
 
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     cases = [((True, False), True), ((False, True), True), ((False, False), False)]
     for (avx512_bf16, amx), expected in cases:
         devices.cpu_has_native_bf16.cache_clear()
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
         assert devices.cpu_has_native_bf16() is (expected and torch.backends.mkldnn.is_available())
+    # torch limited to AVX2 kernels (ATEN_CPU_CAPABILITY=avx2): float32 even on a bf16 CPU
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    devices.cpu_has_native_bf16.cache_clear()
+    assert devices.cpu_has_native_bf16() is False
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
     devices.cpu_has_native_bf16.cache_clear()

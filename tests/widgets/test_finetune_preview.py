@@ -121,3 +121,27 @@ def test_threaded_preview_updates_and_cancel_keeps_the_previous_model(
     assert "Cancelled" in ft.status.text() and "unchanged" in ft.status.text()
     assert "noise preview" in viewer.layers  # kept after the run, as documented
     assert [lay.name for lay in viewer.layers].count("noise preview") == 1
+
+
+def test_preview_is_written_in_place_unless_the_layer_cannot_hold_it():
+    from napari.layers import Labels
+
+    from tiled_unet._widgets._logic import ImageInput
+    from tiled_unet._widgets._preview import PreviewTarget, write_preview
+
+    stack = ImageInput("stack", np.zeros((3, 16, 20), np.float32))
+    layer = Labels(np.zeros((3, 16, 20), np.uint16))
+    data = layer.data
+    data[0] = 4  # an older preview of plane 0
+    labels = np.zeros((16, 20), np.int32)
+    labels[2:6, 3:9] = 7
+    assert write_preview(layer, labels, PreviewTarget(stack, "ZYX", 1))
+    assert layer.data is data  # no new array for napari to take in
+    np.testing.assert_array_equal(data[1], labels)
+    assert not data[[0, 2]].any()  # only the plane last previewed is filled
+    too_many = labels.copy()
+    too_many[0, 0] = 70_000  # beyond uint16: the caller replaces the data
+    assert not write_preview(layer, too_many, PreviewTarget(stack, "ZYX", 2))
+    np.testing.assert_array_equal(data[1], labels)
+    other = ImageInput("other", np.zeros((8, 8), np.float32))
+    assert not write_preview(layer, labels[:8, :8], PreviewTarget(other, "YX", None))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
-from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,20 +25,16 @@ from ._common import (
     notify_error,
     notify_info,
     notify_warning,
-    start_job,
 )
 from ._logic import (
     METADATA_KEY,
     ImageInput,
     ModelSession,
-    fingerprint,
-    image_axes,
     image_input_from_layer,
-    result_transform,
-    spatial_shape,
 )
 from ._model_choice import ModelChoice
 from ._plot import LossPlot
+from ._preview import LivePreview
 from ._training import (
     ANNOTATION_CONVENTION,
     BACKGROUND,
@@ -62,65 +56,6 @@ from ._training import (
 
 if TYPE_CHECKING:
     import napari
-
-
-# --------------------------------------------------------------------------- live preview
-
-
-class PreviewTarget:
-    """The plane a live preview segments, read on the GUI thread when the preview starts.
-
-    Attributes
-    ----------
-    image : ImageInput
-        The whole image (its name, spatial shape and transform are those of the preview layer).
-    axes : str
-        Axis letters of the whole image.
-    data : array-like
-        The plane to segment (lazy for dask data: read in the worker).
-    plane_axes : str
-        Axis letters of ``data`` (``axes`` without the stack axis).
-    index : tuple
-        Where the plane's labels go in an array of the image's spatial shape.
-    """
-
-    def __init__(self, image: ImageInput, axes: str, plane: int | None) -> None:
-        self.image = image
-        self.axes = axes
-        if plane is None:
-            self.data, self.plane_axes, self.index = image.data, axes, (...,)
-        else:
-            letter = "Z" if "Z" in axes else "T"
-            self.data = image.data[(slice(None),) * axes.index(letter) + (plane,)]
-            self.plane_axes = axes.replace(letter, "")
-            self.index = (slice(None),) * axes.replace("C", "").index(letter) + (plane,)
-        self.plane = plane
-
-
-def visible_plane(layer: Any, axes: str, dims_point: Any) -> int | None:
-    """Index of the plane of a stacked image layer the viewer shows (None: not a stack)."""
-    letter = "Z" if "Z" in axes else "T" if "T" in axes else None
-    if letter is None:
-        return None
-    layer_axes = axes[:-1] if getattr(layer, "rgb", False) else axes  # napari has no dim for RGB
-    dim = layer_axes.index(letter)
-    ndim = len(layer_axes)
-    point = tuple(dims_point)[-ndim:]
-    try:
-        coord = layer.world_to_data(point)[dim]
-    except (AttributeError, IndexError, TypeError, ValueError):
-        coord = point[dim] if len(point) == ndim else 0
-    n = int(layer.data.shape[axes.index(letter)])
-    return int(min(max(round(float(coord)), 0), n - 1))
-
-
-def preview_job(checkpoint: Any, target: PreviewTarget, device: str) -> Generator[Any, None, Any]:
-    """Segment the preview plane with a weight snapshot (worker thread); returns ``(labels, seconds)``."""
-    from tiled_unet.core.predict import segment_iter
-
-    start = time.perf_counter()
-    labels = yield from segment_iter(checkpoint, target.data, axes=target.plane_axes, device=device)
-    return labels, time.perf_counter() - start
 
 
 #: The fine-tuning job, run in a separate process by :func:`tiled_unet.core.process.run_in_process`.
@@ -171,17 +106,9 @@ class FinetuneWidget(JobWidget, ModelChoice):
     viewer's interpreter lock, so the viewer stays responsive and the user can keep painting;
     with ``use_thread=False`` (tests) it runs inline.
 
-    Live preview ("Live preview every N steps", 0 = off, the default): every N steps the
-    training yields a snapshot of the weights, and the plane of the first chosen image that the
-    viewer shows is segmented with it in a worker thread, at most one at a time (a snapshot that
-    arrives meanwhile waits; only the newest waits). The result goes to a Labels layer
-    ``"<image> preview"`` placed just under the annotation layer (on top of the image and its
-    segmentation), created once and updated afterwards; on a stack only the plane last
-    previewed is filled. The layer is *kept* when the run ends (showing the last snapshot, its
-    step in ``metadata["tiled_unet"]["step"]``), for comparison with the final segmentation;
-    delete it at will. The next run reuses it unless it was edited by hand, which makes it the
-    user's: it is then left alone, like every other layer, and a new preview layer is added.
-    Adding it does not change the selected layer, so painting goes on.
+    Live preview ("Live preview every N steps", 0 = off, the default): every N steps the visible
+    plane of the first chosen image is segmented with the weights of that step into a
+    ``"<image> preview"`` layer just under the annotation layer (:mod:`._preview`).
 
     The parameters, ``napari_viewer`` and ``use_thread``, are those of :class:`~._common.JobWidget`.
     """
@@ -201,17 +128,16 @@ class FinetuneWidget(JobWidget, ModelChoice):
             no_current="No fine-tuned model yet: choose another base model.",
         )
         self._cancel = threading.Event()
-        self._preview_worker: Any = None
-        self._preview_pending: Any = None  # newest snapshot waiting for the running preview
-        self._preview_source: Any = None  # the image layer previewed in this run
-        self._preview_above: Any = None  # the annotation layer the preview goes under
-        self._preview_run = 0  # run counter: results of an older run's preview are dropped
         self._run_text = ""
         self._budget_seconds = 0.0
-        #: The preview layer written last (None before the first preview).
-        self.preview_layer: Any = None
-        #: Number of preview results written into the preview layer (all runs).
-        self.preview_updates = 0
+        #: The live preview of the runs (see :mod:`._preview`).
+        self.preview = LivePreview(
+            napari_viewer,
+            use_thread=use_thread,
+            device=self.device_combo.currentText,
+            say=self._say_preview,
+            report=self._report,
+        )
         #: The result of the last finished run (accepted or not).
         self.last_result: FinetuneResult | None = None
 
@@ -481,12 +407,12 @@ class FinetuneWidget(JobWidget, ModelChoice):
             f"Fine-tuning on {len(data.labels)} plane(s), {data.n_objects} object(s). {' '.join(notes)}"
         )
         self.status.setText(self._run_text)
-        self._preview_run += 1
-        self._preview_pending = None
-        self._preview_source = self.images_list.layers()[0] if request.preview_every > 0 else None
-        self._preview_above = self.labels_combo.layer()
-        if self._preview_source is not None:
-            self._prepare_preview_layer(self._in_channels(request.base_model))
+        self.preview.use_thread = self.use_thread
+        self.preview.begin(
+            self.images_list.layers()[0] if request.preview_every > 0 else None,
+            self.labels_combo.layer(),
+            self._in_channels(request.base_model),
+        )
         if self.use_thread:  # in its own process: training never holds this interpreter's lock
             from tiled_unet.core.process import run_in_process
 
@@ -501,13 +427,7 @@ class FinetuneWidget(JobWidget, ModelChoice):
             self._cancel.set()
             self._worker.quit()
             self.status.setText("Cancelling…")
-        self.cancel_preview()
-
-    def cancel_preview(self) -> None:
-        """Stop a running live preview and drop a waiting one (the preview layer stays)."""
-        self._preview_pending = None
-        if self._preview_worker is not None:
-            self._preview_worker.quit()
+        self.preview.cancel()
 
     def _set_running(self, running: bool) -> None:
         for widget in (self.start_button, self.new_labels_button, self.correct_button):
@@ -535,136 +455,30 @@ class FinetuneWidget(JobWidget, ModelChoice):
         self.plot.add(int(progress.step), float(progress.loss))
         snapshot = getattr(progress, "checkpoint", None)
         if snapshot is not None and not self._cancel.is_set():
-            self.request_preview(snapshot, int(progress.step))
+            self.preview.request(snapshot, int(progress.step))
 
     # ------------------------------------------------------------------ live preview
 
     @property
     def previewing(self) -> bool:
         """Whether a live-preview segmentation is running."""
-        return self._preview_worker is not None
+        return self.preview.busy
 
-    def request_preview(self, checkpoint: Any, step: int) -> None:
-        """Segment the visible plane with ``checkpoint`` now, or when the running preview ends."""
-        if self._preview_worker is not None:
-            self._preview_pending = (checkpoint, step, self._preview_run)
-            return
-        layer = self._preview_source
-        if layer is None or layer not in self.viewer.layers:
-            return  # the image was removed meanwhile: nothing to preview
-        try:
-            image = image_input_from_layer(layer)
-            axes = image_axes(image, int(checkpoint.config.in_channels))
-            target = PreviewTarget(image, axes, visible_plane(layer, axes, self.viewer.dims.point))
-        except ValueError as exc:
-            self.status.setText(f"{self._run_text} Preview not possible: {exc}")
-            return
-        run = self._preview_run
-        self._preview_worker = start_job(
-            preview_job,
-            checkpoint,
-            target,
-            self.device_combo.currentText(),
-            use_thread=self.use_thread,
-            on_yield=lambda _progress: None,
-            on_return=lambda result: self._on_preview(result, target, step, run),
-            on_error=self._on_preview_error,
-            on_finish=self._on_preview_finish,
-        )
+    @property
+    def preview_layer(self) -> Any:
+        """The preview layer written last (None before the first preview)."""
+        return self.preview.layer
 
-    def _on_preview(self, result: tuple[Any, float], target: PreviewTarget, step: int, run: int) -> None:
-        """Write a preview into the preview layer (GUI thread)."""
-        import numpy as np
+    @property
+    def preview_updates(self) -> int:
+        """Number of preview results written into a preview layer (all runs)."""
+        return self.preview.updates
 
-        if run != self._preview_run:
-            return  # from an earlier run
-        labels, seconds = result
-        labels = np.asarray(labels)
-        data = np.zeros(spatial_shape(target.image.shape, target.axes), dtype=labels.dtype)
-        data[target.index] = labels
-        layer = self._preview_layer_for(target)
-        info = {
-            "preview_of": target.image.name,
-            "step": step,
-            "plane": target.plane,
-            "seconds": round(float(seconds), 2),
-        }
-        if layer is None:
-            layer = self._add_preview_layer(data, target)
-        else:
-            layer.data = data
-        layer.metadata[METADATA_KEY] = {**info, "fingerprint": fingerprint(layer.data)}
-        self.preview_layer = layer
-        self.preview_updates += 1
-        where = f", plane {target.plane}" if target.plane is not None else ""
-        if self.running:  # after the run, its final message stays
-            self.status.setText(f"{self._run_text} Preview: step {step}{where} ({seconds:.1f} s).")
-
-    def _prepare_preview_layer(self, in_channels: int) -> None:
-        """Make the (empty) preview layer now, if there is none to reuse.
-
-        Adding a Labels layer costs napari a tenth of a second or more; done here, at the
-        click on Start, previews during training only replace its data.
-        """
-        import numpy as np
-
-        try:
-            image = image_input_from_layer(self._preview_source)
-            target = PreviewTarget(image, image_axes(image, in_channels), None)
-        except ValueError:
-            return  # said when the first preview is attempted
-        if self._preview_layer_for(target) is None:
-            data = np.zeros(spatial_shape(image.shape, target.axes), np.uint16)
-            layer = self._add_preview_layer(data, target)
-            layer.metadata[METADATA_KEY] = {
-                "preview_of": image.name,
-                "step": 0,
-                "fingerprint": fingerprint(data),
-            }
-
-    def _preview_layer_for(self, target: PreviewTarget) -> Any:
-        """Our unedited preview layer of this image, or None (layers edited by hand are the user's)."""
-        from napari.layers import Labels
-
-        for layer in reversed(list(self.viewer.layers)):
-            info = layer.metadata.get(METADATA_KEY) if isinstance(layer, Labels) else None
-            if (
-                isinstance(info, dict)
-                and info.get("preview_of") == target.image.name
-                and info.get("fingerprint") == fingerprint(layer.data)
-                and tuple(layer.data.shape) == spatial_shape(target.image.shape, target.axes)
-            ):
-                return layer
-        return None
-
-    def _add_preview_layer(self, data: Any, target: PreviewTarget) -> Any:
-        """Add the preview layer on top, just under the annotation layer, keeping the selection."""
-        from napari.layers import Labels
-
-        layers = self.viewer.layers
-        scale, translate = result_transform(target.image, target.axes, "instances")
-        layer = Labels(
-            data, name=f"{target.image.name} preview", scale=scale, translate=translate, opacity=0.5
-        )
-        selected, active = list(layers.selection), layers.selection.active
-        above = self._preview_above
-        index = layers.index(above) if above is not None and above in layers else len(layers)
-        layers.insert(index, layer)
-        layers.selection.clear()
-        layers.selection.update(selected)
-        layers.selection.active = active
-        return layer
-
-    def _on_preview_error(self, exc: BaseException) -> None:
-        message = self._report(exc, "Live preview failed")
-        self._preview_pending = None
-        self.status.setText(f"{self._run_text} {message}" if self.running else message)
-
-    def _on_preview_finish(self) -> None:
-        self._preview_worker = None
-        pending, self._preview_pending = self._preview_pending, None
-        if pending is not None and pending[2] == self._preview_run and not self._cancel.is_set():
-            self.request_preview(pending[0], pending[1])
+    def _say_preview(self, text: str, during_run_only: bool) -> None:
+        if self.running:
+            self.status.setText(f"{self._run_text} {text}")
+        elif not during_run_only:  # after the run, its final message stays
+            self.status.setText(text)
 
     def _on_result(self, result: FinetuneResult | None) -> None:
         """Make the new model current if it passed the check (GUI thread); None: cancelled."""

@@ -51,8 +51,11 @@ def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), as torch's cpuinfo sees it.
 
     oneDNN also runs bfloat16 on other AVX-512 CPUs by emulation, which is not faster than
-    float32, so only native support counts. False where this torch cannot tell.
+    float32, so only native support counts. False where this torch cannot tell, and where torch
+    is limited to kernels below AVX-512 (``ATEN_CPU_CAPABILITY=avx2``, as on most laptops).
     """
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return False
     cpu = getattr(torch, "cpu", None)
     checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     native = any(bool(check()) for check in checks if check is not None)
