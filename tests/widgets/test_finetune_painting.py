@@ -71,10 +71,13 @@ def test_correct_the_segmentation_trains_on_every_pixel(
     assert ft.labels_combo.currentText() == "nuclei corrections"
     np.testing.assert_array_equal(corr.data, np.where(before > 0, before.astype(int) + 1, 1))
     assert corr.selected_label == 1 and corr.mode == "paint"
+    # background (1, like 0) is not drawn, so nuclei the model missed stay visible under the copy
+    assert corr.colormap.map(np.array([1]))[0][3] == 0
     # the user erases a false object (napari's eraser paints 0) and paints a missed one
     false_obj = int(before.max())
     corr.data = np.where(corr.data == false_obj + 1, 0, corr.data)
     ft.paint_object_button.click()
+    assert corr.colormap.map(np.array([1]))[0][3] == 0  # still not drawn with the new ids
     corr.paint((5, 5), corr.selected_label)
     ft.steps_spin.setValue(1)
     ft.minutes_spin.setValue(0)

@@ -2,7 +2,7 @@
 
 The images are rendered into the test's temporary folder and checked to show the image, the
 labels and the dock. With ``TILED_UNET_UPDATE_SCREENSHOTS=1`` they are also written to
-``docs/images/segment.png`` and ``docs/images/finetune.png`` (kept out of ordinary runs so the
+``docs/images/segment.png``, ``finetune.png`` and ``correct.png`` (kept out of ordinary runs so the
 committed pictures do not churn).
 """
 
@@ -88,4 +88,30 @@ def test_finetune_screenshot(make_napari_viewer, qtbot, tmp_path):
     ft.start()
     assert len(ft.plot.history) == 12
     shot = _shoot(viewer, qtbot, tmp_path / "finetune.png")
+    _check(shot, ft.width())
+
+
+def test_correct_the_segmentation_screenshot(make_napari_viewer, qtbot, tmp_path):
+    """The corrections flow: the segmentation copied into a layer, one false object erased."""
+    from tiled_unet._sample_data import nuclei_with_labels
+
+    viewer = make_napari_viewer(show=True)
+    (img, _, _), _ = nuclei_with_labels()
+    viewer.add_image(img, name="nuclei")
+    seg_dock, seg = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
+    seg.refresh_models(select="nuclei")
+    seg.use_thread = False
+    seg.run()
+    viewer.window.remove_dock_widget(seg_dock)
+    _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
+    corrections = ft.correct_segmentation()
+    assert corrections is not None and not viewer.layers["nuclei segmentation"].visible
+    assert corrections.selected_label == 1 and corrections.mode == "paint"  # background brush
+    data = corrections.data
+    ids, sizes = np.unique(data[data >= 2], return_counts=True)
+    data[data == ids[np.argmax(sizes)]] = 1  # a user erases an object as false (background, not drawn)
+    corrections.data = data
+    ft.paint_object_button.click()  # and goes on with a new object
+    assert corrections.selected_label == int(data.max()) + 1
+    shot = _shoot(viewer, qtbot, tmp_path / "correct.png")
     _check(shot, ft.width())

@@ -69,10 +69,13 @@ def _row(*widgets: Any) -> QHBoxLayout:
     return row
 
 
-def _neutral_background(layer: Any, largest: int | None = None) -> None:
+def _neutral_background(layer: Any, largest: int | None = None, *, clear: bool | None = None) -> None:
     """Show label 1 (background) in grey, the object ids in napari's usual colours.
 
     ``largest`` is the largest id in use or about to be (default: read from the data).
+    ``clear=True`` shows label 1 transparent instead, as in a corrections layer, where 0 and
+    1 both mean background and a grey cover would hide the nuclei the model missed; None
+    keeps the layer's current choice.
     """
     import numpy as np
     from napari.utils.colormaps import DirectLabelColormap, label_colormap
@@ -81,11 +84,15 @@ def _neutral_background(layer: Any, largest: int | None = None) -> None:
         largest = int(np.asarray(layer.data).max(initial=0))
     top = max(largest + 256, 512)
     current = layer.colormap
-    if isinstance(current, DirectLabelColormap) and len(current.color_dict) > top:
-        return  # still covers every id in use
+    direct = isinstance(current, DirectLabelColormap)
+    if clear is None:
+        clear = direct and BACKGROUND in current.color_dict and current.color_dict[BACKGROUND][3] == 0
+        if direct and len(current.color_dict) > top:
+            return  # still covers every id in use
     colors = label_colormap(top + 1).map(np.arange(top + 1))
     mapping: dict[int | None, Any] = {k: colors[k] for k in range(2, top + 1)}
-    mapping.update({None: colors[-1], 0: np.zeros(4), BACKGROUND: np.array([0.55, 0.55, 0.55, 1.0])})
+    grey = np.zeros(4) if clear else np.array([0.55, 0.55, 0.55, 1.0])
+    mapping.update({None: colors[-1], 0: np.zeros(4), BACKGROUND: grey})
     layer.colormap = DirectLabelColormap(color_dict=mapping)
 
 
@@ -252,9 +259,9 @@ class FinetuneWidget(JobWidget, ModelChoice):
             notify_error(str(exc))
             return None
 
-    def _add_annotation_layer(self, data: Any, kwargs: dict[str, Any]) -> Any:
+    def _add_annotation_layer(self, data: Any, kwargs: dict[str, Any], *, clear: bool = False) -> Any:
         layer = self.viewer.add_labels(data, **kwargs)
-        _neutral_background(layer)
+        _neutral_background(layer, clear=clear)
         layer.brush_size = 8
         self.labels_combo.set_layer(layer)
         return layer
@@ -302,11 +309,11 @@ class FinetuneWidget(JobWidget, ModelChoice):
         except ValueError as exc:
             notify_error(str(exc))
             return None
-        new = self._add_annotation_layer(data, kwargs)
+        new = self._add_annotation_layer(data, kwargs, clear=True)  # background: 0 or 1 alike
         seg.visible = False  # the copy shows the same objects; the original stays as it was
         self.paint_background()
         self.status.setText(
-            "Correct the copy: paint background (1) or erase over false objects, 'Paint object' for "
+            "Correct the copy: paint background (1, not drawn) or erase over false objects, 'Paint object' for "
             "missed ones, and split merged objects by painting one part with a new id. Every pixel counts."
         )
         return new
