@@ -259,17 +259,12 @@ def bf16_on_real_data() -> None:
     t = time.perf_counter()
     fp32 = segment(ckpt, img, output="semantic", device="cpu")
     t32 = time.perf_counter() - t
-    real_autocast = torch.autocast
-    try:  # predict's autocast is accelerator-only: force CPU bf16 for this measurement
-        import tiled_unet.core.predict as predict_mod
+    from tiled_unet.core.engine import Predictor
 
-        saved = predict_mod._autocast
-        predict_mod._autocast = lambda device, amp: real_autocast("cpu", dtype=torch.bfloat16)
-        t = time.perf_counter()
-        bf16 = segment(ckpt, img, output="semantic", device="cpu")
-        t16 = time.perf_counter() - t
-    finally:
-        predict_mod._autocast = saved
+    bf16_predictor = Predictor(ckpt, device="cpu", cpu_bf16=True)  # opt-in CPU bfloat16 autocast
+    t = time.perf_counter()
+    bf16 = segment(bf16_predictor, img, output="semantic", device="cpu")
+    t16 = time.perf_counter() - t
     agree = float((fp32 == bf16).mean())
     print(
         f"\nbf16 on real data (built-in nuclei, sample nuclei.png {img.shape}): semantic labels agree on "

@@ -135,7 +135,7 @@ def test_interrupt_exit_code(capsys: pytest.CaptureFixture, monkeypatch: pytest.
 def test_progress_bar_counts_batches(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     import tqdm
 
-    from tiled_unet.core.predict import Progress
+    from tiled_unet.core.progress import Progress
 
     bars = []
 
@@ -148,7 +148,7 @@ def test_progress_bar_counts_batches(capsys: pytest.CaptureFixture, monkeypatch:
 
     def gen():
         for done in range(4):
-            yield Progress(plane=0, n_planes=1, done=done, total=3, message="")
+            yield Progress(done, 3, "", unit="tile batch")
         return "result"
 
     assert predict_cli._drain_with_progress(gen(), "x.tif", disable=False) == "result"

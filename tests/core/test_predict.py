@@ -14,13 +14,12 @@ from skimage.draw import disk
 from tiled_unet.core.checkpoint import Checkpoint, Normalization
 from tiled_unet.core.model import UNet, UNetConfig
 from tiled_unet.core.predict import (
-    Progress,
-    TileProgress,
     predict_probabilities,
     predict_probabilities_iter,
     segment,
     segment_iter,
 )
+from tiled_unet.core.progress import Progress
 from tiled_unet.core.progress import drain as progress_drain
 
 
@@ -51,7 +50,7 @@ def drain(gen):
 def test_generator_yields_monotone_progress_and_returns_probabilities():
     image = np.random.default_rng(0).normal(size=(1, 37, 29)).astype(np.float32)
     events, probs = drain(predict_probabilities_iter(tiny(), image, tile=48))
-    assert all(isinstance(e, TileProgress) for e in events)
+    assert all(isinstance(e, Progress) and e.unit == "tile batch" for e in events)
     assert [e.done for e in events] == list(range(1, len(events) + 1))
     assert all(e.total == len(events) for e in events) and len(events) > 1
     assert probs.shape == (3, 37, 29) and probs.dtype == np.float32
@@ -66,8 +65,9 @@ def test_segment_equals_draining_and_progress_counts_batches_over_planes():
     assert events[0].done == 0 and events[-1].done == events[-1].total
     assert len({e.total for e in events}) == 1
     assert [e.done for e in events] == list(range(len(events)))
-    assert [e.plane for e in events[1:]] == sorted(e.plane for e in events[1:])
-    assert {e.n_planes for e in events} == {3}
+    planes = [int(e.message.split("/")[0].removeprefix("plane ")) for e in events[1:]]
+    assert planes == sorted(planes) and set(planes) == {1, 2, 3}
+    assert all(e.message.startswith("plane ") and "/3, tile batch" in e.message for e in events[1:])
     assert labels.shape == (3, 40, 50) and labels.dtype == np.uint16
     np.testing.assert_array_equal(segment(tiny(), stack, tile=48, batch_size=2, device="cpu"), labels)
 
@@ -183,7 +183,7 @@ def test_out_of_memory_halves_an_automatic_tile_and_retries(caplog):
     model.load_state_dict(tiny().state_dict())
     model.eval()
     stack = np.stack([blobs((120, 120), seed=s) for s in range(2)])
-    with caplog.at_level(logging.WARNING, logger="tiled_unet.core.predict"):
+    with caplog.at_level(logging.WARNING, logger="tiled_unet.core.engine"):
         events, probs = drain(segment_iter(model, stack, output="probabilities", device="cpu"))
     assert "out of memory" in caplog.text
     assert events[0].total == 2  # one 160-pixel tile per plane planned at first

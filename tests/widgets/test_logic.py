@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tiled_unet._widgets import _logic as L
-from tiled_unet.core.progress import drain
+from tiled_unet.core.options import PredictOptions
+from tiled_unet.core.progress import Progress, drain
 
 
 def _layer(name, data, **meta):
@@ -148,12 +149,13 @@ def test_session_is_per_viewer_and_holds_listeners_weakly(intensity_checkpoint):
 # --------------------------------------------------------------------------- jobs with stand-ins
 
 
-def _fake_segment_iter(ckpt, image, *, axes, output, tile, device, min_size, min_peak=None, tta=False):
-    _fake_segment_iter.tta = tta
-    _fake_segment_iter.min_peak = min_peak
+def _fake_segment_iter(predictor, image, options, *, axes):
+    _fake_segment_iter.options = options
     planes = image.shape[0] if axes.startswith("Z") else 1
     for p in range(planes):
-        yield SimpleNamespace(plane=p, n_planes=planes, done=p + 1, total=planes, message="")
+        yield Progress(
+            p + 1, planes, f"plane {p + 1}/{planes}, tile batch {p + 1}/{planes}", unit="tile batch"
+        )
     labels = (np.asarray(image) > 0).astype(np.uint16)
     return labels
 
@@ -171,7 +173,7 @@ def test_segment_job_returns_result_with_axes_and_count(intensity_checkpoint):
     assert L.summary_text(result).startswith("stack: 3 objects in ")
 
 
-def test_segment_job_passes_tta_and_min_peak_on_both_paths(intensity_checkpoint, monkeypatch):
+def test_segment_job_passes_the_options_on_both_paths(intensity_checkpoint):
     img = np.zeros((40, 40), np.uint8)
     drain(
         L.segment_job(
@@ -180,26 +182,33 @@ def test_segment_job_passes_tta_and_min_peak_on_both_paths(intensity_checkpoint,
             segment_iter=_fake_segment_iter,
         )
     )
-    assert _fake_segment_iter.tta is False and _fake_segment_iter.min_peak is None  # 0 = the model's
-    req = L.SegmentRequest(model=intensity_checkpoint, tta=True, min_peak=0.7)
+    assert _fake_segment_iter.options == PredictOptions()  # None everywhere: the model's settings
+    options = PredictOptions(tta=True, min_peak=0.0, min_size=0)  # 0 is a value, not "default"
+    req = L.SegmentRequest(model=intensity_checkpoint, options=options)
     drain(L.segment_job(L.ImageInput("small", img), req, segment_iter=_fake_segment_iter))
-    assert _fake_segment_iter.tta is True and _fake_segment_iter.min_peak == 0.7
-    monkeypatch.setattr(L, "HUGE_PLANE_PIXELS", 100)
+    assert _fake_segment_iter.options is options
     huge = L.ImageInput("huge", da.from_array(img, chunks=20))
     seen = {}
 
-    def fake_blockwise_iter(ckpt, data, **kwargs):
-        seen.update(kwargs)
+    def fake_blockwise_iter(predictor, data, options, **kwargs):
+        seen.update(options=options, **kwargs)
         raise RuntimeError("stop here")
         yield  # a generator
 
+    blockwise = L.SegmentRequest(model=intensity_checkpoint, options=options.replace(blockwise=True))
     with pytest.raises(RuntimeError, match="stop here"):
-        drain(L.segment_job(huge, req, segment_iter=_fake_segment_iter, blockwise_iter=fake_blockwise_iter))
-    assert seen["tta"] is True and seen["min_peak"] == 0.7
+        drain(
+            L.segment_job(
+                huge, blockwise, segment_iter=_fake_segment_iter, blockwise_iter=fake_blockwise_iter
+            )
+        )
+    assert seen["options"].tta is True and seen["options"].min_peak == 0.0
 
 
 def test_segment_job_with_the_real_core(intensity_checkpoint, nuclei_image):
-    req = L.SegmentRequest(model=intensity_checkpoint, device="cpu", model_label="tiny")
+    req = L.SegmentRequest(
+        model=intensity_checkpoint, options=PredictOptions(device="cpu"), model_label="tiny"
+    )
     result = drain(L.segment_job(L.ImageInput("nuclei", nuclei_image), req))
     assert result.data.shape == nuclei_image.shape and result.n_objects >= 20
 

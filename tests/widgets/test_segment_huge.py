@@ -1,13 +1,14 @@
 """Huge lazy images in the Segment widget: block by block into a Zarr store, shown lazily.
 
-The size threshold (:data:`~tiled_unet._widgets._logic.HUGE_PLANE_PIXELS`) and the block
-edge are lowered with monkeypatch, so a 300 x 300 zarr array takes the blockwise path with
+The core's size threshold (:data:`~tiled_unet.core.options.BLOCKWISE_PIXELS`) and default
+block edge are lowered with monkeypatch, so a 300 x 300 zarr array takes the blockwise path with
 several blocks, using the tiny deterministic checkpoint of ``conftest.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,14 +18,16 @@ import numpy as np
 import pytest
 
 from tiled_unet._widgets import _logic as L
+from tiled_unet.core import options as options_module
+from tiled_unet.core.options import PredictOptions
 from tiled_unet.core.progress import drain
 
 
 @pytest.fixture
 def small_huge(monkeypatch):
     """Any plane over 1,000 pixels counts as huge; blocks of 128 pixels (3 x 3 on 300 x 300)."""
-    monkeypatch.setattr(L, "HUGE_PLANE_PIXELS", 1_000)
-    monkeypatch.setattr(L, "HUGE_BLOCK", 128)
+    monkeypatch.setattr(options_module, "BLOCKWISE_PIXELS", 1_000)
+    monkeypatch.setattr(options_module, "DEFAULT_BLOCK", 128)
 
 
 @pytest.fixture
@@ -55,23 +58,24 @@ def _cache_runs() -> set[str]:
 # --------------------------------------------------------------------------- Qt-free logic
 
 
-def test_use_blockwise_needs_lazy_data_and_a_huge_plane(monkeypatch, zarr_image):
-    monkeypatch.setattr(L, "HUGE_PLANE_PIXELS", 300 * 300 - 1)
-
+def test_blockwise_for_needs_lazy_data_and_a_huge_plane(zarr_image):
     def image(data, rgb=False):
         return L.ImageInput(name="x", data=data, rgb=rgb)
 
-    assert L.HUGE_PLANE_PIXELS == 300 * 300 - 1
-    assert L.use_blockwise(image(zarr_image), "YX")
-    assert L.use_blockwise(image(da.zeros((300, 300), chunks=100)), "YX")
-    assert not L.use_blockwise(image(np.zeros((300, 300))), "YX")  # in memory already
-    assert not L.use_blockwise(image(da.zeros((299, 300), chunks=100)), "YX")  # not over the limit
-    assert L.use_blockwise(image(da.zeros((300, 300, 3), chunks=100), rgb=True), "YXC")
-    assert L.use_blockwise(image(da.zeros((2, 300, 300), chunks=100)), "ZYX")
-    assert not L.use_blockwise(image(da.zeros((300, 300), chunks=100)), "YX", threshold=10**6)
+    edge = math.isqrt(options_module.BLOCKWISE_PIXELS) + 1  # just over the core's limit
+    auto = PredictOptions()
+    assert L.blockwise_for(image(da.zeros((edge, edge), chunks=1024)), "YX", auto)
+    assert not L.blockwise_for(image(da.zeros((edge - 2, edge - 2), chunks=1024)), "YX", auto)
+    assert L.blockwise_for(image(da.zeros((edge, edge, 3), chunks=1024), rgb=True), "YXC", auto)
+    assert L.blockwise_for(image(da.zeros((2, edge, edge), chunks=1024)), "ZYX", auto)
+    assert not L.blockwise_for(image(np.broadcast_to(np.uint8(0), (edge, edge))), "YX", auto)  # in memory
+    assert not L.blockwise_for(image(zarr_image), "YX", auto)  # lazy but small
+    assert L.blockwise_for(image(zarr_image), "YX", auto.replace(blockwise=True))  # asked for
+    big = da.zeros((edge, edge), chunks=1024)
+    assert not L.blockwise_for(image(big), "YX", auto.replace(blockwise=False))
     # a multiscale layer is judged by its full-resolution level
-    layer = SimpleNamespace(name="pyr", data=[zarr_image, zarr_image[::2, ::2]], multiscale=True)
-    assert L.use_blockwise(L.image_input_from_layer(layer), "YX")
+    layer = SimpleNamespace(name="pyr", data=[big, big[::2, ::2]], multiscale=True)
+    assert L.blockwise_for(L.image_input_from_layer(layer), "YX", auto)
 
 
 def test_lazy_results_count_as_edited_when_painted_or_replaced():
@@ -106,7 +110,9 @@ def test_blockwise_job_equals_whole_image_and_cleans_up(small_huge, zarr_image, 
     from tiled_unet.core.predict import segment
 
     image = L.ImageInput(name="big", data=zarr_image)
-    request = L.SegmentRequest(model=intensity_checkpoint, output="semantic", device="cpu")
+    request = L.SegmentRequest(
+        model=intensity_checkpoint, options=PredictOptions(output="semantic", device="cpu")
+    )
     seen = []
     result = drain(L.segment_job(image, request), seen.append)
     assert isinstance(result.data, da.Array) and result.store is not None
@@ -119,7 +125,9 @@ def test_blockwise_job_equals_whole_image_and_cleans_up(small_huge, zarr_image, 
 
     # stopped after the first block (as worker.quit() leaves it): no store is left behind
     store = L.new_result_store()
-    gen = L.segment_job(image, dataclasses.replace(request, output="instances"), store=store)
+    gen = L.segment_job(
+        image, dataclasses.replace(request, options=request.options.replace(output="instances")), store=store
+    )
     next(gen)
     assert any(store.iterdir())
     gen.close()
@@ -131,7 +139,9 @@ def test_blockwise_job_on_a_stack_of_huge_planes(small_huge, zarr_image, intensi
 
     stack = da.stack([da.from_zarr(zarr_image)[:200, :200], da.from_zarr(zarr_image)[100:300, 100:300]])
     image = L.ImageInput(name="stack", data=stack)
-    request = L.SegmentRequest(model=intensity_checkpoint, output="instances", device="cpu")
+    request = L.SegmentRequest(
+        model=intensity_checkpoint, options=PredictOptions(output="instances", device="cpu")
+    )
     result = drain(L.segment_job(image, request))
     assert result.data.shape == (2, 200, 200) and result.axes == "ZYX"
     expected = segment(intensity_checkpoint, np.asarray(stack), output="instances", device="cpu")

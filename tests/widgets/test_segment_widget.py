@@ -227,16 +227,30 @@ def test_tta_checkbox_runs_the_averaged_prediction(make_napari_viewer, qtbot, ch
     viewer.add_image(nuclei_image, name="nuclei")
     widget = _segment_widget(viewer, checkpoint_file)
     widget.output_combo.setCurrentText("probabilities")
-    assert not widget.tta_check.isChecked() and widget.request().tta is False
+    assert not widget.tta_check.isChecked() and widget.request().options.tta is False
     _run_and_wait(qtbot, widget)
-    assert widget.last_result.request.tta is False
+    assert widget.last_result.request.options.tta is False
     plain = np.asarray(viewer.layers["nuclei probabilities"].data).copy()
     widget.tta_check.setChecked(True)
-    assert widget.request().tta is True
+    assert widget.request().options.tta is True
     _run_and_wait(qtbot, widget)
     tta = np.asarray(viewer.layers["nuclei probabilities"].data)
     expected = segment(str(checkpoint_file), nuclei_image, output="probabilities", device="cpu", tta=True)
     np.testing.assert_allclose(tta, expected, atol=1e-5)
     # the stand-in model is pixel-wise (rotation-equivariant): both runs agree, the request differs
     np.testing.assert_allclose(tta, plain, atol=1e-5)
-    assert widget.last_result.request.tta is True
+    assert widget.last_result.request.options.tta is True
+
+
+def test_controls_map_to_options_and_zero_is_a_value(make_napari_viewer, checkpoint_file, nuclei_image):
+    """The lowest value of each spin box reads "auto" / "model default" (None); 0 is a value."""
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image, name="nuclei")
+    widget = _segment_widget(viewer, checkpoint_file)
+    options = widget.request().options
+    assert (options.tile, options.min_size, options.min_peak) == (None, None, None)
+    assert widget.min_size_spin.text() == widget.min_peak_spin.text() == "model default"
+    widget.min_size_spin.setValue(0)
+    widget.min_peak_spin.setValue(0.0)
+    options = widget.request().options
+    assert options.min_size == 0 and options.min_peak == 0.0

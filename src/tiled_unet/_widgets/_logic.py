@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from tiled_unet.core.options import OUTPUTS, PredictOptions
+from tiled_unet.core.options import OutputKind as Output
+
 if TYPE_CHECKING:
     from tiled_unet.core.checkpoint import Checkpoint
 
-Output = Literal["instances", "semantic", "probabilities"]
-OUTPUTS: tuple[Output, ...] = ("instances", "semantic", "probabilities")
+__all__ = ["OUTPUTS", "Output"]
 
 #: Label of the model choice that stands for the session's fine-tuned model.
 CURRENT_MODEL = "current fine-tuned model"
@@ -33,13 +35,6 @@ CURRENT_MODEL = "current fine-tuned model"
 LOAD_FROM_FILE = "Load from file…"
 #: Key of the ``layer.metadata`` entry written on every layer this plugin creates.
 METADATA_KEY = "tiled_unet"
-
-#: A plane (Y x X) with more pixels than this, in a dask- or zarr-backed image layer, is
-#: segmented block by block into a Zarr store (:mod:`tiled_unet.core.blockwise`) rather
-#: than in memory: 4096 x 4096 pixels.
-HUGE_PLANE_PIXELS = 4096 * 4096
-#: Output block edge (pixels) of blockwise runs, also the Zarr chunk edge of their results.
-HUGE_BLOCK = 2048
 
 
 # --------------------------------------------------------------------------- image layers
@@ -222,15 +217,15 @@ def plane_pixels(shape: Sequence[int], axes: str) -> int:
     return sizes.get("Y", 1) * sizes.get("X", 1)
 
 
-def use_blockwise(image: ImageInput, axes: str, *, threshold: int | None = None) -> bool:
-    """Whether ``image`` is segmented block by block into a Zarr store.
+def blockwise_for(image: ImageInput, axes: str, options: PredictOptions) -> bool:
+    """The core's rule (:func:`~tiled_unet.core.options.goes_blockwise`) applied to a layer.
 
-    True when the layer's data is lazy (dask or zarr, see :func:`is_lazy`; the full-resolution
-    level of a multiscale layer) and one plane has more than ``threshold`` pixels (default
-    :data:`HUGE_PLANE_PIXELS`). Smaller or in-memory images take the in-memory path.
+    Lazy layer data (dask or zarr; the full-resolution level of a multiscale layer) with huge
+    planes goes block by block into a Zarr store; data in memory is segmented whole.
     """
-    limit = HUGE_PLANE_PIXELS if threshold is None else int(threshold)
-    return is_lazy(image.data) and plane_pixels(image.shape, axes) > limit
+    from tiled_unet.core.options import goes_blockwise
+
+    return goes_blockwise(plane_pixels(image.shape, axes), lazy=is_lazy(image.data), options=options)
 
 
 _CACHE_DIR: str | None = None
@@ -329,29 +324,27 @@ def count_objects(labels: np.ndarray) -> int:
 
 @dataclass(frozen=True)
 class SegmentRequest:
-    """Settings of one segmentation run, read from the widget on the GUI thread."""
+    """One segmentation run, read from the widget on the GUI thread.
+
+    Attributes
+    ----------
+    model : Checkpoint or str
+        The model (a checkpoint, a built-in name or a file).
+    options : PredictOptions
+        What to produce and how (the core's one options type; None fields = the model's or
+        the machine's defaults).
+    model_label : str
+        How the model is named in the result layer's metadata.
+    """
 
     model: Any
-    output: Output = "instances"
-    tile: int = 0
-    device: str = "auto"
-    min_size: int = 0
-    #: Minimum peak object probability; 0 = the model's setting.
-    min_peak: float = 0.0
+    options: PredictOptions = PredictOptions()
     model_label: str = ""
-    #: Test-time augmentation: average with the prediction of the 180-degree rotation.
-    tta: bool = False
 
-    def core_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments both core segmenters take (0 = automatic / the model's)."""
-        return {
-            "output": self.output,
-            "tile": int(self.tile) or None,
-            "device": self.device,
-            "min_size": int(self.min_size) or None,
-            "min_peak": float(self.min_peak) or None,
-            "tta": self.tta,
-        }
+    @property
+    def output(self) -> Output:
+        """The kind of result asked for."""
+        return self.options.output
 
 
 @dataclass(frozen=True)
@@ -387,29 +380,24 @@ def segment_job(
     Runs in a worker thread: it loads the model, infers the axes and drains the core's
     ``segment_iter`` (``yield from``, so ``worker.quit()`` stops it at the next tile batch).
 
-    A lazy image with huge planes (:func:`use_blockwise`) is instead segmented block by
-    block by the core's ``segment_blockwise_iter`` (blocks of :data:`HUGE_BLOCK`, stopping
-    at the next block on ``worker.quit()``) into a Zarr store in ``store`` (a folder from
-    :func:`new_result_store`, made here if None); the result's ``data`` is then a dask array
-    reading that store, so neither the image nor the labels are held in memory. If the run
-    fails or is stopped, the store is removed.
+    An image the core's rule sends block-wise (:func:`~tiled_unet.core.options.goes_blockwise`:
+    lazy data with huge planes) is instead segmented block by block by the core's
+    ``segment_blockwise_iter`` (stopping at the next block on ``worker.quit()``) into a
+    Zarr store in ``store`` (a folder from :func:`new_result_store`, made here if None); the
+    result's ``data`` is then a dask array reading that store, so neither the image nor the
+    labels are held in memory. If the run fails or is stopped, the store is removed.
     """
     start = time.perf_counter()
     if segment_iter is None:
         from tiled_unet.core.predict import segment_iter
-    from tiled_unet.core.checkpoint import resolve_model
+    from tiled_unet.core.engine import shared_predictor
     from tiled_unet.core.image import has_plane_axis
 
-    ckpt = resolve_model(request.model)
-    axes = image_axes(image, ckpt.config.in_channels)
-    if use_blockwise(image, axes):
-        return (yield from _blockwise_job(image, request, ckpt, axes, store, blockwise_iter, start))
-    result = yield from segment_iter(
-        ckpt,
-        image.data,
-        axes=axes,
-        **request.core_kwargs(),
-    )
+    predictor = shared_predictor(request.model, request.options)  # built once per model and device
+    axes = image_axes(image, predictor.config.in_channels)
+    if blockwise_for(image, axes, request.options):
+        return (yield from _blockwise_job(image, request, predictor, axes, store, blockwise_iter, start))
+    result = yield from segment_iter(predictor, image.data, request.options, axes=axes)
     result = np.asarray(result)
     n_objects = None
     if request.output == "instances":
@@ -430,7 +418,7 @@ def segment_job(
 def _blockwise_job(
     image: ImageInput,
     request: SegmentRequest,
-    ckpt: Any,
+    predictor: Any,
     axes: str,
     store: str | Path | None,
     blockwise_iter: Callable[..., Generator[Any, None, Any]] | None,
@@ -445,13 +433,7 @@ def _blockwise_job(
     name = "probabilities.zarr" if request.output == "probabilities" else "labels.zarr"
     try:
         array = yield from blockwise_iter(
-            ckpt,
-            image.data,
-            out=folder / name,
-            axes=axes,
-            block=HUGE_BLOCK,
-            overwrite=True,
-            **request.core_kwargs(),
+            predictor, image.data, request.options, out=folder / name, axes=axes, overwrite=True
         )
         data = da.from_zarr(array)
         n_objects = None
@@ -473,24 +455,13 @@ def _blockwise_job(
 
 
 def progress_text(progress: Any) -> str:
-    """One line for the core's ``Progress`` (plane, n_planes, done, total, message).
+    """One line for a core :class:`~tiled_unet.core.progress.Progress` of a segmentation.
 
-    The blockwise core's ``BlockProgress`` (done, total, message; no plane) reads
-    ``"block 3/16 (blockwise, to Zarr)"``, counting the blocks of all passes.
+    The core's message (``"plane 2/3, tile batch 5/9"``); block-wise runs add where the
+    result goes: ``"plane 1/1: block 3/16 (blockwise, to Zarr)"``.
     """
-    if not hasattr(progress, "plane") and hasattr(progress, "done"):
-        return f"block {int(progress.done)}/{int(progress.total)} (blockwise, to Zarr)"
-    parts = []
-    n_planes = int(getattr(progress, "n_planes", 1) or 1)
-    if n_planes > 1:
-        parts.append(f"plane {int(getattr(progress, 'plane', 0)) + 1}/{n_planes}")
-    total = int(getattr(progress, "total", 0) or 0)
-    if total:
-        parts.append(f"tile batch {int(getattr(progress, 'done', 0))}/{total}")
-    message = str(getattr(progress, "message", "") or "")
-    if message:
-        parts.append(message)
-    return ", ".join(parts)
+    text = progress.message or (f"{progress.unit} {progress.done}/{progress.total}" if progress.total else "")
+    return f"{text} (blockwise, to Zarr)" if progress.unit == "block" else text
 
 
 def summary_text(result: SegmentResult) -> str:

@@ -313,8 +313,9 @@ class FinetuneWidget(JobWidget, ModelChoice):
         seg.visible = False  # the copy shows the same objects; the original stays as it was
         self.paint_background()
         self.status.setText(
-            "Correct the copy: paint background (1, not drawn) or erase over false objects, 'Paint object' for "
-            "missed ones, and split merged objects by painting one part with a new id. Every pixel counts."
+            "Correct the copy: paint background (1, not drawn) or erase over false objects, "
+            "'Paint object' for missed ones, and split merged objects by painting one part with a "
+            "new id. Every pixel counts."
         )
         return new
 

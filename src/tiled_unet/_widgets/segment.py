@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QPushButton, QSpinBox
 
+from tiled_unet.core.options import PredictOptions
+
 from ._common import JobWidget, LayerComboBox, notify_error
 from ._logic import (
     CURRENT_MODEL,
@@ -42,7 +44,7 @@ class SegmentWidget(JobWidget, ModelChoice):
     updates that layer, unless it was edited by hand: then a new layer is added.
 
     Huge images. When the image layer is dask- or zarr-backed and a plane has more than
-    :data:`~._logic.HUGE_PLANE_PIXELS` pixels, the image is segmented block by block
+    :data:`~tiled_unet.core.options.BLOCKWISE_PIXELS` pixels, the image is segmented block by block
     (:mod:`tiled_unet.core.blockwise`) into a Zarr store in this session's cache folder
     (:func:`~._logic.result_cache_dir`, under the system's temporary folder, deleted at
     exit), and the result layer reads that store lazily (a dask array), so neither the image
@@ -86,12 +88,14 @@ class SegmentWidget(JobWidget, ModelChoice):
             "Input tile edge in pixels (a valid network input size); auto picks one that fits the memory"
         )
         self.min_size_spin = QSpinBox()
-        self.min_size_spin.setRange(0, 1_000_000)
+        self.min_size_spin.setRange(-1, 1_000_000)  # -1 reads "model default"; 0 keeps every object
+        self.min_size_spin.setValue(-1)
         self.min_size_spin.setSpecialValueText("model default")
         self.min_size_spin.setToolTip("Objects smaller than this many pixels are removed (instances)")
 
         self.min_peak_spin = QDoubleSpinBox()
-        self.min_peak_spin.setRange(0.0, 0.99)
+        self.min_peak_spin.setRange(-0.05, 0.99)  # -0.05 reads "model default"
+        self.min_peak_spin.setValue(-0.05)
         self.min_peak_spin.setSingleStep(0.05)
         self.min_peak_spin.setDecimals(2)
         self.min_peak_spin.setSpecialValueText("model default")
@@ -137,16 +141,19 @@ class SegmentWidget(JobWidget, ModelChoice):
     def request(self) -> SegmentRequest:
         """The settings of the next run, from the controls."""
         model, label = self._model_value()
-        return SegmentRequest(
-            model=model,
-            model_label=label,
+
+        def unless_special(spin: Any) -> Any:  # the lowest value reads "auto" / "model default"
+            return None if spin.value() == spin.minimum() else spin.value()
+
+        options = PredictOptions(
             output=self.output_combo.currentText(),  # type: ignore[arg-type]
-            tile=self.tile_spin.value(),
+            tile=unless_special(self.tile_spin),
             device=self.device_combo.currentText(),
-            min_size=self.min_size_spin.value(),
-            min_peak=self.min_peak_spin.value(),
+            min_size=unless_special(self.min_size_spin),
+            min_peak=unless_special(self.min_peak_spin),
             tta=self.tta_check.isChecked(),
         )
+        return SegmentRequest(model=model, options=options, model_label=label)
 
     def run(self) -> None:
         """Start segmenting the chosen image (ignored while a run is in progress)."""

@@ -9,16 +9,15 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from tiled_unet.core.options import OUTPUTS, PredictOptions
+
 from . import error
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("instances", "semantic", "probabilities")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: Suffixes removed as a whole when naming the output (``a.ome.tif`` -> ``a.tif``).
 _COMPOUND_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr")
-#: TIFF planes with more pixels than this are read lazily and predicted block by block.
-BLOCKWISE_PIXELS = 64 * 2**20
 
 DESCRIPTION = """\
 Segment each IMAGE with MODEL and write DIR/<stem>.tif:
@@ -27,7 +26,7 @@ Segment each IMAGE with MODEL and write DIR/<stem>.tif:
   probabilities  float32 class probabilities, (C, Y, X), or (Z, C, Y, X) for stacks
 
 Inputs: TIFF, PNG, JPEG, .npy or (OME-)Zarr; 2-D grey or RGB(A), or stacks (see --axes).
-Zarr inputs, TIFFs with planes over 64 megapixels, and --out ending in .zarr (one IMAGE;
+Zarr inputs, TIFFs with planes over 16 megapixels, and --out ending in .zarr (one IMAGE;
 the store itself) are predicted block by block and written as DIR/<stem>.zarr, never
 holding the whole image in memory.
 An input is never overwritten, and an existing output only with --overwrite.
@@ -186,10 +185,24 @@ def run(args: argparse.Namespace) -> int:
     if zarr_out and len(inputs) > 1:
         error(f"{out_dir}: an --out ending in .zarr is the output store of one image; give a folder")
         return 2
+    from tiled_unet.core.engine import Predictor
+    from tiled_unet.core.options import goes_blockwise
+
+    options = PredictOptions(
+        output=args.output,
+        tile=args.tile,
+        device=str(device),
+        batch_size=args.batch_size,
+        min_size=args.min_size,
+        min_peak=args.min_peak,
+        tta=args.tta,
+    )
+    predictor = Predictor.from_options(checkpoint, options)  # one network for all inputs
     claimed: dict[Path, Path] = {}
     failed = 0
     for path in inputs:
-        blockwise = zarr_out or _is_huge(path)
+        # Zarr in (or --out x.zarr): Zarr out, which is written block by block
+        blockwise = zarr_out or _is_zarr(path) or goes_blockwise(_lazy_plane_pixels(path), lazy=True)
         target = out_dir if zarr_out else out_dir / f"{output_stem(path)}.{'zarr' if blockwise else 'tif'}"
         problem = _output_problem(path, target, inputs, claimed, args.overwrite)
         if problem:
@@ -199,9 +212,9 @@ def run(args: argparse.Namespace) -> int:
         claimed[target] = path
         try:
             if blockwise:
-                _segment_blockwise(path, target, checkpoint, args, str(device))
+                _segment_blockwise(path, target, predictor, options, args)
             else:
-                _segment_one(path, target, checkpoint, args, str(device))
+                _segment_one(path, target, predictor, options, args)
         except KeyboardInterrupt:
             raise
         except (ValueError, OSError, MemoryError, RuntimeError) as exc:
@@ -235,78 +248,66 @@ def _output_problem(
     return None
 
 
-def _segment_one(path: Path, target: Path, checkpoint: Any, args: argparse.Namespace, device: str) -> None:
+def _segment_one(
+    path: Path, target: Path, predictor: Any, options: PredictOptions, args: argparse.Namespace
+) -> None:
     from tiled_unet.core.imageio import read_image, validate_image, write_tiff_atomic
     from tiled_unet.core.predict import segment_iter
 
     image = validate_image(read_image(path), name=str(path))
-    gen = segment_iter(
-        checkpoint,
-        image,
-        axes=args.axes,
-        output=args.output,
-        tile=args.tile,
-        device=device,
-        batch_size=args.batch_size,
-        min_size=args.min_size,
-        min_peak=args.min_peak,
-        tta=args.tta,
-    )
+    gen = segment_iter(predictor, image, options, axes=args.axes)
     result = _drain_with_progress(gen, path.name, disable=args.quiet or not sys.stderr.isatty())
     write_tiff_atomic(
         target, result, axes=_tiff_axes(result, args.output, args.axes), overwrite=args.overwrite
     )
 
 
-def _is_huge(path: Path) -> bool:
-    """Whether ``path`` is a Zarr store or a TIFF whose planes exceed :data:`BLOCKWISE_PIXELS`."""
-    from tiled_unet.core.imageio import TIFF_SUFFIXES, is_zarr_path
+def _is_zarr(path: Path) -> bool:
+    from tiled_unet.core.imageio import is_zarr_path
 
-    if is_zarr_path(path):
-        return True
+    return is_zarr_path(path)
+
+
+def _lazy_plane_pixels(path: Path) -> int:
+    """Pixels per plane of a TIFF (which can be read lazily), 0 for other files.
+
+    :func:`~tiled_unet.core.options.goes_blockwise` decides from it; unreadable files are
+    reported by the normal path.
+    """
+    from tiled_unet.core.imageio import TIFF_SUFFIXES
+
     if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():
-        return False
+        return 0
     try:
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            axes = series.axes
-            shape = series.shape
-    except Exception:  # unreadable files are reported by the normal path
-        return False
+            axes, shape = series.axes, series.shape
+    except Exception:
+        return 0
     plane = 1
     for letter, n in zip(axes, shape, strict=False):
         if letter in "YX":
             plane *= int(n)
-    return plane > BLOCKWISE_PIXELS
+    return plane
 
 
 def _segment_blockwise(
-    path: Path, target: Path, checkpoint: Any, args: argparse.Namespace, device: str
+    path: Path, target: Path, predictor: Any, options: PredictOptions, args: argparse.Namespace
 ) -> None:
     from tiled_unet.core.blockwise import open_lazy, segment_blockwise_iter
     from tiled_unet.core.imageio import validate_image
 
     image = validate_image(open_lazy(path), name=str(path))
     gen = segment_blockwise_iter(
-        checkpoint,
-        image,
-        out=target,
-        output=args.output,
-        axes=args.axes,
-        tile=args.tile,
-        device=device,
-        min_size=args.min_size,
-        min_peak=args.min_peak,
-        tta=args.tta,
-        overwrite=args.overwrite,
+        predictor, image, options, out=target, axes=args.axes, overwrite=args.overwrite
     )
     _drain_with_progress(gen, path.name, disable=args.quiet or not sys.stderr.isatty())
 
 
 def _drain_with_progress(gen: Any, label: str, *, disable: bool) -> Any:
-    """Run a ``segment_iter`` generator to its end with a tqdm bar over tile batches."""
+    """Run a core generator to its end with a tqdm bar over its units (tile batches, blocks)."""
     from tqdm import tqdm
 
     from tiled_unet.core.progress import drain
@@ -314,12 +315,10 @@ def _drain_with_progress(gen: Any, label: str, *, disable: bool) -> Any:
     with tqdm(desc=label, unit="batch", file=sys.stderr, disable=disable, leave=False) as bar:
 
         def show(progress: Any) -> None:
-            total = getattr(progress, "total", None)
-            if total and bar.total != total:
-                bar.total = total
+            if progress.total and bar.total != progress.total:
+                bar.total = progress.total
                 bar.refresh()
-            done = getattr(progress, "done", None)
-            if done is not None and done > bar.n:
-                bar.update(done - bar.n)
+            if progress.done > bar.n:
+                bar.update(progress.done - bar.n)
 
         return drain(gen, show)

@@ -33,40 +33,29 @@ worker and cached there.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Generator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from .checkpoint import Checkpoint, Normalization
+from .engine import Predictor
 from .image import has_plane_axis, to_planes
-from .tiling import mirror_indices, plan_tiles, tile_output_size, tile_step
+from .model import UNet
+from .options import DEFAULT_BLOCK, DEFAULT_MARGIN, PredictOptions
+from .progress import Progress, drain
+from .tiling import tile_step
 
-OutputKind = Literal["instances", "semantic", "probabilities"]
+__all__ = ["DEFAULT_BLOCK", "DEFAULT_MARGIN", "open_lazy", "segment_blockwise", "segment_blockwise_iter"]
 
-#: Default output block edge (pixels): about 100 MB of float32 probabilities per block.
-DEFAULT_BLOCK = 2048
-#: Default extra context for instance post-processing on each side of a block (pixels).
-DEFAULT_MARGIN = 64
-
-_MODEL_CACHE: dict[str, Any] = {}
-
-
-@dataclass(frozen=True)
-class BlockProgress:
-    """Progress of :func:`segment_blockwise_iter`: blocks done out of ``total`` (all passes)."""
-
-    done: int
-    total: int
-    message: str
+_PREDICTORS: dict[str, Predictor] = {}
 
 
 class _Opaque:
@@ -128,109 +117,46 @@ def _grown(start: int, stop: int, n: int, margin: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------- per-block work
 
 
-def _model(key: str, checkpoint: Any, device: str) -> Any:
-    """The network of one run, built once per worker thread (threads never share one)."""
-    import threading
-
+def _predictor(spec: dict[str, Any], checkpoint: Checkpoint) -> Predictor:
+    """The predictor of one run, built once per worker thread (threads never share a network)."""
+    key = spec["key"]
     cache_key = f"{key}-{threading.get_ident()}"
-    model = _MODEL_CACHE.get(cache_key)
-    if model is None:
-        for old in [k for k in _MODEL_CACHE if not k.startswith(key)]:
-            del _MODEL_CACHE[old]
-        model = checkpoint.build_model(device)
-        _MODEL_CACHE[cache_key] = model
-    return model
-
-
-def _region_probabilities(
-    model: Any,
-    plane: Any,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    norm: Normalization,
-    region: tuple[int, int, int, int],
-    tile: int | None,
-    rotated: bool = False,
-) -> np.ndarray:
-    """Exact probabilities ``(K, h, w)`` of the output ``region`` (y0, y1, x0, x1) of a plane.
-
-    ``y0`` and ``x0`` must be multiples of ``2 ** depth``. The input read is the region
-    plus the tiles' context, mirrored at the plane borders like whole-image prediction.
-    With ``rotated``, the plane is seen rotated by 180 degrees: ``region`` is in the
-    rotated plane's coordinates, and so is the result.
-    """
-    from .predict import _eval_mode, _run_tiles
-    from .progress import drain
-    from .tiling import auto_tile_size, check_tile_size
-
-    config = model.config
-    device = next(model.parameters()).device
-    y0, y1, x0, x1 = region
-    _, ny, nx = plane.shape
-    h, w = y1 - y0, x1 - x0
-    if tile is None:
-        tile = auto_tile_size(config, device, shape_yx=(h, w))
-    check_tile_size(tile, config)
-    plan = plan_tiles((h, w), out_tile=tile_output_size(tile, config), config=config)
-    rows = mirror_indices(y0 - plan.halo, y0 - plan.halo + plan.origins[-1][0] + plan.in_tile[0], ny)
-    cols = mirror_indices(x0 - plan.halo, x0 - plan.halo + plan.origins[-1][1] + plan.in_tile[1], nx)
-    if rotated:  # read the same pixels of the unrotated plane, in reversed order
-        rows, cols = ny - 1 - rows, nx - 1 - cols
-    r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
-    raw = np.asarray(plane[:, r0:r1, c0:c1])
-    padded = norm.apply(raw[:, rows - r0][:, :, cols - c0], lo, hi)
-    # the padded input holds the context already: tile origins index it directly
-    with _eval_mode(model):
-        return drain(_run_tiles(model, padded, tile, 1, device, True, plan=dataclasses.replace(plan, halo=0)))
-
-
-def _rotated_region_probabilities(model: Any, plane: Any, s: dict[str, Any]) -> np.ndarray:
-    """The probabilities of block spec ``s``'s grown region from the 180-degree rotated plane.
-
-    The region's start in the rotated plane is moved down to a multiple of ``2 ** depth``
-    (where whole-image prediction of the rotated plane places its tiles) and cropped after.
-    """
-    _, ny, nx = plane.shape
-    gy0, gy1, gx0, gx1 = s["grown"]
-    step = tile_step(model.config)
-    ry0, rx0 = ny - gy1, nx - gx1
-    ay0, ax0 = ry0 - ry0 % step, rx0 - rx0 % step
-    region = (ay0, ny - gy0, ax0, nx - gx0)
-    rot = _region_probabilities(model, plane, s["lo"], s["hi"], s["norm"], region, s["tile"], rotated=True)
-    return rot[:, ry0 - ay0 :, rx0 - ax0 :][:, ::-1, ::-1]
+    predictor = _PREDICTORS.get(cache_key)
+    if predictor is None:
+        for old in [k for k in _PREDICTORS if not k.startswith(key)]:
+            del _PREDICTORS[old]
+        predictor = Predictor.from_options(checkpoint, spec["options"], normalization=spec["norm"])
+        _PREDICTORS[cache_key] = predictor
+    return predictor
 
 
 def _predict_block(
     source: _Opaque,
     spec: dict[str, Any],
-    checkpoint: Any,
+    network: _Opaque | Checkpoint,
     out: _Opaque,
 ) -> dict[str, Any]:
-    """Predict one block, write it to ``out``; for instances return its label count and strips."""
-    from .postprocess import to_instances, to_semantic
+    """Predict one block, write it to ``out``; for instances return its label count and strips.
 
+    ``network`` is the caller's predictor (local threads share it) or, on a dask.distributed
+    worker, the checkpoint each worker builds its own predictor from.
+    """
     s = spec
-    model = _model(s["key"], checkpoint, s["device"])
-    plane = source.value[s["plane"]]
+    options: PredictOptions = s["options"]
+    predictor = network.value if isinstance(network, _Opaque) else _predictor(s, network)
     y0, y1, x0, x1 = s["block"]
-    gy0, gy1, gx0, gx1 = s["grown"]
-    probs = _region_probabilities(model, plane, s["lo"], s["hi"], s["norm"], s["grown"], s["tile"])
-    if s["tta"]:
-        probs += _rotated_region_probabilities(model, plane, s)
-        probs /= 2
+    gy0, _, gx0, _ = s["grown"]
+    probs = drain(predictor.region_iter(source.value[s["plane"]], s["grown"], stats=s["stats"]))
     core = (slice(y0 - gy0, y1 - gy0), slice(x0 - gx0, x1 - gx0))
     lead = () if s["plane_index"] is None else (s["plane_index"],)
     array = out.value
-    if s["output"] == "probabilities":
+    if options.output == "probabilities":
         array[(*lead, slice(None), slice(y0, y1), slice(x0, x1))] = probs[(slice(None), *core)]
         return {}
-    if s["output"] == "semantic":
-        array[(*lead, slice(y0, y1), slice(x0, x1))] = to_semantic(probs[(slice(None), *core)])
+    if options.output == "semantic":
+        array[(*lead, slice(y0, y1), slice(x0, x1))] = predictor.labels(probs[(slice(None), *core)], options)
         return {}
-    labels = to_instances(
-        probs, object_class=s["object_class"], boundary_class=s["boundary_class"], **s["instances"].to_dict()
-    )
-    labels = labels.astype(np.uint32, copy=False)
+    labels = predictor.labels(probs, options).astype(np.uint32, copy=False)
     array[(*lead, slice(y0, y1), slice(x0, x1))] = labels[core]
     return {
         "n": int(labels.max()),
@@ -400,64 +326,167 @@ def _open_output(
     )
 
 
+def _checkpoint_of(model: Any) -> Checkpoint:
+    """What the workers build their network from: a checkpoint (a bare network is wrapped)."""
+    if isinstance(model, Predictor):
+        model = model.checkpoint if model.checkpoint is not None else model.model
+    if isinstance(model, UNet):
+        n = model.config.n_classes
+        return Checkpoint.from_model(
+            model,
+            class_names=tuple(f"class {k}" for k in range(n)),
+            object_class=1 if n >= 2 else -1,
+            boundary_class=2 if n == 3 else -1,
+        )
+    from .checkpoint import resolve_model
+
+    return resolve_model(model)
+
+
+def _layout(
+    output: str, n_planes: int, stack: bool, n_classes: int, ny: int, nx: int, block: int
+) -> tuple[tuple[int, ...], tuple[int, ...], Any]:
+    """Shape, chunks and dtype of the output array."""
+    lead_shape, lead_chunks = ((n_planes,), (1,)) if stack else ((), ())
+    if output == "probabilities":
+        return (*lead_shape, n_classes, ny, nx), (*lead_chunks, n_classes, block, block), np.float32
+    dtype = np.uint32 if output == "instances" else np.uint8
+    return (*lead_shape, ny, nx), (*lead_chunks, block, block), dtype
+
+
+def _compact_tables(
+    by_key: dict[tuple[int, int], dict[str, Any]],
+) -> tuple[dict[tuple[int, int], np.ndarray], int]:
+    """Lookup tables that merge objects across block faces and number those written 1..m."""
+    tables = _merge_tables(by_key)
+    written: set[int] = set()
+    for k, res in by_key.items():
+        written.update(tables[k][res["present"]].tolist())
+    # renumber the ids that are written 1..m (an object seen only in a margin is dropped)
+    ids = np.array(sorted(written - {0}), np.int64)
+    top = max(int(t.max()) for t in tables.values())
+    compact = np.zeros(top + 1, np.uint32)
+    compact[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
+    return {k: compact[t] for k, t in tables.items()}, len(ids)
+
+
+class _Run:
+    """One block-wise segmentation: its geometry, its tasks and its progress count."""
+
+    def __init__(
+        self, planes: Any, stack: bool, options: PredictOptions, margin: int, n_workers: int
+    ) -> None:
+        self.planes, self.stack, self.options, self.margin = planes, stack, options, margin
+        self.n_workers = n_workers
+        n_planes, _, self.ny, self.nx = (int(s) for s in planes.shape)
+        self.ys, self.xs = block_edges(self.ny, options.block), block_edges(self.nx, options.block)
+        passes = 2 if options.output == "instances" else 1
+        self.n_planes = n_planes
+        self.total = n_planes * len(self.ys) * len(self.xs) * passes
+        self.done = 0
+        self.key = uuid.uuid4().hex
+
+    def blocks(self) -> list[tuple[tuple[int, int], tuple[int, int, int, int], tuple[int, int, int, int]]]:
+        """``((i, j), block, grown block)`` of every block of a plane."""
+        out = []
+        for i, (y0, y1) in enumerate(self.ys):
+            for j, (x0, x1) in enumerate(self.xs):
+                grown = (*_grown(y0, y1, self.ny, self.margin), *_grown(x0, x1, self.nx, self.margin))
+                out.append(((i, j), (y0, y1, x0, x1), grown))
+        return out
+
+    def compute(self, tasks: list[Any], p: int, what: str) -> Generator[Progress, None, list[Any]]:
+        """Run ``tasks``, yielding a Progress after each."""
+        run = _run(tasks, self.n_workers)
+        while True:
+            try:
+                next(run)
+            except StopIteration as stop:
+                return stop.value
+            self.done += 1
+            where = f"plane {p + 1}/{self.n_planes}, " if self.n_planes > 1 else ""
+            message = f"{where}{what} {self.done}/{self.total}"
+            yield Progress(self.done, self.total, message, unit="block")
+
+
+def _segment_plane(
+    run: _Run, p: int, stats: Any, norm: Normalization, source: _Opaque, sink: _Opaque, network: Any
+) -> Generator[Progress, None, int]:
+    """Predict (and for instances merge and relabel) the blocks of plane ``p``; return its objects."""
+    import dask
+
+    specs = []
+    for _, block, grown in run.blocks():
+        spec = {
+            "key": run.key, "options": run.options, "norm": norm, "stats": stats, "plane": p,
+            "plane_index": p if run.stack else None, "block": block, "grown": grown, "margin": run.margin,
+        }  # fmt: skip
+        specs.append(spec)
+    tasks = [dask.delayed(_predict_block, pure=False)(source, spec, network, sink) for spec in specs]
+    results = yield from run.compute(tasks, p, "block")
+    if run.options.output != "instances":
+        return 0
+    by_key = {}
+    for (key, block, grown), res in zip(run.blocks(), results, strict=True):
+        by_key[key] = {**res, "block": block, "grown": grown}
+    tables, n_objects = _compact_tables(by_key)
+    del results, by_key
+    lead = (p,) if run.stack else ()
+    relabel = [
+        dask.delayed(_relabel_block, pure=False)(
+            sink, (*lead, slice(block[0], block[1]), slice(block[2], block[3])), tables[key]
+        )
+        for key, block, _ in run.blocks()
+    ]
+    yield from run.compute(relabel, p, "block")  # the second pass over the blocks
+    return n_objects
+
+
 def segment_blockwise_iter(
     model_or_checkpoint: Any,
     image: Any,
+    options: PredictOptions | None = None,
     *,
     out: str | os.PathLike | Any | None = None,
-    output: OutputKind = "instances",
     axes: str | None = None,
-    block: int = DEFAULT_BLOCK,
     margin: int = DEFAULT_MARGIN,
-    tile: int | None = None,
-    device: str = "cpu",
-    min_size: int | None = None,
-    min_peak: float | None = None,
     normalization: Normalization | None = None,
-    tta: bool = False,
     n_workers: int = 1,
     overwrite: bool = False,
-) -> Generator[BlockProgress, None, Any]:
+    **overrides: Any,
+) -> Generator[Progress, None, Any]:
     """Segment an image block by block into a Zarr array (see the module notes).
 
     Parameters
     ----------
-    model_or_checkpoint : Checkpoint, str or UNet
-        A checkpoint, a built-in model name / checkpoint path, or a bare network.
+    model_or_checkpoint : Predictor, Checkpoint, str or UNet
+        A predictor, a checkpoint, a built-in model name / checkpoint path, or a bare network.
     image : numpy, dask or zarr array
         Any layout of :mod:`tiled_unet.core.image`; use :func:`open_lazy` for files.
+    options : PredictOptions, optional
+        Output, tile, device, batch size, post-processing, TTA and the block edge (rounded up
+        to a multiple of ``2 ** depth``; also the Zarr chunk), as for
+        :func:`~tiled_unet.core.predict.segment_iter`.
     out : path, zarr store or None
         Where to write: a directory path (written to a temporary sibling and renamed when
         complete), a zarr store, or None for an in-memory store.
-    output : {"instances", "semantic", "probabilities"}
-        As for :func:`~tiled_unet.core.predict.segment_iter`.
     axes : str, optional
         Axis letters overriding the inferred layout.
-    block : int
-        Output block edge, rounded up to a multiple of ``2 ** depth``; also the Zarr chunk.
     margin : int
         Extra context around each block for instance post-processing and border merging
         (rounded up to a multiple of ``2 ** depth``).
-    tile : int, optional
-        Input tile edge within a block (default: from free memory).
-    device : str
-        Where the network runs on each worker.
-    min_size, min_peak : optional
-        Override the checkpoint's post-processing settings (instances; see
-        :func:`.predict.segment_iter`).
     normalization : Normalization, optional
         Overrides the checkpoint's; statistics are computed once per plane on a subsample.
-    tta : bool
-        Test-time augmentation: average with the prediction of the plane rotated by 180
-        degrees (the same result as :func:`.predict.segment_iter` with ``tta``).
     n_workers : int
         Blocks run at once on local threads (ignored under a dask.distributed client).
     overwrite : bool
         Replace an existing output path.
+    **overrides
+        Fields of :class:`~tiled_unet.core.options.PredictOptions` replacing those of ``options``.
 
     Yields
     ------
-    BlockProgress
+    Progress
         After each block of each pass.
 
     Returns
@@ -472,111 +501,37 @@ def segment_blockwise_iter(
     """
     import dask
 
-    from .devices import resolve_device
-    from .model import UNet
-    from .predict import _classes, _resolve
+    from .predict import predictor_for
 
-    if output not in ("instances", "semantic", "probabilities"):
-        raise ValueError(f"output must be 'instances', 'semantic' or 'probabilities', got {output!r}")
-    dev = resolve_device(device)
-    if isinstance(model_or_checkpoint, UNet):
-        model = model_or_checkpoint
-        ckpt = Checkpoint.from_model(
-            model, class_names=tuple(f"class {k}" for k in range(model.config.n_classes))
-        )
-        object_class, boundary_class = _classes(model, None)
-    else:
-        model, ckpt = _resolve(model_or_checkpoint, dev)
-        object_class, boundary_class = _classes(model, ckpt)
-    config = ckpt.config
-    if output == "instances" and object_class < 0:
+    options = (options or PredictOptions()).replace(**overrides)
+    predictor = predictor_for(model_or_checkpoint, options, normalization)
+    if options.output == "instances" and predictor.object_class < 0:
         raise ValueError("this model has no object class; use output='semantic' or 'probabilities'")
-    norm = normalization or ckpt.normalization
-    instances = ckpt.instances.overridden(min_size=min_size, min_peak=min_peak)
+    config, norm = predictor.config, predictor.normalization
     step = tile_step(config)
-    block = max(step, math.ceil(int(block) / step) * step)
-    margin = math.ceil(max(0, int(margin)) / step) * step if output == "instances" else 0
-
+    options = options.replace(
+        device=str(predictor.device), block=max(step, math.ceil(options.block_edge / step) * step)
+    )
+    margin = math.ceil(max(0, int(margin)) / step) * step if options.output == "instances" else 0
     planes, used_axes = to_planes(_as_array(image), axes=axes, in_channels=config.in_channels)
-    n_planes, _, ny, nx = (int(s) for s in planes.shape)
     stack = has_plane_axis(used_axes)
-    lead_shape = (n_planes,) if stack else ()
-    lead_chunks = (1,) if stack else ()
-    if output == "probabilities":
-        shape = (*lead_shape, config.n_classes, ny, nx)
-        chunks = (*lead_chunks, config.n_classes, block, block)
-        dtype: Any = np.float32
-    else:
-        shape, chunks = (*lead_shape, ny, nx), (*lead_chunks, block, block)
-        dtype = np.uint32 if output == "instances" else np.uint8
+    run = _Run(planes, stack, options, margin, n_workers)
+    shape, chunks, dtype = _layout(
+        options.output, run.n_planes, stack, config.n_classes, run.ny, run.nx, options.block
+    )
+    # local threads share the caller's predictor; distributed workers build theirs from a checkpoint
+    network = (
+        dask.delayed(_checkpoint_of(predictor), pure=True) if _client() is not None else _Opaque(predictor)
+    )
     array, tmp, final = _open_output(out, shape, chunks, dtype, overwrite)
     try:
-        ys, xs = block_edges(ny, block), block_edges(nx, block)
-        n_blocks = len(ys) * len(xs)
-        passes = 2 if output == "instances" else 1
-        total = n_planes * n_blocks * passes
-        key = uuid.uuid4().hex
-        d_ckpt = dask.delayed(ckpt, pure=True)
         source, sink = _Opaque(planes), _Opaque(array)
-        done = 0
         n_objects = 0
-        for p in range(n_planes):
-            lo, hi = norm.stats(planes[p])
-            tasks, keys = [], []
-            for i, (y0, y1) in enumerate(ys):
-                for j, (x0, x1) in enumerate(xs):
-                    gy0, gy1 = _grown(y0, y1, ny, margin)
-                    gx0, gx1 = _grown(x0, x1, nx, margin)
-                    spec = {
-                        "key": key, "device": str(dev), "plane": p, "plane_index": p if stack else None,
-                        "block": (y0, y1, x0, x1), "grown": (gy0, gy1, gx0, gx1), "lo": lo, "hi": hi,
-                        "norm": norm, "tile": tile, "margin": margin, "output": output,
-                        "instances": instances, "tta": tta,
-                        "object_class": object_class, "boundary_class": boundary_class,
-                    }  # fmt: skip
-                    tasks.append(dask.delayed(_predict_block, pure=False)(source, spec, d_ckpt, sink))
-                    keys.append((i, j))
-            run = _run(tasks, n_workers)
-            while True:
-                try:
-                    next(run)
-                except StopIteration as stop:
-                    results = stop.value
-                    break
-                done += 1
-                yield BlockProgress(done, total, f"plane {p + 1}/{n_planes}: block {done}/{total}")
-            if output != "instances":
-                continue
-            by_key = {}
-            for k, res in zip(keys, results, strict=True):
-                y0, y1, x0, x1 = ys[k[0]][0], ys[k[0]][1], xs[k[1]][0], xs[k[1]][1]
-                res["block"] = (y0, y1, x0, x1)
-                res["grown"] = (*_grown(y0, y1, ny, margin), *_grown(x0, x1, nx, margin))
-                by_key[k] = res
-            tables = _merge_tables(by_key)
-            written = set()
-            for k, res in by_key.items():
-                written.update(tables[k][res["present"]].tolist())
-            # renumber the ids that are written 1..m (an object seen only in a margin is dropped)
-            ids = np.array(sorted(written - {0}), np.int64)
-            top = max(int(t.max()) for t in tables.values())
-            compact = np.zeros(top + 1, np.uint32)
-            compact[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
-            tables = {k: compact[t] for k, t in tables.items()}
-            n_objects += len(ids)
-            del results, by_key
-            lead = (p,) if stack else ()
-            relabel = [
-                dask.delayed(_relabel_block, pure=False)(
-                    sink, (*lead, slice(ys[i][0], ys[i][1]), slice(xs[j][0], xs[j][1])), tables[(i, j)]
-                )
-                for (i, j) in keys
-            ]
-            run = _run(relabel, n_workers)
-            for _ in run:
-                done += 1
-                yield BlockProgress(done, total, f"plane {p + 1}/{n_planes}: relabel {done}/{total}")
-        if output == "instances":
+        with predictor.ready():
+            for p in range(run.n_planes):
+                stats = norm.stats(planes[p])
+                n_objects += yield from _segment_plane(run, p, stats, norm, source, sink, network)
+        if options.output == "instances":
             array.attrs["n_objects"] = n_objects
     except BaseException:
         if tmp is not None:
@@ -592,8 +547,6 @@ def segment_blockwise_iter(
     return zarr.open_array(str(final), mode="r")
 
 
-def segment_blockwise(model_or_checkpoint: Any, image: Any, **kwargs: Any) -> Any:
+def segment_blockwise(model_or_checkpoint: Any, image: Any, *args: Any, **kwargs: Any) -> Any:
     """Drain :func:`segment_blockwise_iter` and return the Zarr array (same arguments)."""
-    from .progress import drain
-
-    return drain(segment_blockwise_iter(model_or_checkpoint, image, **kwargs))
+    return drain(segment_blockwise_iter(model_or_checkpoint, image, *args, **kwargs))

@@ -341,8 +341,33 @@ def model_card(name: str) -> str:
     return card.read_text(encoding="utf-8") if card.is_file() else ""
 
 
+#: Checkpoints read by :func:`resolve_model`, by (file, modification time, size): a model asked
+#: for again is not read again while its file is unchanged.
+_LOADED: dict[tuple[str, int, int], Checkpoint] = {}
+_LOADED_MAX = 4
+
+
+def _load_cached(path: Path) -> Checkpoint:
+    try:
+        st = path.stat()
+    except OSError:
+        return load_checkpoint(path)  # says what is wrong with the path
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    ckpt = _LOADED.get(key)
+    if ckpt is None:
+        ckpt = load_checkpoint(path)
+        _LOADED[key] = ckpt
+        while len(_LOADED) > _LOADED_MAX:
+            del _LOADED[next(iter(_LOADED))]
+    return ckpt
+
+
 def resolve_model(model: str | os.PathLike | Checkpoint) -> Checkpoint:
-    """Load a model given as a built-in name (``nuclei``), a checkpoint path, or a Checkpoint."""
+    """Load a model given as a built-in name (``nuclei``), a checkpoint path, or a Checkpoint.
+
+    A file is read once while it is unchanged: asking again returns the same Checkpoint
+    (treat it as read-only; :func:`dataclasses.replace` makes a changed copy).
+    """
     if isinstance(model, Checkpoint):
         return model
     text = str(model)
@@ -350,8 +375,8 @@ def resolve_model(model: str | os.PathLike | Checkpoint) -> Checkpoint:
         entry = _models_dir() / f"{text}.pt"
         if entry.is_file():
             with resources.as_file(entry) as path:
-                return load_checkpoint(path)
+                return _load_cached(Path(path))
         if not Path(text).exists():
             names = ", ".join(builtin_models()) or "none installed"
             raise CheckpointError(f"{text}: no built-in model or file of that name (built-in: {names})")
-    return load_checkpoint(text)
+    return _load_cached(Path(text))

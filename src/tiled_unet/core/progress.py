@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 P = TypeVar("P")
@@ -33,3 +34,37 @@ def relay(gen: Generator[P, Any, R], convert: Callable[[P], Q]) -> Generator[Q, 
         except StopIteration as stop:
             return stop.value
         yield convert(item)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a long piece of core work has come: what every generator of the core yields.
+
+    Attributes
+    ----------
+    done, total : int
+        Units done and planned (``total`` 0: not known in advance, as with a time budget, or
+        a stage that counts nothing). ``total`` may grow (a tile halved after running out of
+        memory adds batches) but ``done`` never goes back, so a progress bar is monotone.
+    message : str
+        One line for a status bar or a log, e.g. ``"plane 2/3, tile batch 4/9"``.
+    unit : str
+        What ``done`` counts: ``"tile batch"``, ``"block"``, ``"step"``; ``""`` for a stage.
+    seconds : float
+        Time since the work began, where it is tracked (training), else 0.
+    loss : float, optional
+        Training: the weighted cross entropy of this step's batch.
+    metrics : dict, optional
+        Training: validation metrics if validation ran after this step.
+    checkpoint : Checkpoint, optional
+        Training: a snapshot of the weights for a live preview (independent of later steps).
+    """
+
+    done: int = 0
+    total: int = 0
+    message: str = ""
+    unit: str = ""
+    seconds: float = 0.0
+    loss: float | None = None
+    metrics: dict[str, float] | None = None
+    checkpoint: Any = None

@@ -1,0 +1,453 @@
+"""The prediction engine: a network made ready once, predicting any region of a plane exactly.
+
+A :class:`Predictor` holds a network on its device (eval mode; channels-last weights on the
+CPU), the tile and batch sizes, and test-time augmentation. :meth:`Predictor.region_iter`
+returns the class probabilities of an output *region* of a ``(C, Y, X)`` plane: it reads the
+region plus the network's context (mirrored at the plane borders), normalises it, and runs the
+network over it tile by tile, in batches. Whole-plane prediction is one region
+(:mod:`.predict`); block-wise prediction is many regions written to a Zarr sink
+(:mod:`.blockwise`). Everything that makes predictions exact, fast or robust lives here, once.
+
+Exactness. Tiles start at multiples of ``2 ** depth`` from the region's origin; region origins
+are multiples of ``2 ** depth`` in the plane (block-wise prediction rounds its blocks so), so
+with valid padding every tile sees the same input at the same offsets as in one pass over the
+whole mirrored plane, and the result equals it to float tolerance. Test-time augmentation
+predicts the region also from the plane rotated by 180 degrees, its origin moved down to a
+multiple of ``2 ** depth`` of the rotated plane (where a whole-plane pass of the rotated plane
+puts its tiles), and averages the two.
+
+Robustness. With an automatic tile, an out-of-memory error halves the tile and predicts the
+region again; the smaller tile is kept for later regions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+from collections.abc import Generator, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint, Normalization, resolve_model
+from .devices import resolve_device
+from .model import UNet, UNetConfig
+from .options import PredictOptions
+from .postprocess import InstanceSettings, to_instances, to_semantic
+from .progress import Progress
+from .tiling import (
+    TilePlan,
+    activation_bytes_per_pixel,
+    auto_tile_size,
+    check_tile_size,
+    memory_budget,
+    min_tile_size,
+    mirror_indices,
+    plan_tiles,
+    tile_input_size,
+    tile_output_size,
+    tile_step,
+)
+
+log = logging.getLogger(__name__)
+
+_MAX_AUTO_BATCH = 8
+
+#: A region of a plane's output: ``(y0, y1, x0, x1)``.
+Region = tuple[int, int, int, int]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _autocast(device: torch.device, amp: bool, cpu_bf16: bool = False) -> contextlib.AbstractContextManager:
+    if cpu_bf16 and device.type == "cpu":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    if amp and device.type in ("cuda", "mps"):
+        try:
+            return torch.autocast(device_type=device.type, dtype=torch.float16)
+        except RuntimeError:  # an older torch without autocast for this device: run in float32
+            log.debug("no float16 autocast on %s; running in float32", device)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def eval_mode(model: UNet) -> Iterator[None]:
+    """Put ``model`` in eval mode; restore its training flag and weight layout afterwards.
+
+    On the CPU the weights are switched to channels-last (NHWC) memory format while
+    predicting: oneDNN's NHWC convolutions ran the paper network about 3x faster than NCHW
+    on a 2-core AVX-512 CPU (``benchmarks/bench_inference.py``).
+    """
+    was_training = model.training
+    param = next(model.parameters(), None)
+    on_cpu = param is not None and param.device.type == "cpu"
+    model.eval()
+    if on_cpu:
+        model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        if on_cpu:
+            model.to(memory_format=torch.contiguous_format)
+        model.train(was_training)
+
+
+def _resolve(model: Any, device: torch.device | None) -> tuple[UNet, Checkpoint | None, torch.device]:
+    """The network, its checkpoint (None for a bare network) and the device it runs on.
+
+    ``device`` None keeps a bare network where it is (a checkpoint goes to the CPU).
+    """
+    if isinstance(model, UNet):
+        if device is None:
+            param = next(model.parameters(), None)
+            return model, None, param.device if param is not None else torch.device("cpu")
+        return model.to(device), None, device
+    if isinstance(model, (str, os.PathLike)):
+        model = resolve_model(model)
+    if isinstance(model, Checkpoint):
+        dev = device if device is not None else torch.device("cpu")
+        return model.build_model(dev), model, dev
+    raise TypeError(f"expected a UNet, a Checkpoint or a model name/path, got {type(model).__name__}")
+
+
+class Predictor:
+    """A network ready to predict regions of image planes (see the module notes).
+
+    Parameters
+    ----------
+    model : UNet, Checkpoint, or str
+        A checkpoint (or a built-in model name / checkpoint path), built once here; or a bare
+        network, used as it is (objects are class 1, and class 2 is the boundary for 3-class
+        networks), put in eval mode only while it predicts.
+    device : str or torch.device, optional
+        Where to run; None keeps a bare network on its device (a checkpoint: the CPU).
+    tile : int, optional
+        Input tile edge; None chooses it per region from free memory.
+    batch_size : int, optional
+        Tiles per forward pass (default: 1 on the CPU, what fits, up to 8, elsewhere).
+    tta : bool
+        Average with the prediction of the plane rotated by 180 degrees.
+    amp : bool
+        Half-precision autocast on CUDA/MPS.
+    normalization : Normalization, optional
+        Overrides the checkpoint's (default ``Normalization()`` for a bare network).
+    cpu_bf16 : bool
+        bfloat16 autocast on the CPU (opt-in: labels may change slightly; off by default).
+
+    Raises
+    ------
+    ValueError
+        If ``tile`` is not a usable tile size (the message names valid ones), or the device is
+        unknown or not available.
+    """
+
+    def __init__(
+        self,
+        model: UNet | Checkpoint | str | os.PathLike,
+        *,
+        device: str | torch.device | None = "auto",
+        tile: int | None = None,
+        batch_size: int | None = None,
+        tta: bool = False,
+        amp: bool = True,
+        normalization: Normalization | None = None,
+        cpu_bf16: bool = False,
+    ) -> None:
+        self.cpu_bf16 = bool(cpu_bf16)
+        dev = resolve_device(device) if device is not None else None
+        self.model, self.checkpoint, self.device = _resolve(model, dev)
+        self.config: UNetConfig = self.model.config
+        ckpt = self.checkpoint
+        n = self.config.n_classes
+        if ckpt is not None:
+            self.object_class, self.boundary_class = ckpt.object_class, ckpt.boundary_class
+        else:
+            self.object_class, self.boundary_class = (1 if n >= 2 else -1), (2 if n == 3 else -1)
+        self.normalization = normalization or (ckpt.normalization if ckpt is not None else Normalization())
+        self.instances = ckpt.instances if ckpt is not None else InstanceSettings()
+        if tile is not None:
+            check_tile_size(int(tile), self.config)
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.tile, self.batch_size, self.tta, self.amp = tile, batch_size, bool(tta), bool(amp)
+        self._cap: int | None = None  # largest automatic tile after an out-of-memory error
+        self._ready = ckpt is not None  # ours alone: made ready once, for good
+        if self._ready:
+            self.model.eval()
+            if self.device.type == "cpu":
+                self.model.to(memory_format=torch.channels_last)
+
+    @contextlib.contextmanager
+    def ready(self) -> Iterator[None]:
+        """Hold a bare network in eval mode across several regions (restored afterwards)."""
+        if self._ready:
+            yield
+            return
+        with eval_mode(self.model):
+            self._ready = True
+            try:
+                yield
+            finally:
+                self._ready = False
+
+    @classmethod
+    def from_options(
+        cls, model: Any, options: PredictOptions, *, normalization: Normalization | None = None
+    ) -> Predictor:
+        """The predictor of ``options`` (device, tile, batch size, test-time augmentation)."""
+        return cls(
+            model,
+            device=options.device,
+            tile=options.tile,
+            batch_size=options.batch_size,
+            tta=options.tta,
+            normalization=normalization,
+        )
+
+    def matches(self, options: PredictOptions) -> bool:
+        """Whether this predictor runs as ``options`` ask (device, tile, batch, TTA): reusable."""
+        try:
+            device = resolve_device(options.device)
+        except ValueError:
+            return False
+        return (
+            device == self.device
+            and options.tile == self.tile
+            and options.batch_size == self.batch_size
+            and options.tta == self.tta
+        )
+
+    # ------------------------------------------------------------------ sizes
+
+    @property
+    def step(self) -> int:
+        """Regions and tiles start at multiples of this (``2 ** depth``)."""
+        return tile_step(self.config)
+
+    def tile_for(self, shape_yx: tuple[int, int]) -> int:
+        """The input tile used for a region of ``shape_yx`` output pixels."""
+        if self.tile is not None:
+            return int(self.tile)
+        auto = auto_tile_size(
+            self.config, self.device, batch_size=self.batch_size, shape_yx=tuple(shape_yx), amp=self.amp
+        )
+        return auto if self._cap is None else min(auto, self._cap)
+
+    def batch_for(self, tile: int) -> int:
+        """Tiles per forward pass with ``tile``-pixel tiles."""
+        if self.batch_size is not None:
+            return int(self.batch_size)
+        if self.device.type == "cpu":
+            return 1  # large tiles, one at a time: the CPU gains nothing from batching
+        per_tile = activation_bytes_per_pixel(self.config, bytes_per_value=2 if self.amp else 4) * tile**2
+        return int(max(1, min(_MAX_AUTO_BATCH, memory_budget(self.device) // per_tile)))
+
+    def _plan(self, shape_yx: tuple[int, int]) -> tuple[TilePlan, int, int]:
+        tile = self.tile_for(shape_yx)
+        plan = plan_tiles(shape_yx, out_tile=tile_output_size(tile, self.config), config=self.config)
+        return plan, tile, self.batch_for(tile)
+
+    def n_batches(self, shape_yx: tuple[int, int]) -> int:
+        """Forward passes (both views with TTA) for a region of ``shape_yx`` output pixels."""
+        plan, _, batch = self._plan(shape_yx)
+        return math.ceil(plan.n_tiles / batch) * (2 if self.tta else 1)
+
+    def _shrink(self, tile: int) -> bool:
+        """Halve the automatic output tile after an out-of-memory error; False if impossible."""
+        if self.tile is not None:
+            return False
+        step = self.step
+        out = max(step, tile_output_size(tile, self.config) // 2 // step * step)
+        smaller = tile_input_size(out, self.config)
+        if smaller >= tile or smaller < min_tile_size(self.config):
+            return False
+        self._cap = smaller
+        return True
+
+    # ------------------------------------------------------------------ prediction
+
+    def region_iter(
+        self,
+        plane: Any,
+        region: Region | None = None,
+        *,
+        stats: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> Generator[Progress, None, np.ndarray]:
+        """Exact class probabilities of an output region of a plane.
+
+        Parameters
+        ----------
+        plane : array-like, shape (in_channels, Y, X)
+            Raw pixels (numpy, dask or Zarr: only what the region needs is read); already
+            normalised if ``stats`` is None.
+        region : (y0, y1, x0, x1), optional
+            The output region (default: the whole plane); ``y0`` and ``x0`` must be multiples
+            of :attr:`step` for block-wise results to equal whole-plane ones.
+        stats : (lo, hi), optional
+            The plane's normalisation statistics (:meth:`Normalization.stats`, computed once
+            per plane by the caller); None: the plane is normalised already.
+
+        Yields
+        ------
+        Progress
+            After each batch of tiles (``done``/``total`` over both views with TTA; ``total``
+            grows if a tile is halved after an out-of-memory error).
+
+        Returns
+        -------
+        ndarray, shape (n_classes, y1 - y0, x1 - x0), float32
+            Softmax probabilities.
+        """
+        _, ny, nx = (int(s) for s in plane.shape)
+        if region is None:
+            region = (0, ny, 0, nx)
+        y0, y1, x0, x1 = region
+        if not (0 <= y0 < y1 <= ny and 0 <= x0 < x1 <= nx):
+            raise ValueError(f"region {region} is outside the plane of shape ({ny}, {nx}) or empty")
+        views: list[tuple[Region, bool]] = [(region, False)]
+        if self.tta:
+            views.append(self._rotated(region, ny, nx))
+        progress = _Counter()
+        acc: np.ndarray | None = None
+        with self.ready():
+            for k, (view, rotated) in enumerate(views):
+                progress.views_after = len(views) - 1 - k
+                probs = yield from self._view(plane, view, stats, rotated, progress)
+                if rotated:  # back to the plane's orientation, cropped to the region
+                    ry0, rx0 = ny - y1, nx - x1
+                    probs = probs[:, ry0 - view[0] :, rx0 - view[2] :][:, ::-1, ::-1]
+                acc = probs if acc is None else np.add(acc, probs, out=acc)
+        assert acc is not None
+        if len(views) > 1:
+            acc /= len(views)
+        return np.ascontiguousarray(acc)
+
+    def _rotated(self, region: Region, ny: int, nx: int) -> tuple[Region, bool]:
+        """The region in the 180-degree rotated plane, its start moved down to a multiple of step."""
+        y0, y1, x0, x1 = region
+        ry0, rx0 = ny - y1, nx - x1
+        step = self.step
+        return (ry0 - ry0 % step, ny - y0, rx0 - rx0 % step, nx - x0), True
+
+    def _view(
+        self, plane: Any, region: Region, stats: Any, rotated: bool, progress: _Counter
+    ) -> Generator[Progress, None, np.ndarray]:
+        """One view of a region, halving an automatic tile after out-of-memory errors."""
+        while True:
+            tile = self.tile_for((region[1] - region[0], region[3] - region[2]))
+            try:
+                return (yield from self._run(plane, region, stats, rotated, progress))
+            except RuntimeError as exc:
+                if not (_is_oom(exc) and self._shrink(tile)):
+                    raise
+            # outside the except block, so the failed attempt's tensors are no longer referenced
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.warning("out of memory with %d-pixel tiles; retrying with %d-pixel tiles", tile, self._cap)
+
+    def _input(self, plane: Any, region: Region, plan: TilePlan, stats: Any, rotated: bool) -> np.ndarray:
+        """The region's input with the tiles' context, mirrored at the plane borders, normalised."""
+        _, ny, nx = (int(s) for s in plane.shape)
+        y0, _, x0, _ = region
+        rows = mirror_indices(y0 - plan.halo, y0 - plan.halo + plan.origins[-1][0] + plan.in_tile[0], ny)
+        cols = mirror_indices(x0 - plan.halo, x0 - plan.halo + plan.origins[-1][1] + plan.in_tile[1], nx)
+        if rotated:  # the same pixels of the unrotated plane, in reversed order
+            rows, cols = ny - 1 - rows, nx - 1 - cols
+        r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+        raw = np.asarray(plane[:, r0:r1, c0:c1])
+        padded = raw[:, rows - r0][:, :, cols - c0]
+        if stats is None:
+            return np.ascontiguousarray(padded, dtype=np.float32)
+        return self.normalization.apply(padded, *stats)
+
+    def _run(
+        self, plane: Any, region: Region, stats: Any, rotated: bool, progress: _Counter
+    ) -> Generator[Progress, None, np.ndarray]:
+        """The probabilities of one view of a region, batch by batch."""
+        y0, y1, x0, x1 = region
+        plan, tile, batch = self._plan((y1 - y0, x1 - x0))
+        image = self._input(plane, region, plan, stats, rotated)
+        n_batches = math.ceil(plan.n_tiles / batch)
+        progress.restart(n_batches, progress.views_after)
+        in_y, in_x = plan.in_tile
+        out = np.empty((self.config.n_classes, *plan.shape), np.float32)
+        for b in range(n_batches):
+            origins = plan.origins[b * batch : (b + 1) * batch]
+            # the input holds the context already: tile origins index it directly
+            x = torch.from_numpy(np.stack([image[:, oy : oy + in_y, ox : ox + in_x] for oy, ox in origins]))
+            if self.device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            # inference mode and autocast are entered per batch, never held across a yield
+            with torch.inference_mode(), _autocast(self.device, self.amp, self.cpu_bf16):
+                logits = self.model(x.to(self.device))
+            with torch.inference_mode():
+                probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            for k, origin in enumerate(origins):
+                (iy, ix), (ty, tx) = plan.write_region(origin)
+                out[:, iy, ix] = probs[k, :, ty, tx]
+            yield progress.step()
+        return out
+
+    # ------------------------------------------------------------------ labels
+
+    def labels(self, probs: np.ndarray, options: PredictOptions) -> np.ndarray:
+        """Labels of a region's probabilities: instances (uint16/uint32) or classes (uint8)."""
+        if options.output == "semantic":
+            return to_semantic(probs)
+        if options.output != "instances":
+            raise ValueError(f"no labels for output {options.output!r}")
+        if self.object_class < 0:
+            raise ValueError("this model has no object class; use output='semantic' or 'probabilities'")
+        settings = self.instances.overridden(min_size=options.min_size, min_peak=options.min_peak)
+        return to_instances(
+            probs, object_class=self.object_class, boundary_class=self.boundary_class, **settings.to_dict()
+        )
+
+
+class _Counter:
+    """Batches done over the views of a region, and the batches still planned."""
+
+    def __init__(self) -> None:
+        self.done = self.total = 0
+        self.views_after = 0  # views of the region still to run after the current one
+
+    def restart(self, n_batches: int, views_after: int) -> None:
+        """A view starts (or restarts with a smaller tile): plan its batches and the later views'."""
+        self.total = self.done + n_batches * (1 + views_after)
+
+    def step(self) -> Progress:
+        self.done += 1
+        return Progress(self.done, self.total, f"tile batch {self.done}/{self.total}", unit="tile batch")
+
+
+_SHARED: list[Predictor] = []  # most recently used first
+_SHARED_MAX = 2
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_predictor(model: Checkpoint | str | os.PathLike, options: PredictOptions) -> Predictor:
+    """A predictor of ``model`` for ``options``, built once and reused while they do not change.
+
+    For the viewer and other callers that segment again and again with one model: the network
+    is built (and a model file read, see :func:`~.checkpoint.resolve_model`) on the first
+    call only. The two most recently used predictors are kept.
+    """
+    ckpt = resolve_model(model)
+    with _SHARED_LOCK:
+        for k, predictor in enumerate(_SHARED):
+            if predictor.checkpoint is ckpt and predictor.matches(options):
+                _SHARED.insert(0, _SHARED.pop(k))
+                return predictor
+    predictor = Predictor.from_options(ckpt, options)
+    with _SHARED_LOCK:
+        _SHARED.insert(0, predictor)
+        del _SHARED[_SHARED_MAX:]
+    return predictor

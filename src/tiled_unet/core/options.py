@@ -1,0 +1,104 @@
+"""How to segment: the one options type of core, command line and widgets.
+
+:class:`PredictOptions` holds every choice a user makes about a prediction (``None`` = the
+model's or the machine's default); :func:`goes_blockwise` is the one rule that decides whether
+an image is segmented whole, in memory, or block by block into Zarr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+OutputKind = Literal["instances", "semantic", "probabilities"]
+OUTPUTS: tuple[str, ...] = ("instances", "semantic", "probabilities")
+
+#: Default output block edge of block-wise prediction (pixels): about 50 MB of float32
+#: probabilities of a 3-class model per block.
+DEFAULT_BLOCK = 2048
+#: Default extra context for instance post-processing on each side of a block (pixels).
+DEFAULT_MARGIN = 64
+#: Planes of data read on demand (dask, Zarr, a TIFF opened lazily) larger than this are
+#: segmented block by block: four default blocks.
+BLOCKWISE_PIXELS = 4 * DEFAULT_BLOCK * DEFAULT_BLOCK
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What a prediction should produce and how (``None``: the model's or the machine's default).
+
+    Attributes
+    ----------
+    output : {"instances", "semantic", "probabilities"}
+        Labelled objects, a class per pixel, or softmax probabilities.
+    tile : int, optional
+        Input tile edge (a valid input size of the model); None chooses it from free memory,
+        and halves it after an out-of-memory error.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
+    batch_size : int, optional
+        Tiles per forward pass (default: 1 on a CPU, what fits, up to 8, on an accelerator).
+    min_size : int, optional
+        Smallest object kept, in pixels (instances; the model's setting if None).
+    min_peak : float, optional
+        Objects whose highest object probability is below this are dropped (instances; the
+        model's setting if None).
+    tta : bool
+        Test-time augmentation: average with the prediction of the plane rotated by 180
+        degrees (twice the time).
+    blockwise : bool, optional
+        Segment block by block into Zarr (True), whole in memory (False), or as
+        :func:`goes_blockwise` decides (None).
+    block : int, optional
+        Output block edge of block-wise prediction, rounded up to a multiple of ``2 ** depth``
+        (default :data:`DEFAULT_BLOCK`).
+    """
+
+    output: OutputKind = "instances"
+    tile: int | None = None
+    device: str = "auto"
+    batch_size: int | None = None
+    min_size: int | None = None
+    min_peak: float | None = None
+    tta: bool = False
+    blockwise: bool | None = None
+    block: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUTS:
+            raise ValueError(
+                f"output must be 'instances', 'semantic' or 'probabilities', got {self.output!r}"
+            )
+        if self.tile is not None and int(self.tile) < 1:
+            raise ValueError(f"tile must be a positive input tile size, got {self.tile}")
+        if self.batch_size is not None and int(self.batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.min_size is not None and int(self.min_size) < 0:
+            raise ValueError(f"min_size must be >= 0 pixels, got {self.min_size}")
+        if self.min_peak is not None and not 0.0 <= float(self.min_peak) <= 1.0:
+            raise ValueError(f"min_peak must be a probability between 0 and 1, got {self.min_peak}")
+        if self.block is not None and int(self.block) < 1:
+            raise ValueError(f"block must be a positive edge in pixels, got {self.block}")
+
+    @property
+    def block_edge(self) -> int:
+        """The block edge asked for, or the default."""
+        return DEFAULT_BLOCK if self.block is None else int(self.block)
+
+    def replace(self, **changes: Any) -> PredictOptions:
+        """A copy with ``changes`` (checked like a new one)."""
+        return dataclasses.replace(self, **changes)
+
+
+def goes_blockwise(plane_pixels: int, *, lazy: bool, options: PredictOptions | None = None) -> bool:
+    """Whether an image is segmented block by block (the one rule, for core, CLI and widgets).
+
+    ``options.blockwise`` decides when set; otherwise data read on demand (``lazy``: dask or
+    Zarr arrays, TIFF files opened lazily) whose planes exceed :data:`BLOCKWISE_PIXELS` go
+    block-wise, so neither the image nor the result has to fit in memory. Data already in
+    memory is segmented whole.
+    """
+    if options is not None and options.blockwise is not None:
+        return bool(options.blockwise)
+    return bool(lazy) and int(plane_pixels) > BLOCKWISE_PIXELS
