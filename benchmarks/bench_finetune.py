@@ -147,7 +147,7 @@ def run_variant(variant: str, base: object, painted: list, args: argparse.Namesp
             prior_weight=weight,
             retune=not args.no_retune,
         ),
-        lambda p: last.update(seconds=p.seconds) if hasattr(p, "seconds") else None,
+        lambda p: last.update(seconds=p.seconds) if p.unit == "step" else None,
     )
     train_s = last.get("seconds", float("nan"))
     px = settings.batch_size * output_size(settings.patch, base.config) ** 2

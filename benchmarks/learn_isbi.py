@@ -87,9 +87,9 @@ def main() -> None:
 
     def show(p: Any) -> None:
         losses.append(p.loss)
-        if p.step % 10 == 0:
+        if p.done % 10 == 0:
             print(
-                f"step {p.step:5d}  {p.seconds:6.1f} s  loss(mean of 10) {np.mean(losses[-10:]):.4f}",
+                f"step {p.done:5d}  {p.seconds:6.1f} s  loss(mean of 10) {np.mean(losses[-10:]):.4f}",
                 flush=True,
             )
 

@@ -170,11 +170,12 @@ def test_finetune_reports_stages_steps_and_the_check(disc_grid):
     before_state = {k: v.clone() for k, v in base.state_dict.items()}
     settings = FT.finetune_settings(CONFIG, device="cpu", steps=3, patch=92, batch_size=2)
     items = list(FT.finetune_iter(images=[img], labels=[sparse], base=base, settings=settings))
-    stages = [p.message for p in items if isinstance(p, FT.FinetuneStage)]
+    stages = [p.message for p in items if p.unit == ""]
     assert len(stages) == 3 and "base model" in stages[0] and "held-back" in stages[-1]
-    assert [p.step for p in items if not isinstance(p, FT.FinetuneStage)] == [1, 2, 3]
+    assert [p.done for p in items if p.unit == "step"] == [1, 2, 3]
     outcome = FT.finetune(images=[img], labels=[sparse], base=base, settings=settings)
     assert outcome.n_held == 2 and outcome.before is not None and outcome.after is not None
+    assert outcome.steps == 3
     check = outcome.checkpoint.provenance["finetune_check"]
     assert check["held_back_objects"] == 2 and check["accepted"] == outcome.accepted
     assert all(torch.equal(before_state[k], base.state_dict[k]) for k in before_state)  # base untouched

@@ -126,7 +126,7 @@ def test_validation_keeps_best():
     assert ckpt.provenance["metrics"]["score"] == max(scores)
     assert {"pixel_error", "iou", "f1"} <= set(ckpt.provenance["metrics"])
     best = next(p for p in progress if p.metrics and p.metrics["score"] == max(scores))
-    assert ckpt.provenance["best_step"] == best.step
+    assert ckpt.provenance["best_step"] == best.done
 
 
 def test_sparse_annotations_train_and_no_annotation_error():

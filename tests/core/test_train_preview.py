@@ -35,8 +35,8 @@ def run(steps: int, **kwargs):
 
 def test_snapshots_every_n_steps_are_independent_copies():
     progress, final = run(5, preview_every=2)
-    assert [p.step for p in progress] == [1, 2, 3, 4, 5]
-    snaps = {p.step: p.checkpoint for p in progress if p.checkpoint is not None}
+    assert [p.done for p in progress] == [1, 2, 3, 4, 5]
+    snaps = {p.done: p.checkpoint for p in progress if p.checkpoint is not None}
     assert sorted(snaps) == [2, 4]
     for step, ckpt in snaps.items():
         assert isinstance(ckpt, Checkpoint)
@@ -57,7 +57,7 @@ def test_snapshots_every_n_steps_are_independent_copies():
 def test_snapshot_of_the_last_step_equals_the_result_and_segments():
     progress, final = run(4, preview_every=2)
     last = progress[-1].checkpoint
-    assert last is not None and progress[-1].step == 4
+    assert last is not None and progress[-1].done == 4
     for k, v in final.state_dict.items():
         assert torch.equal(last.state_dict[k], v), k
     img, _ = disc_data()

@@ -10,7 +10,7 @@ import pytest
 
 from tiled_unet._widgets import _training as T
 from tiled_unet._widgets._logic import METADATA_KEY, ImageInput, result_metadata
-from tiled_unet.core.progress import drain
+from tiled_unet.core.progress import Progress, drain
 
 
 def _layer(name, data, **meta):
@@ -158,7 +158,7 @@ def _fake_train_iter(calls, result):
         for step in (1, 2, 3):
             if cancel is not None and cancel():
                 return None
-            yield SimpleNamespace(step=step, n_steps=3, loss=1.0 / step, seconds=0.1 * step, metrics=None)
+            yield Progress(step, 3, unit="step", loss=1.0 / step, seconds=0.1 * step)
         return result
 
     return fake
@@ -172,7 +172,7 @@ def test_finetune_job_from_scratch_with_a_stand_in(intensity_checkpoint):
     fake = _fake_train_iter(calls, intensity_checkpoint)
     result = drain(
         T.finetune_job(data, req, train_iter=fake),
-        lambda p: losses.append(p.loss) if hasattr(p, "loss") else None,
+        lambda p: losses.append(p.loss) if p.unit == "step" else None,
     )
     assert losses == [1.0, 0.5, 1.0 / 3]
     assert calls["sparse"] and calls["names"] == ["im"] and calls["settings"].lr == 1e-3
@@ -207,7 +207,7 @@ def test_loss_history_smooths_and_skips_nan():
 
 
 def test_train_progress_text():
-    p = SimpleNamespace(step=5, n_steps=10, loss=0.12345, seconds=3.2, metrics={"iou": 0.5})
+    p = Progress(5, 10, unit="step", loss=0.12345, seconds=3.2, metrics={"iou": 0.5})
     assert T.train_progress_text(p) == "step 5/10, loss 0.1235, 3 s, iou 0.500"
-    p = SimpleNamespace(step=5, n_steps=0, loss=0.5, seconds=0, metrics=None)
+    p = Progress(5, 0, unit="step", loss=0.5)
     assert T.train_progress_text(p) == "step 5, loss 0.5000"

@@ -326,13 +326,14 @@ def finetune_job(
 ) -> Generator[Any, None, FinetuneResult | None]:
     """Fine-tune the base model on ``data`` (worker thread); returns a :class:`FinetuneResult`.
 
-    Yields the core's ``FinetuneStage`` messages and ``TrainProgress``. With a base model the
+    Yields the core's :class:`~tiled_unet.core.progress.Progress`: stages (a message) and
+    training steps (``unit "step"``). With a base model the
     run goes through :func:`tiled_unet.core.finetune.finetune_iter` (prior on unannotated pixels,
     held-back check); from scratch it trains on the paint alone. Returns None if cancelled.
     ``train_iter`` replaces the core's training loop (tests).
     """
     from tiled_unet.core.checkpoint import now_iso, resolve_model
-    from tiled_unet.core.finetune import FinetuneStage, finetune_iter
+    from tiled_unet.core.finetune import finetune_iter, stage
     from tiled_unet.core.model import UNetConfig
 
     if train_iter is None:
@@ -348,7 +349,7 @@ def finetune_job(
     if base is not None:
         gen = finetune_iter(base=base, train_iter=train_iter, **common)
     else:
-        yield FinetuneStage("Computing training targets and weights…")
+        yield stage("Computing training targets and weights…")
         gen = train_iter(init=None, sparse=True, **common)
     while True:
         try:
@@ -356,7 +357,7 @@ def finetune_job(
         except StopIteration as stop:
             value = stop.value
             break
-        if not isinstance(progress, FinetuneStage):
+        if progress.unit == "step":
             last = progress
         yield progress
     if base is not None:
@@ -374,12 +375,11 @@ def finetune_job(
         **(provenance or {}),
     }
     ckpt = dataclasses.replace(ckpt, provenance={**dict(getattr(ckpt, "provenance", {}) or {}), **extra})
-    loss = getattr(last, "loss", None)
     return FinetuneResult(
         checkpoint=ckpt,
-        steps=int(getattr(last, "step", 0) or 0),
+        steps=int(last.done) if last is not None else 0,
         seconds=time.perf_counter() - start,
-        final_loss=None if loss is None else float(loss),
+        final_loss=None if last is None or last.loss is None else float(last.loss),
         accepted=accepted,
         summary=summary,
     )
@@ -415,16 +415,16 @@ class LossHistory:
 
 
 def train_progress_text(progress: Any) -> str:
-    """One line for the core's ``TrainProgress`` (step, n_steps, loss, seconds, metrics).
+    """One line for a training step's :class:`~tiled_unet.core.progress.Progress`.
 
-    With a time budget only (``n_steps`` 0) the step count stands alone.
+    ``"step 5/10, loss 0.1235, 3 s, iou 0.500"``; with a time budget only (``total`` 0) the
+    step count stands alone.
     """
-    n = int(progress.n_steps)
-    text = f"step {int(progress.step)}" + (f"/{n}" if n else "") + f", loss {float(progress.loss):.4f}"
-    seconds = getattr(progress, "seconds", None)
-    if seconds:
-        text += f", {float(seconds):.0f} s"
-    metrics = getattr(progress, "metrics", None) or {}
+    n = int(progress.total)
+    text = f"step {int(progress.done)}" + (f"/{n}" if n else "") + f", loss {float(progress.loss):.4f}"
+    if progress.seconds:
+        text += f", {float(progress.seconds):.0f} s"
+    metrics = progress.metrics or {}
     for key, value in list(metrics.items())[:2]:
         try:
             text += f", {key} {float(value):.3f}"

@@ -447,23 +447,21 @@ class FinetuneWidget(JobWidget, ModelChoice):
             self.progress.setFormat("preparing…")
 
     def _on_progress(self, progress: Any) -> None:
-        from tiled_unet.core.finetune import FinetuneStage
-
-        if isinstance(progress, FinetuneStage):
+        if progress.unit != "step":  # a stage: what it is doing
             self.progress.setFormat(progress.message)
             return
-        n = int(progress.n_steps or 0)
+        n = int(progress.total)
         if n:
             self.progress.setRange(0, n)
-            self.progress.setValue(min(int(progress.step), n))
+            self.progress.setValue(min(int(progress.done), n))
         elif self._budget_seconds > 0:
             self.progress.setRange(0, int(self._budget_seconds))
             self.progress.setValue(min(int(progress.seconds), int(self._budget_seconds)))
         self.progress.setFormat(train_progress_text(progress))
-        self.plot.add(int(progress.step), float(progress.loss))
-        snapshot = getattr(progress, "checkpoint", None)
+        self.plot.add(int(progress.done), float(progress.loss))
+        snapshot = progress.checkpoint
         if snapshot is not None and not self._cancel.is_set():
-            self.preview.request(snapshot, int(progress.step))
+            self.preview.request(snapshot, int(progress.done))
 
     # ------------------------------------------------------------------ live preview
 

@@ -188,10 +188,10 @@ class SegmentWidget(JobWidget, ModelChoice):
             self.progress.setFormat("")
 
     def _on_progress(self, progress: Any) -> None:
-        total = int(getattr(progress, "total", 0) or 0)
+        total = int(progress.total)
         if total:
             self.progress.setRange(0, total)
-            self.progress.setValue(min(int(getattr(progress, "done", 0)), total))
+            self.progress.setValue(min(int(progress.done), total))
         self.progress.setFormat(progress_text(progress))
 
     def _on_result(self, result: SegmentResult) -> None:

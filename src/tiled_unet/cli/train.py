@@ -312,13 +312,13 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(total=settings.steps, disable=args.no_progress, unit="step", file=sys.stderr)
 
         def show(p: Any) -> None:
-            if not hasattr(p, "loss"):  # a stage of a fine-tune
+            if p.unit != "step":  # a stage of a fine-tune
                 bar.write(str(p.message))
                 return
             post = {"loss": f"{p.loss:.4f}"}
             if p.metrics:
                 bar.write(
-                    f"step {p.step} ({p.seconds:.0f} s): loss {p.loss:.4f}, "
+                    f"step {p.done} ({p.seconds:.0f} s): loss {p.loss:.4f}, "
                     + ", ".join(f"{k} {v:.4f}" for k, v in p.metrics.items())
                 )
                 post.update({k: f"{v:.3f}" for k, v in p.metrics.items() if k in ("f1", "pixel_error")})

@@ -35,6 +35,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, resolve_model
 from .metrics import Matching, match_instances
+from .progress import Progress
 
 #: Pixels where the base model's top class probability reaches this are held by the prior.
 PRIOR_CONFIDENCE = 0.9
@@ -50,11 +51,9 @@ HOLD_BACK_RING = 8
 RETUNE_MIN_OBJECTS = 10
 
 
-@dataclass(frozen=True)
-class FinetuneStage:
-    """What fine-tuning is doing before (or after) its optimisation steps."""
-
-    message: str
+def stage(message: str) -> Progress:
+    """What fine-tuning is doing before (or after) its optimisation steps (a Progress, no unit)."""
+    return Progress(message=message)
 
 
 @dataclass(frozen=True)
@@ -366,9 +365,9 @@ def finetune_iter(
 
     Yields
     ------
-    FinetuneStage or TrainProgress
-        A stage message before the prior, before training and before the check; then the
-        training loop's progress after every step.
+    Progress
+        A stage (``unit ""``, only a message) before the prior, before training and before
+        the check; the training loop's progress (``unit "step"``) after every step.
 
     Returns
     -------
@@ -389,7 +388,7 @@ def finetune_iter(
     painted = sum(int(np.count_nonzero(np.unique(lab) >= 2)) for lab in labels)
     device = resolve_device(settings.device)
 
-    yield FinetuneStage("Predicting your images with the base model…")
+    yield stage("Predicting your images with the base model…")
     planes = []
     for im, nm in zip(images, names, strict=True):
         try:
@@ -407,7 +406,7 @@ def finetune_iter(
     if cancel is not None and cancel():
         return FinetuneOutcome(None, before, None, 0, 0, 0, time.perf_counter() - start, painted)
 
-    yield FinetuneStage("Computing training targets and weights…")
+    yield stage("Computing training targets and weights…")
     gen = train_iter(
         images=images,
         labels=train_labels,
@@ -427,13 +426,14 @@ def finetune_iter(
         except StopIteration as stop:
             ckpt = stop.value
             break
-        steps = int(getattr(progress, "step", steps))
+        if progress.unit == "step":
+            steps = int(progress.done)
         yield progress
     n_held = sum(h.n_objects for h in held if h is not None)
     if ckpt is None:
         return FinetuneOutcome(None, before, None, n_held, 0, steps, time.perf_counter() - start, painted)
 
-    yield FinetuneStage("Checking the new model on your held-back objects…")
+    yield stage("Checking the new model on your held-back objects…")
     probs = _probabilities(ckpt, planes, device)
     ckpt, tuned_on = retune_instances(ckpt, probs, train_labels) if retune else (ckpt, 0)
     after, found = _score(ckpt, probs, held)

@@ -7,8 +7,10 @@ on the same scale. With valid padding the network output is smaller than its inp
 and weights are sampled for the output region only, and patches are read from the mirrored
 image so border pixels are trained too.
 
-``train_iter`` yields a :class:`TrainProgress` after every step and returns the trained
-:class:`~.checkpoint.Checkpoint` (``None`` if ``cancel()`` became true); ``train`` drains it.
+``train_iter`` yields a :class:`~.progress.Progress` (unit ``"step"``: ``done`` steps of
+``total``, 0 with a time budget only; ``loss``, ``seconds``, ``metrics`` and every
+``preview_every`` steps a weight snapshot as ``checkpoint``) after every step and returns the
+trained :class:`~.checkpoint.Checkpoint` (``None`` if ``cancel()`` became true); ``train`` drains it.
 The starting checkpoint is never modified: its weights are copied before training, so a
 cancelled or failed run leaves it untouched.
 
@@ -46,6 +48,7 @@ from .metrics import iou, match_instances, pixel_error, rand_error
 from .model import UNet, UNetConfig, check_input_size, output_size
 from .postprocess import InstanceSettings, to_instances
 from .predict import predict_probabilities
+from .progress import Progress
 from .targets import INSTANCE_CLASSES, SEMANTIC_CLASSES
 
 DEFAULT_LR = {"adam": 1e-4, "sgd": 1e-3}
@@ -142,36 +145,6 @@ class TrainSettings:
     def learning_rate(self) -> float:
         """The learning rate in use (``lr`` or the optimiser's default)."""
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
-
-
-@dataclass(frozen=True)
-class TrainProgress:
-    """Progress after one optimisation step.
-
-    Attributes
-    ----------
-    step : int
-        Steps done (1-based).
-    n_steps : int
-        Planned steps (0 if only a time budget is set).
-    loss : float
-        Weighted cross entropy of this step's batch.
-    seconds : float
-        Wall-clock time since training started.
-    metrics : dict or None
-        Validation metrics if validation ran after this step.
-    checkpoint : Checkpoint or None
-        A snapshot of the current weights (on the CPU, same architecture, normalisation and
-        classes as the result) every ``preview_every`` steps of :func:`train_iter`, else None.
-        For live previews; independent of the training model (later steps do not change it).
-    """
-
-    step: int
-    n_steps: int
-    loss: float
-    seconds: float
-    metrics: dict[str, float] | None = None
-    checkpoint: Checkpoint | None = None
 
 
 def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -281,7 +254,7 @@ def train_iter(
     preview_every: int = 0,
     priors: Sequence[np.ndarray | None] | None = None,
     prior_weight: float = 0.5,
-) -> Generator[TrainProgress, None, Checkpoint | None]:
+) -> Generator[Progress, None, Checkpoint | None]:
     """Train a U-Net, yielding progress after every step; return the trained checkpoint.
 
     Parameters
@@ -320,7 +293,8 @@ def train_iter(
 
     Yields
     ------
-    TrainProgress
+    Progress
+        After each step (see the module notes).
 
     Returns
     -------
@@ -497,11 +471,14 @@ def train_iter(
                     provenance={"snapshot_of_step": step, "base_model": _base_name(base)},
                     instances=instances,
                 )
-            yield TrainProgress(
-                step=step,
-                n_steps=n_steps,
-                loss=float(loss.item()),
+            value = float(loss.item())
+            yield Progress(
+                step,
+                n_steps,
+                f"step {step}" + (f"/{n_steps}" if n_steps else "") + f", loss {value:.4f}",
+                unit="step",
                 seconds=seconds,
+                loss=value,
                 metrics=metrics,
                 checkpoint=snapshot,
             )
