@@ -503,3 +503,19 @@ def test_evaluate_optimize_writes_a_tuned_copy_and_never_the_model(
     code, _, err = run_cli(capsys, *common, "--optimize", model_path, "--overwrite")
     assert code == 2 and any("would replace the model itself" in line for line in err)
     assert model_path.read_bytes() == before
+
+
+def test_builtin_model_cards_are_short_and_info_leads_with_them(capsys: pytest.CaptureFixture) -> None:
+    from tiled_unet.core.checkpoint import builtin_models, model_card
+
+    names = list(builtin_models())
+    assert names, "no built-in model installed"
+    for name in names:
+        card = model_card(name)
+        assert len(card.splitlines()) <= 60, f"{name}: the card is an experiment log, not a card"
+        for section in ("Intended use and limits", "Training data and license", "Validation"):
+            assert f"## {section}" in card, f"{name}: no {section} section"
+    code, out, _ = run_cli(capsys, "info", names[0])
+    assert code == 0
+    head = "\n".join(out.splitlines()[:10])
+    assert head.startswith(f"# {names[0]}") and "## Intended use and limits" in head

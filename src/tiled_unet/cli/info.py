@@ -126,8 +126,8 @@ def format_text(info: dict[str, Any]) -> str:
             lines.append(f"  {key}: {_short(value)}")
     else:
         lines.append("provenance       (none recorded)")
-    if info["model_card"]:
-        lines += ["", info["model_card"].rstrip()]
+    if info["model_card"]:  # what a user needs first: what the model is for, its data, its figures
+        lines = [info["model_card"].rstrip(), "", "## Details", *lines]
     return "\n".join(lines) + "\n"
 
 
