@@ -519,3 +519,29 @@ def test_builtin_model_cards_are_short_and_info_leads_with_them(capsys: pytest.C
     assert code == 0
     head = "\n".join(out.splitlines()[:10])
     assert head.startswith(f"# {names[0]}") and "## Intended use and limits" in head
+
+
+def test_predict_reads_the_axes_from_the_file_and_names_an_ambiguous_shape(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """A grey 3-plane TIFF is a stack for the colour model too; only a shape with no metadata warns."""
+    import tifffile
+
+    planes = (np.random.default_rng(0).random((3, 64, 72)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "grey.tif", planes, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "colour.tif", planes, photometric="rgb", planarconfig="separate")
+    np.save(tmp_path / "bare.npy", planes)
+    out = tmp_path / "out"
+    code, _, err = run_cli(
+        capsys, "predict", tmp_path / "grey.tif", tmp_path / "colour.tif", "-m", "nuclei", "-o", out
+    )
+    assert code == 0 and not err
+    assert tifffile.imread(out / "grey.tif").shape == (3, 64, 72)  # one result per plane
+    assert tifffile.imread(out / "colour.tif").shape == (64, 72)  # one colour image
+    code, _, err = run_cli(capsys, "predict", tmp_path / "bare.npy", "-m", "nuclei", "-o", out)
+    assert code == 0 and len(err) == 1
+    assert "bare.npy" in err[0] and "(CYX)" in err[0] and "--axes" in err[0]
+    code, _, err = run_cli(
+        capsys, "predict", tmp_path / "bare.npy", "-m", "nuclei", "-o", out, "--axes", "ZYX", "--overwrite"
+    )
+    assert code == 0 and not err and tifffile.imread(out / "bare.tif").shape == (3, 64, 72)

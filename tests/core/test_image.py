@@ -164,3 +164,52 @@ def test_from_planes_restores_layout():
     assert from_planes(probs[:1], "ZYXC", (20, 30)).shape == (1, 3, 20, 30)  # a 1-plane stack stays a stack
     with pytest.raises(ValueError, match="does not match"):
         from_planes(labels, "YX", (21, 30))
+
+
+@pytest.mark.parametrize(
+    ("shape", "in_channels", "rgb", "axes"),
+    [
+        ((3, 40, 50), 3, None, "CYX"),  # unknown: the shape and the model guess
+        ((3, 40, 50), 3, False, "ZYX"),  # known to have no colour axis: a stack
+        ((40, 50, 3), 3, True, "YXC"),
+        ((2, 40, 50, 4), 1, True, "ZYXC"),
+        ((2, 40, 50), 2, False, "CYX"),  # a 2-stain model reads channels
+        ((5, 2, 40, 50), 2, False, "ZCYX"),
+    ],
+)
+def test_infer_axes_uses_what_is_known_about_colour(shape, in_channels, rgb, axes):
+    assert infer_axes(shape, in_channels, rgb=rgb) == axes
+
+
+def test_ambiguous_shapes_are_named():
+    from tiled_unet.core.image import ambiguous_axes
+
+    assert "colour channels (CYX), not as a 3-plane stack" in ambiguous_axes((3, 40, 50), 3)
+    assert "3-plane stack (ZYX), not as colour" in ambiguous_axes((3, 40, 50), 1)
+    assert ambiguous_axes((7, 40, 50), 3) is None and ambiguous_axes((40, 50), 3) is None
+
+
+def test_file_axes_from_tiff_png_and_ome_zarr(tmp_path):
+    import imageio.v3 as iio
+    import tifffile
+    import zarr
+
+    from tiled_unet.core.image import axes_from_file
+    from tiled_unet.core.imageio import file_axes
+
+    stack = np.zeros((3, 40, 50), np.uint8)
+    tifffile.imwrite(tmp_path / "grey.tif", stack, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "rgb.tif", stack, photometric="rgb", planarconfig="separate")
+    iio.imwrite(tmp_path / "rgb.png", np.zeros((40, 50, 3), np.uint8))
+    np.save(tmp_path / "a.npy", stack)
+    assert file_axes(tmp_path / "grey.tif", 3) == "?YX"
+    assert axes_from_file("?YX", stack.shape, 3) == "ZYX"  # no colour samples: planes
+    assert axes_from_file(file_axes(tmp_path / "rgb.tif", 3), stack.shape, 3) == "CYX"
+    assert file_axes(tmp_path / "rgb.png", 3) == "YXC"
+    assert file_axes(tmp_path / "a.npy", 3) is None and axes_from_file(None, stack.shape, 3) is None
+    group = zarr.open_group(str(tmp_path / "ome.zarr"), mode="w")
+    group.create_array("0", shape=(1, 3, 1, 40, 50), dtype=np.uint8)
+    group.attrs["multiscales"] = [
+        {"axes": [{"name": n} for n in "tczyx"], "datasets": [{"path": "0"}], "version": "0.4"}
+    ]
+    assert file_axes(tmp_path / "ome.zarr", 3) == "CYX"  # singleton t and z dropped, as read_image does

@@ -44,6 +44,10 @@ def test_image_input_from_layer_multiscale_and_missing():
         ((5, 64, 80, 3), True, 1, "ZYXC"),
         ((5, 64, 80), False, 1, "ZYX"),
         ((2, 64, 80), False, 2, "CYX"),
+        # a grey 3-plane layer (napari shows a slider) is a stack, also for a colour model
+        ((3, 64, 80), False, 3, "ZYX"),
+        ((4, 64, 80), False, 3, "ZYX"),
+        ((64, 80, 3), True, 3, "YXC"),
     ],
 )
 def test_image_axes(shape, rgb, in_channels, axes):

@@ -92,22 +92,15 @@ def image_input_from_layer(layer: Any) -> ImageInput:
 
 
 def image_axes(image: ImageInput, in_channels: int = 1) -> str:
-    """Axis letters of an image for a model with ``in_channels`` input channels.
+    """Axis letters of an image layer for a model with ``in_channels`` input channels.
 
-    RGB layers are ``YXC`` / ``ZYXC`` by napari's own definition; other layouts are inferred by
-    :func:`tiled_unet.core.image.infer_axes` (e.g. ``(3, Y, X)`` is CYX for a 3-channel model and
-    a 3-plane stack for a grey one).
+    napari knows whether a layer has a colour axis (``layer.rgb``), so nothing is guessed:
+    RGB layers are ``YXC`` / ``ZYXC``, and a grey ``(3, Y, X)`` layer is the 3-plane stack
+    napari shows with a slider (:func:`tiled_unet.core.image.infer_axes` with ``rgb``).
     """
     from tiled_unet.core.image import infer_axes
 
-    ndim = len(image.shape)
-    if image.rgb:
-        if ndim == 3:
-            return "YXC"
-        if ndim == 4:
-            return "ZYXC"
-        raise ValueError(f"RGB image of shape {image.shape} has {ndim} dimensions; expected 3 or 4")
-    return infer_axes(image.shape, in_channels)
+    return infer_axes(image.shape, in_channels, rgb=bool(image.rgb))
 
 
 def spatial_shape(shape: Sequence[int], axes: str) -> tuple[int, ...]:

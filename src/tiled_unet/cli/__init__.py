@@ -37,6 +37,11 @@ def error(message: str) -> None:
     sys.stderr.write(f"{PROG}: error: {message}\n")
 
 
+def warn(message: str) -> None:
+    """Write one warning line to stderr, prefixed with the program name."""
+    sys.stderr.write(f"{PROG}: warning: {message}\n")
+
+
 def _available_subcommands() -> list[str]:
     return [name for name in SUBCOMMANDS if importlib.util.find_spec(f"{__name__}.{name}") is not None]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from tiled_unet.core.options import OUTPUTS, PredictOptions
 
-from . import error
+from . import error, warn
 
 log = logging.getLogger(__name__)
 
@@ -255,11 +255,26 @@ def _segment_one(
     from tiled_unet.core.predict import segment_iter
 
     image = validate_image(read_image(path), name=str(path))
-    gen = segment_iter(predictor, image, options, axes=args.axes)
+    gen = segment_iter(predictor, image, options, axes=_axes(path, image, args, predictor))
     result = _drain_with_progress(gen, path.name, disable=args.quiet or not sys.stderr.isatty())
     write_tiff_atomic(
         target, result, axes=_tiff_axes(result, args.output, args.axes), overwrite=args.overwrite
     )
+
+
+def _axes(path: Path, image: Any, args: argparse.Namespace, predictor: Any) -> str | None:
+    """``--axes``, else what the file's metadata says, else None (the shape decides, and an
+    ambiguous shape such as ``(3, Y, X)`` is reported in one line)."""
+    from tiled_unet.core.image import ambiguous_axes, axes_from_file
+    from tiled_unet.core.imageio import file_axes
+
+    if args.axes:
+        return args.axes
+    channels = predictor.config.in_channels
+    axes = axes_from_file(file_axes(path, image.ndim), image.shape, channels)
+    if axes is None and (why := ambiguous_axes(image.shape, channels)) is not None:
+        warn(f"{path}: {why}; --axes chooses")
+    return axes
 
 
 def _is_zarr(path: Path) -> bool:
@@ -300,9 +315,8 @@ def _segment_blockwise(
     from tiled_unet.core.imageio import validate_image
 
     image = validate_image(open_lazy(path), name=str(path))
-    gen = segment_blockwise_iter(
-        predictor, image, options, out=target, axes=args.axes, overwrite=args.overwrite
-    )
+    axes = _axes(path, image, args, predictor)
+    gen = segment_blockwise_iter(predictor, image, options, out=target, axes=axes, overwrite=args.overwrite)
     _drain_with_progress(gen, path.name, disable=args.quiet or not sys.stderr.isatty())
 
 

@@ -50,16 +50,21 @@ def _looks_like_channels(n: int, in_channels: int) -> bool:
     return n in (3, 4) or (n == in_channels and n > 1)
 
 
-def infer_axes(shape: Sequence[int], in_channels: int = 1) -> str:
-    """Guess the axis letters of an image of ``shape`` for a model with ``in_channels``.
+def infer_axes(shape: Sequence[int], in_channels: int = 1, *, rgb: bool | None = None) -> str:
+    """The axis letters of an image of ``shape`` for a model with ``in_channels`` (the one rule).
 
     Parameters
     ----------
     shape : sequence of int
         Shape of the image.
     in_channels : int
-        Input channels of the model; breaks ties such as ``(3, Y, X)`` (CYX for an RGB
-        model, a 3-plane ZYX stack for a grey model).
+        Input channels of the model; breaks ties such as ``(3, Y, X)`` when nothing else is
+        known (CYX for an RGB model, a 3-plane ZYX stack for a grey model).
+    rgb : bool, optional
+        Whether the image has a colour axis last, where that is known (napari's ``layer.rgb``,
+        a file's colour samples): True gives ``YXC`` / ``ZYXC``; False means no colour axis,
+        so ``(3, Y, X)`` is a 3-plane stack (a channel axis first only for models whose
+        inputs are not colour, ``in_channels`` other than 1 and 3). None guesses from the shape.
 
     Returns
     -------
@@ -81,8 +86,14 @@ def infer_axes(shape: Sequence[int], in_channels: int = 1) -> str:
     """
     shape = tuple(int(s) for s in shape)
     ndim = len(shape)
+    if rgb:
+        if ndim in (3, 4) and shape[-1] in (3, 4):
+            return "YXC" if ndim == 3 else "ZYXC"
+        raise ValueError(f"RGB image of shape {_shape_text(shape)}: expected (Y, X, 3|4) or (Z, Y, X, 3|4)")
     if ndim == 2:
         return "YX"
+    if rgb is False:
+        return _axes_without_colour(shape, in_channels)
     if ndim == 3:
         if shape[-1] in (3, 4) and shape[-1] < min(shape[:2]):
             return "YXC"
@@ -102,6 +113,56 @@ def infer_axes(shape: Sequence[int], in_channels: int = 1) -> str:
         f"image of shape {_shape_text(shape)} has {ndim} dimensions; expected 2 to 4 "
         "(YX, CYX, YXC, ZYX, ZYXC or ZCYX)"
     )
+
+
+def _axes_without_colour(shape: tuple[int, ...], in_channels: int) -> str:
+    """Axes of an image known to have no colour axis (2D handled by the caller)."""
+    channels = in_channels not in (1, 3)  # a model of non-colour channels, e.g. 2 stains
+    if len(shape) == 3:
+        return "CYX" if channels and shape[0] == in_channels else "ZYX"
+    if len(shape) == 4 and channels and shape[1] == in_channels:
+        return "ZCYX"
+    if len(shape) == 4 and shape[1] == 1:
+        return "ZCYX"
+    raise ValueError(
+        f"cannot tell the axes of an image of shape {_shape_text(shape)} without a colour axis; "
+        "give them explicitly, e.g. axes='ZCYX'"
+    )
+
+
+def axes_from_file(letters: str | None, shape: Sequence[int], in_channels: int) -> str | None:
+    """Axes from a file's metadata (:func:`~tiled_unet.core.imageio.file_axes`), or None.
+
+    Fully named axes are used as they are; with a letter the file cannot name (``?``), the
+    metadata still tells whether there is a colour axis last, and :func:`infer_axes` does the
+    rest. None if the file says nothing usable (the shape then decides).
+    """
+    if not letters:
+        return None
+    shape = tuple(int(s) for s in shape)
+    try:
+        if "?" not in letters:
+            return check_axes(letters, len(shape))
+        return infer_axes(shape, in_channels, rgb=letters.endswith("C"))
+    except ValueError:
+        return None
+
+
+def ambiguous_axes(shape: Sequence[int], in_channels: int) -> str | None:
+    """Why guessing the axes of ``shape`` from the shape alone may be wrong (None: it is not).
+
+    ``(3, Y, X)`` or ``(4, Y, X)`` can be colour channels or a small stack of grey planes;
+    :func:`infer_axes` then reads channels for a colour model and planes otherwise, and the
+    caller should say so, naming the way to choose (``--axes``).
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 3 and shape[0] in (3, 4) and shape[0] < min(shape[1:]):
+        guess = infer_axes(shape, in_channels)
+        stack = f"a {shape[0]}-plane stack (ZYX)"
+        if guess == "CYX":
+            return f"shape {_shape_text(shape)} read as colour channels (CYX), not as {stack}"
+        return f"shape {_shape_text(shape)} read as {stack}, not as colour channels (CYX)"
+    return None
 
 
 def check_axes(axes: str, ndim: int) -> str:

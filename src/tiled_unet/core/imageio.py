@@ -108,6 +108,59 @@ def read_image(path: str | os.PathLike) -> Any:
         raise ImageError(f"{p}: cannot read image ({reason})") from None
 
 
+#: tifffile's and OME's axis letters in ours: colour samples (S) and channels are C; unknown
+#: letters (tifffile's Q, I, ...) become "?".
+_AXIS_LETTERS = {"S": "C", "C": "C", "Z": "Z", "T": "T", "Y": "Y", "X": "X"}
+_COLOUR_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def file_axes(path: str | os.PathLike, ndim: int) -> str | None:
+    """The axis letters a file's metadata gives its ``ndim``-dimensional image (None: unknown).
+
+    TIFF: tifffile's series axes (``YXS`` colour samples -> ``YXC``; ``QYX`` -> ``?YX``, a
+    letter it cannot name). OME-Zarr: the multiscales axes (after the singleton axes
+    :func:`read_image` drops). PNG, JPEG, BMP, GIF: ``YXC`` for colour, ``YX`` for grey.
+    ``.npy`` and plain Zarr arrays carry no axes. Resolve ``?`` with
+    :func:`tiled_unet.core.image.axes_from_file`.
+    """
+    p = Path(path)
+    letters: str | None = None
+    try:
+        if is_zarr_path(p):
+            letters = _zarr_axes(p)
+        elif p.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(p) as tif:
+                letters = tif.series[0].axes if tif.series else None
+        elif p.suffix.lower() in _COLOUR_SUFFIXES:
+            letters = "YXC" if ndim == 3 else "YX" if ndim == 2 else None
+    except Exception:  # unreadable metadata: the shape decides
+        return None
+    if letters is None or len(letters) != ndim:
+        return None
+    return "".join(_AXIS_LETTERS.get(a.upper(), "?") for a in letters)
+
+
+def _zarr_axes(path: Path) -> str | None:
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if not isinstance(node, zarr.Group):
+        return None
+    attrs = dict(node.attrs)
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if not multiscales:
+        return None
+    first = multiscales[0]
+    axes = [a["name"] if isinstance(a, dict) else str(a) for a in first.get("axes", [])]
+    shape = node[first["datasets"][0]["path"]].shape
+    if len(axes) != len(shape):
+        return None
+    keep = [a for a, n in zip(axes, shape, strict=True) if n != 1] if len(shape) > 2 else axes
+    return "".join(keep) if keep else None
+
+
 def _read_zarr(path: Path) -> Any:
     """Open a Zarr array or (OME-)Zarr group lazily as a dask array."""
     import dask.array as da
