@@ -407,6 +407,7 @@ def test_info_text(capsys: pytest.CaptureFixture, model_path: Path) -> None:
     assert code == 0
     assert f"{count_parameters(UNet(TINY)):,}" in out
     assert "receptive field  41 px" in out
+    assert "tile sizes       44, 48, 52," in out
     assert "2: boundary (object boundaries)" in out
     assert "instances        threshold 0.5, seeds grown 2 px, min size 32 px, min peak probability 0" in out
 
@@ -545,3 +546,12 @@ def test_predict_reads_the_axes_from_the_file_and_names_an_ambiguous_shape(
         capsys, "predict", tmp_path / "bare.npy", "-m", "nuclei", "-o", out, "--axes", "ZYX", "--overwrite"
     )
     assert code == 0 and not err and tifffile.imread(out / "bare.tif").shape == (3, 64, 72)
+
+
+def test_predict_warns_about_a_tile_that_is_mostly_context(
+    capsys: pytest.CaptureFixture, model_path: Path, images: dict[str, Path], tmp_path: Path
+) -> None:
+    code, _, err = run_cli(capsys, "predict", images["tif"], "-m", model_path, "-o", tmp_path, "--tile", 44)
+    assert code == 0 and len(err) == 1 and "--tile: tile size 44" in err[0] and "context" in err[0]
+    code, _, err = run_cli(capsys, "predict", images["tif"], "-m", model_path, "-o", tmp_path / "b")
+    assert code == 0 and not err

@@ -81,7 +81,7 @@ def test_cancel_leaves_no_layer(make_napari_viewer, qtbot, checkpoint_file, monk
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).random((300, 300)), name="noise")
     widget = _segment_widget(viewer, checkpoint_file)
-    widget.tile_spin.setValue(60)  # many tiles
+    widget.tile_spin.setValue(widget.tile_spin.sizes[0])  # the smallest tile: many tiles
     widget.run()
     qtbot.waitUntil(lambda: widget.progress.format() != "", timeout=30_000)
     assert widget.cancel_button.isEnabled()
@@ -136,10 +136,11 @@ def test_errors_are_notifications(make_napari_viewer, checkpoint_file, tmp_path,
     assert "model" in notifications["error"][-1]
 
     widget.load_model_file(str(checkpoint_file))
-    widget.tile_spin.setValue(7)  # not a valid tile size: the core's message, no traceback
+    viewer.add_image(np.zeros((5, 6, 64, 64), np.uint8), name="4d")  # axes nobody can tell
+    widget.image_combo.setCurrentText("4d")
     widget.run()
-    assert "7" in notifications["error"][-1] and "Traceback" not in notifications["error"][-1]
-    assert len(viewer.layers) == 1
+    assert "(5, 6, 64, 64)" in notifications["error"][-1] and "Traceback" not in notifications["error"][-1]
+    assert len(viewer.layers) == 2
 
 
 def test_fine_tuned_model_becomes_current_and_refreshes(make_napari_viewer, checkpoint_file, make_checkpoint):
@@ -190,12 +191,11 @@ def test_worker_errors_become_one_clean_notification(
     from napari.utils.notifications import notification_manager
 
     viewer = make_napari_viewer()
-    viewer.add_image(np.zeros((64, 64), np.uint8), name="blank")
-    widget = _segment_widget(viewer, checkpoint_file)
-    widget.tile_spin.setValue(7)  # rejected by the core inside the worker thread
+    viewer.add_image(np.zeros((5, 6, 64, 64), np.uint8), name="4d")
+    widget = _segment_widget(viewer, checkpoint_file)  # the axes are rejected inside the worker thread
     before = len(notification_manager.records)
     _run_and_wait(qtbot, widget)
-    assert len(notifications["error"]) == 1 and "7" in notifications["error"][0]
+    assert len(notifications["error"]) == 1 and "(5, 6, 64, 64)" in notifications["error"][0]
     assert len(notification_manager.records) == before  # napari's traceback relay is not used
     assert "Traceback" not in capsys.readouterr().err
     assert widget.status.text().startswith("Segmentation failed") and len(viewer.layers) == 1
@@ -254,3 +254,29 @@ def test_controls_map_to_options_and_zero_is_a_value(make_napari_viewer, checkpo
     widget.min_peak_spin.setValue(0.0)
     options = widget.request().options
     assert options.min_size == 0 and options.min_peak == 0.0
+
+
+def test_tile_box_offers_only_usable_sizes_and_warns_about_small_tiles(
+    make_napari_viewer, checkpoint_file, nuclei_image, notifications
+):
+    from tiled_unet.core.checkpoint import resolve_model
+    from tiled_unet.core.tiling import valid_tile_sizes
+
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image[:64, :64], name="nuclei")
+    widget = _segment_widget(viewer, checkpoint_file)
+    box = widget.tile_spin
+    sizes = valid_tile_sizes(resolve_model(str(checkpoint_file)).config)
+    assert box.sizes == sizes and box.text() == "auto"
+    box.stepBy(1)
+    assert box.value() == sizes[0]
+    box.stepBy(2)
+    assert box.value() == sizes[2]
+    box.setValue(sizes[3] + 1)  # typed, then editing ends: the nearest usable size
+    box.editingFinished.emit()
+    assert box.value() == sizes[3]
+    box.setValue(sizes[0])  # usable, but nearly all context: allowed and said
+    widget.use_thread = False
+    widget.run()
+    assert any("of the work is the network's context" in m for m in notifications["warning"])
+    assert widget.last_result is not None

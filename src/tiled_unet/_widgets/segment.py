@@ -9,7 +9,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QP
 
 from tiled_unet.core.options import PredictOptions
 
-from ._common import JobWidget, LayerComboBox, notify_error
+from ._common import JobWidget, LayerComboBox, notify_error, notify_warning
 from ._logic import (
     CURRENT_MODEL,
     METADATA_KEY,
@@ -34,6 +34,48 @@ from ._model_choice import ModelChoice
 
 if TYPE_CHECKING:
     import napari
+
+
+class TileSpinBox(QSpinBox):
+    """A tile-size box that offers only a model's usable sizes; 0 reads "auto".
+
+    The arrows and the wheel step from one usable size to the next
+    (:func:`tiled_unet.core.tiling.valid_tile_sizes`); a typed size snaps to the nearest usable
+    one when editing ends.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sizes: list[int] = []
+        self.setSpecialValueText("auto")
+        self.setRange(0, 8192)
+        self.editingFinished.connect(self._snap)
+
+    @property
+    def sizes(self) -> list[int]:
+        """The usable sizes offered (after auto)."""
+        return list(self._sizes)
+
+    def set_sizes(self, sizes: list[int]) -> None:
+        """Offer ``sizes`` (sorted); the current value snaps to them (auto stays auto)."""
+        self._sizes = sorted(int(s) for s in sizes)
+        if self._sizes:
+            self.setRange(0, self._sizes[-1])
+        self._snap()
+
+    def stepBy(self, steps: int) -> None:  # noqa: N802 - Qt's name
+        if not self._sizes:
+            super().stepBy(steps)
+            return
+        values = [0, *self._sizes]
+        here = min(range(len(values)), key=lambda k: abs(values[k] - self.value()))
+        self.setValue(values[min(max(here + steps, 0), len(values) - 1)])
+
+    def _snap(self) -> None:
+        value = self.value()
+        if value == 0 or not self._sizes or value in self._sizes:
+            return
+        self.setValue(min(self._sizes, key=lambda s: (abs(s - value), s)))
 
 
 class SegmentWidget(JobWidget, ModelChoice):
@@ -80,12 +122,10 @@ class SegmentWidget(JobWidget, ModelChoice):
         self.output_combo.setToolTip(
             "instances: one id per object; semantic: one id per class; probabilities: per-class maps"
         )
-        self.tile_spin = QSpinBox()
-        self.tile_spin.setRange(0, 8192)
-        self.tile_spin.setSingleStep(16)
-        self.tile_spin.setSpecialValueText("auto")
+        self.tile_spin = TileSpinBox()
         self.tile_spin.setToolTip(
-            "Input tile edge in pixels (a valid network input size); auto picks one that fits the memory"
+            "Input tile edge in pixels: only the model's usable sizes (typed values snap to the "
+            "nearest); auto picks one that fits the memory"
         )
         self.min_size_spin = QSpinBox()
         self.min_size_spin.setRange(-1, 1_000_000)  # -1 reads "model default"; 0 keeps every object
@@ -123,6 +163,7 @@ class SegmentWidget(JobWidget, ModelChoice):
         self.run_button.clicked.connect(self.run)
         self._lay_out(form, [self.run_button, self.cancel_button])
         self.refresh_models()
+        self.model_combo.currentTextChanged.connect(lambda _text: self._update_tile_sizes())
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
 
     # ------------------------------------------------------------------ model choice
@@ -135,6 +176,24 @@ class SegmentWidget(JobWidget, ModelChoice):
             if self._last_image_name in names:
                 self.image_combo.setCurrentText(self._last_image_name)
                 self.run()
+
+    def refresh_models(self, select: str | None = None) -> None:
+        """Re-list the models (see :class:`~._model_choice.ModelChoice`) and their tile sizes."""
+        super().refresh_models(select)
+        if hasattr(self, "tile_spin"):  # the first listing comes before the controls exist
+            self._update_tile_sizes()
+
+    def _update_tile_sizes(self) -> None:
+        """Offer the tile sizes of the chosen model (all its usable sizes up to 2048 output)."""
+        from tiled_unet.core.checkpoint import resolve_model
+        from tiled_unet.core.tiling import valid_tile_sizes
+
+        try:
+            model, _ = self._model_value()
+            config = resolve_model(model).config
+        except ValueError:  # no model chosen yet, or an unreadable file: said at Run
+            return
+        self.tile_spin.set_sizes(valid_tile_sizes(config))
 
     # ------------------------------------------------------------------ running
 
@@ -165,6 +224,7 @@ class SegmentWidget(JobWidget, ModelChoice):
         except ValueError as exc:
             notify_error(str(exc))
             return
+        self._warn_about_tile(request)
         self._last_image_name = image.name
         self._run_started = time.perf_counter()
         # a lazy image may take the blockwise path: give the job a cache folder (removed
@@ -173,6 +233,20 @@ class SegmentWidget(JobWidget, ModelChoice):
         self._set_running(True)
         self.status.setText(f"Segmenting {image.name}…")
         self._start(segment_job, image, request, store=self._pending_store)
+
+    def _warn_about_tile(self, request: SegmentRequest) -> None:
+        """A tile that spends most of its work on context is allowed, but said (it is slow)."""
+        from tiled_unet.core.checkpoint import resolve_model
+        from tiled_unet.core.tiling import tile_waste_warning
+
+        if request.options.tile is None:
+            return
+        try:
+            warning = tile_waste_warning(request.options.tile, resolve_model(request.model).config)
+        except ValueError:
+            return  # an unusable model is said by the job
+        if warning:
+            notify_warning(warning)
 
     def cancel(self) -> None:
         """Stop the run at the next tile batch (or block); no layer is added or changed."""

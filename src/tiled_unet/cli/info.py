@@ -51,6 +51,7 @@ def describe(model: str) -> dict[str, Any]:
 
     from tiled_unet.core.checkpoint import builtin_models, model_card, resolve_model
     from tiled_unet.core.model import UNet, count_parameters, flops_per_output_pixel, halo, receptive_field
+    from tiled_unet.core.tiling import valid_tile_sizes
 
     ckpt = resolve_model(model)
     config = ckpt.config
@@ -62,6 +63,7 @@ def describe(model: str) -> dict[str, Any]:
         "config": config.to_dict(),
         "parameters": count_parameters(UNet(config)),  # the count needs no weights
         "valid_sizes": {"first": pairs, "rule": rule},
+        "tile_sizes": valid_tile_sizes(config)[:N_SIZES],
         "halo": halo(config),
         "receptive_field": receptive_field(config),
         "flops_per_output_pixel": flops_per_output_pixel(config),
@@ -108,6 +110,8 @@ def format_text(info: dict[str, Any]) -> str:
         f"dropout {c['dropout']:g}",
         f"parameters       {info['parameters']:,}",
         f"valid sizes      {sizes}, ... ({info['valid_sizes']['rule']})",
+        f"tile sizes       {', '.join(map(str, info['tile_sizes']))}, ... (usable --tile values, "
+        f"from the smallest whose output covers one {2 ** c['depth']}-px step)",
         f"halo             {info['halo']} px per side",
         f"receptive field  {info['receptive_field']} px",
         f"cost             {_flops_text(info['flops_per_output_pixel'])} per output pixel (ideal: no halo)",

@@ -173,6 +173,10 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             error(f"--tile: {exc}")
             return 2
+        from tiled_unet.core.tiling import tile_waste_warning
+
+        if (waste := tile_waste_warning(args.tile, checkpoint.config)) is not None:
+            warn(f"--tile: {waste}")
 
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():

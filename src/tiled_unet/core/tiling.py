@@ -87,6 +87,31 @@ def check_tile_size(tile: int, config: UNetConfig) -> None:
         raise ValueError(f"tile size {tile}: {exc}") from None
 
 
+def valid_tile_sizes(config: UNetConfig, largest: int = GPU_MAX_OUTPUT) -> list[int]:
+    """The usable input tile sizes of ``config`` whose output is at most ``largest`` pixels."""
+    step = tile_step(config)
+    return [tile_input_size(out, config) for out in range(step, int(largest) + 1, step)]
+
+
+def tile_waste(tile: int, config: UNetConfig) -> float:
+    """Fraction of a tile's computation spent on context that is cropped away (0..1)."""
+    out = tile_output_size(int(tile), config)
+    return 1.0 - (out / int(tile)) ** 2
+
+
+def tile_waste_warning(tile: int, config: UNetConfig, limit: float = 0.75) -> str | None:
+    """One line if a ``tile`` spends more than ``limit`` of its work on context, else None."""
+    waste = tile_waste(tile, config)
+    if waste <= limit:
+        return None
+    out = tile_output_size(int(tile), config)
+    return (
+        f"tile size {tile} gives {out} x {out} output pixels for {tile} x {tile} input: "
+        f"{100 * waste:.0f} % of the work is the network's context, so prediction is slow; "
+        "a larger tile (or auto) is faster"
+    )
+
+
 @dataclass(frozen=True)
 class TilePlan:
     """Where the tiles of one image plane lie.
