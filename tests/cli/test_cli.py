@@ -555,3 +555,18 @@ def test_predict_warns_about_a_tile_that_is_mostly_context(
     assert code == 0 and len(err) == 1 and "--tile: tile size 44" in err[0] and "context" in err[0]
     code, _, err = run_cli(capsys, "predict", images["tif"], "-m", model_path, "-o", tmp_path / "b")
     assert code == 0 and not err
+
+
+def test_predict_accepts_a_folder_like_train(
+    capsys: pytest.CaptureFixture, model_path: Path, images: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = images["tif"].parent
+    code, out, err = run_cli(capsys, "predict", folder, "-m", model_path, "-o", tmp_path / "out")
+    assert code == 0 and not err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"{p.stem}.tif" for p in folder.iterdir() if p.suffix in (".png", ".tif", ".jpg")
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run_cli(capsys, "predict", empty, "-m", model_path, "-o", tmp_path / "out2")
+    assert code == 2 and len(err) == 1 and "empty" in err[0] and "no image" in err[0]

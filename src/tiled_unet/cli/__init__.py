@@ -4,10 +4,11 @@ Subcommands live in their own modules, each exposing ``add_parser(subparsers)`` 
 registers an ``argparse`` sub-parser whose ``func`` default is called with the parsed
 arguments and returns the exit code::
 
-    tiled-unet predict IMAGE... --model MODEL --out DIR   segment images to TIFF files
+    tiled-unet predict IMAGE... --model MODEL --out DIR   segment images (files or folders)
     tiled-unet info MODEL [--json]                          describe a model
     tiled-unet models                                       list the built-in models
-    tiled-unet train ...                                    fine-tune (if installed)
+    tiled-unet train ...                                    train or fine-tune a model
+    tiled-unet evaluate --model MODEL --images ... --labels ...   score a model on annotated images
 
 Exit codes: 0 success, 1 some inputs failed, 2 bad usage or unusable model, 130 interrupted.
 Expected problems are reported as one line on stderr, never as a traceback (``--debug``

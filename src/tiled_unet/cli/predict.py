@@ -42,7 +42,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or .zarr directories")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, .zarr stores or folders of them")
     parser.add_argument(
         "--model", "-m", required=True, metavar="MODEL", help="built-in model name or checkpoint file (.pt)"
     )
@@ -184,7 +184,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     log.debug("model %s on %s, output %s", args.model, device, args.output)
 
-    inputs = [Path(p) for p in args.images]
+    from tiled_unet.core.imageio import image_files
+
+    try:  # a folder stands for its images, as for train and evaluate
+        inputs = image_files(args.images, keep_missing=True)
+    except ValueError as exc:
+        error(str(exc))
+        return 2
     zarr_out = str(args.out).rstrip("/").lower().endswith(".zarr")
     if zarr_out and len(inputs) > 1:
         error(f"{out_dir}: an --out ending in .zarr is the output store of one image; give a folder")

@@ -18,10 +18,9 @@ import numpy as np
 
 from .augment import AugmentSettings, extract_patch
 from .checkpoint import Normalization
+from .imageio import IMAGE_SUFFIXES, image_files
 from .targets import AnnotationKind, TargetMode, Targets, make_targets
 from .weights import class_weights, weight_map
-
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 
 
 @dataclass(frozen=True)
@@ -229,19 +228,6 @@ def _same_channels(image: np.ndarray) -> bool:
 # --------------------------------------------------------------------------- files
 
 
-def _expand(entries: Sequence[str | os.PathLike]) -> list[Path]:
-    files: list[Path] = []
-    for entry in entries:
-        p = Path(entry)
-        if p.is_dir():
-            files.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise ValueError(f"{p}: no such file or folder")
-    return files
-
-
 def file_stem(path: Path) -> str:
     """File name without its image suffix (``a.ome.tif`` -> ``a``)."""
     name = path.name
@@ -261,8 +247,8 @@ def pair_files(
     ValueError
         One line naming the files without a partner, or duplicate stems.
     """
-    imgs = _expand(images)
-    labs = _expand(labels)
+    imgs = image_files(images)
+    labs = image_files(labels)
     if not imgs:
         raise ValueError("no image files given")
     by_stem: dict[str, Path] = {}

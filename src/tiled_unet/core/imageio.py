@@ -29,6 +29,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
+#: Files a folder given as input contributes (besides Zarr stores).
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 IMAGEIO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 ZARR_SUFFIXES = (".zarr", ".ome.zarr")
 
@@ -51,6 +53,34 @@ def is_zarr_path(path: str | os.PathLike) -> bool:
     if p.suffix.lower() == ".zarr":
         return True
     return p.is_dir() and any((p / m).exists() for m in (".zarray", ".zgroup", "zarr.json"))
+
+
+def image_files(entries: Any, *, keep_missing: bool = False) -> list[Path]:
+    """The images named by command-line entries: a file or Zarr store as it is, a folder as its
+    images (TIFF, PNG, JPEG, ``.npy`` files and Zarr stores, sorted by name).
+
+    A missing entry raises ``ValueError`` naming it, or with ``keep_missing`` is kept, to be
+    reported with the other per-input problems. A folder with no image raises too.
+    """
+    files: list[Path] = []
+    for entry in entries:
+        p = Path(entry)
+        if p.is_file() or is_zarr_path(p):
+            files.append(p)
+        elif p.is_dir():
+            found = sorted(
+                f
+                for f in p.iterdir()
+                if (f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES) or is_zarr_path(f)
+            )
+            if not found:
+                raise ValueError(f"{p}: folder holds no image ({', '.join(IMAGE_SUFFIXES)} or Zarr)")
+            files.extend(found)
+        elif keep_missing:
+            files.append(p)
+        else:
+            raise ValueError(f"{p}: no such file or folder")
+    return files
 
 
 def read_image(path: str | os.PathLike) -> Any:
