@@ -38,3 +38,17 @@ def test_package_import_is_light() -> None:
     code = "import sys, tiled_unet; print('torch' in sys.modules, 'qtpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_docking_needs_no_torch() -> None:
+    """What the dock widgets need before torch is loaded in the background imports no torch."""
+    code = (
+        "import sys\n"
+        "import tiled_unet._widgets.segment, tiled_unet._widgets.finetune\n"
+        "from tiled_unet.core.catalog import builtin_models\n"
+        "from tiled_unet.core.options import FINETUNE_MINUTES, PredictOptions\n"
+        "assert builtin_models() and FINETUNE_MINUTES > 0 and PredictOptions().output\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]

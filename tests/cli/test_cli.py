@@ -24,8 +24,8 @@ from tiled_unet import __version__
 from tiled_unet.cli import main
 from tiled_unet.cli import models as models_cli
 from tiled_unet.cli import predict as predict_cli
-from tiled_unet.core import checkpoint as ckpt_mod
-from tiled_unet.core.checkpoint import Checkpoint, Normalization, save_checkpoint
+from tiled_unet.core import catalog as catalog_mod
+from tiled_unet.core.checkpoint import Checkpoint, Normalization, load_checkpoint, save_checkpoint
 from tiled_unet.core.model import UNet, UNetConfig, count_parameters, flops_per_output_pixel, receptive_field
 
 pytest.importorskip("tiled_unet.core.predict", reason="core.predict (segment_iter) is not written yet")
@@ -91,7 +91,7 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_models_none_installed(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ckpt_mod, "builtin_models", lambda: {})
+    monkeypatch.setattr(catalog_mod, "builtin_models", lambda: {})
     code, out, err = run_cli(capsys, "models")
     assert code == 0 and err == []
     assert out.strip() == "No built-in models are installed; pass a checkpoint file (.pt) as MODEL instead."
@@ -99,7 +99,7 @@ def test_models_none_installed(capsys: pytest.CaptureFixture, monkeypatch: pytes
 
 def test_models_lists_descriptions(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     models = {"nuclei": "Nuclei in fluorescence images.", "em-membranes": "Membranes in ssTEM."}
-    monkeypatch.setattr(ckpt_mod, "builtin_models", lambda: models)
+    monkeypatch.setattr(catalog_mod, "builtin_models", lambda: models)
     code, out, _ = run_cli(capsys, "models")
     assert code == 0
     lines = out.splitlines()
@@ -496,7 +496,7 @@ def test_evaluate_optimize_writes_a_tuned_copy_and_never_the_model(
     assert len(rows) == 10 and "min_peak" in rows[0]
     f1s = [float(r.split()[1].rstrip(":")) for r in rows]
     assert f1s == sorted(f1s, reverse=True)
-    tuned = ckpt_mod.load_checkpoint(tmp_path / "tuned.pt")
+    tuned = load_checkpoint(tmp_path / "tuned.pt")
     assert tuned.provenance["instances_optimized"]["f1_0.5"] == pytest.approx(f1s[0], abs=1e-4)
     assert model_path.read_bytes() == before
     code, _, err = run_cli(capsys, *common, "--optimize", tmp_path / "tuned.pt")
@@ -507,7 +507,7 @@ def test_evaluate_optimize_writes_a_tuned_copy_and_never_the_model(
 
 
 def test_builtin_model_cards_are_short_and_info_leads_with_them(capsys: pytest.CaptureFixture) -> None:
-    from tiled_unet.core.checkpoint import builtin_models, model_card
+    from tiled_unet.core.catalog import builtin_models, model_card
 
     names = list(builtin_models())
     assert names, "no built-in model installed"

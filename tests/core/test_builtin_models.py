@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tiled_unet.core.checkpoint import builtin_models, model_card, resolve_model
+from tiled_unet.core.catalog import builtin_models, model_card
+from tiled_unet.core.checkpoint import resolve_model
 from tiled_unet.core.data import read_array
 from tiled_unet.core.metrics import match_instances, pixel_error
 from tiled_unet.core.predict import segment

@@ -204,7 +204,7 @@ def test_worker_errors_become_one_clean_notification(
 def test_builtin_models_are_listed_first(make_napari_viewer, monkeypatch):
     from qtpy.QtCore import Qt
 
-    import tiled_unet.core.checkpoint as ckpt
+    import tiled_unet.core.catalog as ckpt
 
     monkeypatch.setattr(
         ckpt, "builtin_models", lambda: {"nuclei": "Fluorescence nuclei.", "em-membranes": "EM."}
@@ -290,3 +290,16 @@ def test_tile_box_offers_only_usable_sizes_and_warns_about_small_tiles(
     widget.run()
     assert any("of the work is the network's context" in m for m in notifications["warning"])
     assert widget.last_result is not None
+
+
+def test_docking_lists_accelerators_once_torch_is_loaded(make_napari_viewer, qtbot):
+    """Docking does not wait for torch: auto and cpu at once, the rest from a worker thread."""
+    from tiled_unet.core.devices import available_devices
+
+    viewer = make_napari_viewer()
+    _, seg = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
+    assert [seg.device_combo.itemText(k) for k in range(2)] == ["auto", "cpu"]
+    qtbot.waitUntil(lambda: seg.warm, timeout=30_000)
+    names = [seg.device_combo.itemText(k) for k in range(seg.device_combo.count())]
+    assert names == ["auto", *available_devices()]
+    assert seg.tile_spin.sizes  # the built-in model's tile sizes, read once torch is there

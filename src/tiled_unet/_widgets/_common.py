@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
@@ -238,6 +239,25 @@ def start_job(
     return worker
 
 
+def _devices() -> list[str]:
+    from tiled_unet.core.devices import available_devices
+
+    return list(available_devices())
+
+
+#: Set once torch has been imported by a warm-up job (a half-imported torch is in sys.modules
+#: already, and touching it would wait for the import on the GUI thread).
+_TORCH_READY = threading.Event()
+
+
+def _warm_job() -> Generator[None, None, list[str]]:
+    """Import torch (a worker thread) and list the devices."""
+    yield from ()
+    devices = _devices()
+    _TORCH_READY.set()
+    return devices
+
+
 class JobWidget(QWidget):
     """Base of the dock widgets that run one background job at a time.
 
@@ -256,15 +276,15 @@ class JobWidget(QWidget):
 
     def __init__(self, napari_viewer: Any, *, use_thread: bool = True) -> None:
         super().__init__()
-        from tiled_unet.core.devices import available_devices
-
         self.viewer = napari_viewer
         self.use_thread = use_thread
         self._worker: Any = None
 
         self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", *available_devices()])
+        self.device_combo.addItems(["auto", "cpu"])  # accelerators are added once torch is loaded
         self.device_combo.setToolTip("auto: a GPU if there is one, else the CPU")
+        #: Whether torch is loaded and the device list complete (see :meth:`_warm_up`).
+        self.warm = False
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
@@ -273,6 +293,43 @@ class JobWidget(QWidget):
         self._reset_progress()
         self.status = QLabel("")
         self.status.setWordWrap(True)
+
+    def _warm_up(self) -> None:
+        """Load torch in a worker thread, then list the devices and call :meth:`_on_warm`.
+
+        Docking must not wait the seconds torch takes to import; the widget is usable at once
+        (auto and cpu), and the accelerators appear when the import is done. Inline (and
+        immediate) where torch is loaded already or jobs run without threads.
+        """
+        if _TORCH_READY.is_set() or not self.use_thread:
+            self._on_devices(_devices())
+            return
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(100, self._start_warm_job)  # after napari has finished docking us
+
+    def _start_warm_job(self) -> None:
+        self._warm_worker = start_job(
+            _warm_job,
+            use_thread=True,
+            on_yield=lambda _item: None,
+            on_return=self._on_devices,
+            on_error=lambda exc: notify_error(f"Could not load torch: {exc}"),
+            on_finish=lambda: None,
+        )
+
+    def _on_devices(self, devices: list[str]) -> None:
+        current = self.device_combo.currentText()
+        names = ["auto", *devices]
+        if [self.device_combo.itemText(k) for k in range(self.device_combo.count())] != names:
+            self.device_combo.clear()
+            self.device_combo.addItems(names)
+            self.device_combo.setCurrentText(current if current in names else "auto")
+        self.warm = True
+        self._on_warm()
+
+    def _on_warm(self) -> None:
+        """Torch is loaded: fill what needs it (subclasses)."""
 
     def _lay_out(self, form: QFormLayout, buttons: Sequence[QWidget], below: Sequence[QWidget] = ()) -> None:
         """Stack ``form``, a row of ``buttons``, the progress bar, ``below`` and the status line."""

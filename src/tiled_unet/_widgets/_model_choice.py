@@ -72,7 +72,7 @@ class ModelChoice:
         select : str, optional
             Label to choose instead of the current one.
         """
-        from tiled_unet.core.checkpoint import builtin_models
+        from tiled_unet.core.catalog import builtin_models
 
         has_current = self.session.current is not None
         builtins = builtin_models()

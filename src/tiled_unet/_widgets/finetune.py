@@ -124,7 +124,7 @@ class FinetuneWidget(JobWidget, ModelChoice):
         super().__init__(napari_viewer, use_thread=use_thread)
         from napari.layers import Image, Labels
 
-        from tiled_unet.core.finetune import DEFAULT_MINUTES
+        from tiled_unet.core.options import FINETUNE_MINUTES
 
         self._init_model_choice(
             napari_viewer,
@@ -179,7 +179,7 @@ class FinetuneWidget(JobWidget, ModelChoice):
         self.minutes_spin = QDoubleSpinBox()
         self.minutes_spin.setRange(0.0, 24 * 60.0)
         self.minutes_spin.setDecimals(1)
-        self.minutes_spin.setValue(DEFAULT_MINUTES)
+        self.minutes_spin.setValue(FINETUNE_MINUTES)
         self.minutes_spin.setSpecialValueText("no limit")
         self.minutes_spin.setSuffix(" min")
         self.minutes_spin.setToolTip("Time budget; training stops after the step that exceeds it")
@@ -228,6 +228,7 @@ class FinetuneWidget(JobWidget, ModelChoice):
         self.plot = LossPlot()
         self._lay_out(form, [self.start_button, self.cancel_button, self.save_button], [self.plot])
         self.refresh_models()
+        self._warm_up()
 
     # ------------------------------------------------------------------ base model
 

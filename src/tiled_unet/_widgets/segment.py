@@ -164,6 +164,7 @@ class SegmentWidget(JobWidget, ModelChoice):
         self._lay_out(form, [self.run_button, self.cancel_button])
         self.refresh_models()
         self.model_combo.currentTextChanged.connect(lambda _text: self._update_tile_sizes())
+        self._warm_up()
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
 
     # ------------------------------------------------------------------ model choice
@@ -180,11 +181,19 @@ class SegmentWidget(JobWidget, ModelChoice):
     def refresh_models(self, select: str | None = None) -> None:
         """Re-list the models (see :class:`~._model_choice.ModelChoice`) and their tile sizes."""
         super().refresh_models(select)
-        if hasattr(self, "tile_spin"):  # the first listing comes before the controls exist
+        if hasattr(self, "tile_spin"):  # the first listing comes before the controls exist and torch
             self._update_tile_sizes()
 
+    def _on_warm(self) -> None:
+        self._update_tile_sizes()
+
     def _update_tile_sizes(self) -> None:
-        """Offer the tile sizes of the chosen model (all its usable sizes up to 2048 output)."""
+        """Offer the tile sizes of the chosen model (all its usable sizes up to 2048 output).
+
+        Reading a model needs torch: until it is loaded (:meth:`_warm_up`) the box offers auto.
+        """
+        if not self.warm:
+            return
         from tiled_unet.core.checkpoint import resolve_model
         from tiled_unet.core.tiling import valid_tile_sizes
 

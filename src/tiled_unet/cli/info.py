@@ -49,7 +49,8 @@ def describe(model: str) -> dict[str, Any]:
     """
     import dataclasses
 
-    from tiled_unet.core.checkpoint import builtin_models, model_card, resolve_model
+    from tiled_unet.core.catalog import builtin_models, model_card
+    from tiled_unet.core.checkpoint import resolve_model
     from tiled_unet.core.model import UNet, count_parameters, flops_per_output_pixel, halo, receptive_field
     from tiled_unet.core.tiling import valid_tile_sizes
 

@@ -20,7 +20,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tiled-unet models``; return the exit code."""
-    from tiled_unet.core.checkpoint import builtin_models
+    from tiled_unet.core.catalog import builtin_models
 
     models = builtin_models()
     if not models:

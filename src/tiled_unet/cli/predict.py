@@ -42,7 +42,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, .zarr stores or folders of them")
+    parser.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="image files, .zarr stores or folders of them"
+    )
     parser.add_argument(
         "--model", "-m", required=True, metavar="MODEL", help="built-in model name or checkpoint file (.pt)"
     )

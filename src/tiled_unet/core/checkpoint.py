@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from .catalog import builtin_models, models_dir
 from .imageio import atomic_path
 from .model import UNet, UNetConfig
 from .postprocess import InstanceSettings
@@ -307,40 +308,6 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 # --------------------------------------------------------------------------- built-in models
 
 
-def _models_dir() -> Any:
-    return resources.files("tiled_unet") / "models"
-
-
-def builtin_models() -> dict[str, str]:
-    """Names of the models shipped in the package, with a one-line description each.
-
-    The description is the first non-heading line of the model card ``<name>.md``.
-    """
-    found: dict[str, str] = {}
-    root = _models_dir()
-    if not root.is_dir():
-        return found
-    for entry in sorted(root.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".pt"):
-            name = entry.name[:-3]
-            found[name] = _card_summary(model_card(name))
-    return found
-
-
-def _card_summary(card: str) -> str:
-    for line in card.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            return line
-    return ""
-
-
-def model_card(name: str) -> str:
-    """The markdown model card of a built-in model ('' if it has none)."""
-    card = _models_dir() / f"{name}.md"
-    return card.read_text(encoding="utf-8") if card.is_file() else ""
-
-
 #: Checkpoints read by :func:`resolve_model`, by (file, modification time, size): a model asked
 #: for again is not read again while its file is unchanged.
 _LOADED: dict[tuple[str, int, int], Checkpoint] = {}
@@ -372,7 +339,7 @@ def resolve_model(model: str | os.PathLike | Checkpoint) -> Checkpoint:
         return model
     text = str(model)
     if not text.endswith(".pt") and os.sep not in text and "/" not in text:
-        entry = _models_dir() / f"{text}.pt"
+        entry = models_dir() / f"{text}.pt"
         if entry.is_file():
             with resources.as_file(entry) as path:
                 return _load_cached(Path(path))

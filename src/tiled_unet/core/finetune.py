@@ -35,6 +35,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, resolve_model
 from .metrics import Matching, match_instances
+from .options import FINETUNE_MINUTES as DEFAULT_MINUTES
 from .progress import Progress
 
 #: Pixels where the base model's top class probability reaches this are held by the prior.
@@ -460,8 +461,6 @@ def finetune(**kwargs: Any) -> FinetuneOutcome:
     return drain(finetune_iter(**kwargs))
 
 
-#: Default time budget of a fine-tune (minutes): interactive on a laptop CPU.
-DEFAULT_MINUTES = 2.0
 
 
 def finetune_settings(

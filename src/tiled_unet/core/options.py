@@ -22,6 +22,9 @@ DEFAULT_MARGIN = 64
 #: Planes of data read on demand (dask, Zarr, a TIFF opened lazily) larger than this are
 #: segmented block by block: four default blocks.
 BLOCKWISE_PIXELS = 4 * DEFAULT_BLOCK * DEFAULT_BLOCK
+#: Default time budget of a fine-tune (minutes): interactive on a laptop CPU. Here, with no
+#: torch import, so that the Fine-tune widget can show it before torch is loaded.
+FINETUNE_MINUTES = 2.0
 
 
 @dataclass(frozen=True)
