@@ -19,9 +19,9 @@ import sys
 import numpy as np
 from scipy import ndimage as ndi
 
-import tiled_unet.core.data as data
-from tiled_unet.cli import main
+from tiled_unet.cli.train import main as train_main
 from tiled_unet.core.targets import Targets, make_targets
+from tiled_unet.core.train import TrainHooks
 
 
 def contact_band(instances: np.ndarray, width: int) -> np.ndarray:
@@ -50,5 +50,6 @@ def contact_targets(labels: np.ndarray, **kwargs) -> Targets:
 
 
 if __name__ == "__main__":
-    data.make_targets = contact_targets  # prepare_image looks it up in tiled_unet.core.data
-    sys.exit(main(sys.argv[1:]))
+    if sys.argv[1:2] != ["train"]:
+        sys.exit("usage: train_contact_targets.py train ARGS... (the arguments of tiled-unet train)")
+    sys.exit(train_main(sys.argv[2:], hooks=TrainHooks(targets=contact_targets)))

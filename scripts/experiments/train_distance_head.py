@@ -39,10 +39,9 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-import tiled_unet.core.train as train_mod
 from tiled_unet.core.checkpoint import Checkpoint, resolve_model, save_checkpoint
-
-_weighted_ce = train_mod.weighted_cross_entropy
+from tiled_unet.core.tiling import mirror_indices
+from tiled_unet.core.train import TrainHooks, weighted_cross_entropy
 
 
 def distance_targets(classes: np.ndarray, object_class: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +62,7 @@ def distance_targets(classes: np.ndarray, object_class: int = 1) -> tuple[np.nda
 
 def loss_with_distance(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Weighted CE of the first three channels plus BCE of the fourth against the distance map."""
-    ce = _weighted_ce(logits[:, :3], target, weight)
+    ce = weighted_cross_entropy(logits[:, :3], target, weight)
     if logits.shape[1] < 4:
         return ce
     cls = target.cpu().numpy()
@@ -107,7 +106,9 @@ def predict_outputs(model: torch.nn.Module, norm_cyx: np.ndarray) -> tuple[np.nd
     h = halo(cfg)
     _, ny, nx = norm_cyx.shape
     oy, ox = (output_size(valid_input_size(n, cfg), cfg) for n in (ny, nx))
-    padded = np.pad(norm_cyx, ((0, 0), (h, h + oy - ny), (h, h + ox - nx)), mode="symmetric")
+    # mirrored as the package mirrors (reflect: the border pixel is not repeated)
+    rows, cols = mirror_indices(-h, oy + h, ny), mirror_indices(-h, ox + h, nx)
+    padded = norm_cyx[:, rows][:, :, cols]
     with torch.inference_mode():
         logits = model(torch.from_numpy(np.ascontiguousarray(padded))[None])[0]
     probs = torch.softmax(logits[:3], 0).numpy()[:, :ny, :nx]
@@ -194,9 +195,8 @@ if __name__ == "__main__":
     elif cmd == "score":
         score(*rest)
     elif cmd == "train":
-        from tiled_unet.cli import main
+        from tiled_unet.cli.train import main as train_main
 
-        train_mod.weighted_cross_entropy = loss_with_distance
-        sys.exit(main(sys.argv[1:]))
+        sys.exit(train_main(rest, hooks=TrainHooks(loss=loss_with_distance)))
     else:
         sys.exit(f"unknown subcommand {cmd!r}: init, train, cache or score")

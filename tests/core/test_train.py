@@ -211,3 +211,56 @@ def test_zoom_range_is_checked():
     for bad in ((0.3, 1.0), (1.4, 0.7), (1.0, 5.0)):
         with pytest.raises(ValueError, match="zoom range"):
             TrainSettings(zoom=bad)
+
+
+def test_hooks_replace_the_loss_and_the_targets_and_see_every_step():
+    from tiled_unet.core.targets import Targets, make_targets
+    from tiled_unet.core.train import TrainHooks, weighted_cross_entropy
+
+    img, lab = disc_data()
+    seen_classes, steps = [], []
+
+    def halved(logits, target, weight):
+        seen_classes.append(set(torch.unique(target).tolist()))
+        return 0.5 * weighted_cross_entropy(logits, target, weight)
+
+    def no_boundary(labels, **kwargs):  # the rim counts as object
+        t = make_targets(labels, **kwargs)
+        classes = np.where(t.classes == kwargs["boundary_class"], kwargs["object_class"], t.classes)
+        return Targets(classes=classes, annotated=t.annotated, instances=t.instances)
+
+    run = {"images": [img], "labels": [lab], "settings": settings(steps=3), "config": CONFIG}
+    plain = [p.loss for p in train_iter(**run)]
+    hooks = TrainHooks(loss=halved, targets=no_boundary, callbacks=(steps.append,))
+    hooked = [p.loss for p in train_iter(**run, hooks=hooks)]
+    assert [p.done for p in steps] == [1, 2, 3]
+    assert all(2 not in c for c in seen_classes) and {0, 1} <= set().union(*seen_classes)
+    assert hooked[0] == pytest.approx(0.5 * plain[0], rel=0.2)  # same start, half the loss, other targets
+
+
+def test_the_train_command_takes_hooks(tmp_path):
+    import tifffile
+
+    from tiled_unet.cli.train import main
+    from tiled_unet.core.train import TrainHooks
+
+    img, lab = disc_data()
+    (tmp_path / "im").mkdir()
+    (tmp_path / "lb").mkdir()
+    tifffile.imwrite(tmp_path / "im" / "a.tif", img)
+    tifffile.imwrite(tmp_path / "lb" / "a.tif", lab)
+    seen = []
+    argv = [
+        "--images",
+        str(tmp_path / "im"),
+        "--labels",
+        str(tmp_path / "lb"),
+        "--out",
+        str(tmp_path / "m.pt"),
+    ]
+    argv += ["--steps", "2", "--patch", str(PATCH), "--device", "cpu", "--no-progress", "--config"]
+    import json
+
+    (tmp_path / "c.json").write_text(json.dumps(CONFIG.to_dict()))
+    code = main([*argv, str(tmp_path / "c.json")], hooks=TrainHooks(callbacks=(seen.append,)))
+    assert code == 0 and [p.done for p in seen] == [1, 2] and (tmp_path / "m.pt").is_file()

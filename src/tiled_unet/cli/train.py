@@ -225,14 +225,117 @@ def _settings(args: argparse.Namespace, painted_base: Any) -> Any:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``tiled-unet train``; return the exit code (0 ok, 2 bad input)."""
+def _validation_split(
+    args: argparse.Namespace, images: list, labels: list, names: list
+) -> tuple[dict, tuple]:
+    """The validation data (``--val-ids`` taken out of the training pairs, or given apart)."""
+    val: dict[str, Any] = {}
+    if args.val_ids:
+        if args.val_images:
+            raise ValueError("give --val-ids or --val-images/--val-labels, not both")
+        keep = {ln.strip() for ln in Path(args.val_ids).read_text(encoding="utf-8").splitlines()}
+        keep.discard("")
+        held = [i for i, n in enumerate(names) if n in keep]
+        if not held:
+            raise ValueError(f"{args.val_ids}: none of its ids is among the training images")
+        rest = [i for i in range(len(names)) if names[i] not in keep]
+        val = {
+            "val_images": [images[i] for i in held],
+            "val_labels": [labels[i] for i in held],
+            "val_names": [names[i] for i in held],
+        }
+        images, labels, names = ([seq[i] for i in rest] for seq in (images, labels, names))
+    if args.val_images:
+        vi, vl, vn = _load_pairs(args.val_images, args.val_labels)
+        val = {"val_images": vi, "val_labels": vl, "val_names": vn}
+    return val, (images, labels, names)
+
+
+def _starting_point(args: argparse.Namespace) -> tuple[Any, Any, bool]:
+    """``(init, config, painted)``: the model to start from (widened if asked) or the
+    architecture to train from scratch, and whether this is a fine-tune on sparse paint."""
+    from tiled_unet.core.checkpoint import resolve_model
+    from tiled_unet.core.model import UNetConfig
+
+    init = resolve_model(args.init) if args.init else None
+    painted = init is not None and args.sparse
+    if args.widen is not None:
+        if init is None:
+            raise ValueError("--widen needs --init (the model to widen)")
+        from tiled_unet.core.widen import widen_checkpoint
+
+        init = widen_checkpoint(init, args.widen)  # fixed copy choice and noise (seed 0)
+    config = None
+    if init is None:
+        config = (
+            UNetConfig.from_json(args.config)
+            if args.config
+            else UNetConfig(n_classes=3 if args.targets == "instance" else 2)
+        )
+    return init, config, painted
+
+
+def _training(args: argparse.Namespace, hooks: Any) -> tuple[Any, Any, bool]:
+    """The training generator of the arguments, its settings, and whether it is a fine-tune."""
+    from tiled_unet.core.train import train_iter
+
+    init, config, painted = _starting_point(args)
+    settings = _settings(args, init if painted else None)
+    images, labels, names = _load_pairs(args.images, args.labels)
+    val, (images, labels, names) = _validation_split(args, images, labels, names)
+    common = {"images": images, "labels": labels, "settings": settings, "names": names, "hooks": hooks}
+    common["data_description"] = _describe(names)
+    if painted:
+        if val:
+            raise ValueError(
+                "--sparse --init checks on held-back painted objects: leave out the validation data"
+            )
+        from tiled_unet.core.finetune import HOLD_BACK, finetune_iter
+
+        hold = HOLD_BACK if args.hold_back is None else args.hold_back
+        return finetune_iter(base=init, hold_back_fraction=hold, **common), settings, True
+    if args.hold_back is not None or args.keep_worse:
+        raise ValueError("--hold-back and --keep-worse need --sparse --init")
+    class_names = tuple(args.class_names.split(",")) if args.class_names else None
+    gen = train_iter(init=init, config=config, sparse=args.sparse, class_names=class_names, **common, **val)
+    return gen, settings, False
+
+
+def _drain_with_bar(gen: Any, total: int | None, disable: bool) -> Any:
+    """Run a training generator with a tqdm bar over steps; stages and metrics as lines."""
     from tqdm import tqdm
 
-    from tiled_unet.core.checkpoint import CheckpointError, resolve_model, save_checkpoint
-    from tiled_unet.core.model import UNetConfig
     from tiled_unet.core.progress import drain
-    from tiled_unet.core.train import train_iter
+
+    bar = tqdm(total=total, disable=disable, unit="step", file=sys.stderr)
+
+    def show(p: Any) -> None:
+        if p.unit != "step":  # a stage of a fine-tune
+            bar.write(str(p.message))
+            return
+        post = {"loss": f"{p.loss:.4f}"}
+        if p.metrics:
+            bar.write(
+                f"step {p.done} ({p.seconds:.0f} s): loss {p.loss:.4f}, "
+                + ", ".join(f"{k} {v:.4f}" for k, v in p.metrics.items())
+            )
+            post.update({k: f"{v:.3f}" for k, v in p.metrics.items() if k in ("f1", "pixel_error")})
+        bar.set_postfix(post, refresh=False)
+        bar.update(1)
+
+    try:
+        return drain(gen, show)
+    finally:
+        bar.close()
+
+
+def run(args: argparse.Namespace, *, hooks: Any = None) -> int:
+    """Run ``tiled-unet train``; return the exit code (0 ok, 1 not better, 2 bad input).
+
+    ``hooks`` (:class:`tiled_unet.core.train.TrainHooks`) changes the loss, the targets or adds
+    callbacks, for experiments that reuse this command (``scripts/experiments``).
+    """
+    from tiled_unet.core.checkpoint import CheckpointError, save_checkpoint
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -242,93 +345,8 @@ def run(args: argparse.Namespace) -> int:
         _error("give both --val-images and --val-labels, or neither")
         return 2
     try:
-        init = resolve_model(args.init) if args.init else None
-        painted = init is not None and args.sparse
-        settings = _settings(args, init if painted else None)
-        if args.widen is not None:
-            if init is None:
-                raise ValueError("--widen needs --init (the model to widen)")
-            from tiled_unet.core.widen import widen_checkpoint
-
-            init = widen_checkpoint(init, args.widen)  # fixed copy choice and noise (seed 0)
-        config = None
-        if init is None:
-            if args.config:
-                config = UNetConfig.from_json(args.config)
-            else:
-                config = UNetConfig(n_classes=3 if args.targets == "instance" else 2)
-        class_names = tuple(args.class_names.split(",")) if args.class_names else None
-        images, labels, names = _load_pairs(args.images, args.labels)
-        val = {}
-        if args.val_ids:
-            if args.val_images:
-                raise ValueError("give --val-ids or --val-images/--val-labels, not both")
-            keep = {ln.strip() for ln in Path(args.val_ids).read_text(encoding="utf-8").splitlines()}
-            keep.discard("")
-            held = [i for i, n in enumerate(names) if n in keep]
-            if not held:
-                raise ValueError(f"{args.val_ids}: none of its ids is among the training images")
-            rest = [i for i in range(len(names)) if names[i] not in keep]
-            val = {
-                "val_images": [images[i] for i in held],
-                "val_labels": [labels[i] for i in held],
-                "val_names": [names[i] for i in held],
-            }
-            images, labels, names = ([seq[i] for i in rest] for seq in (images, labels, names))
-        if args.val_images:
-            vi, vl, vn = _load_pairs(args.val_images, args.val_labels)
-            val = {"val_images": vi, "val_labels": vl, "val_names": vn}
-        if painted and val:
-            raise ValueError(
-                "--sparse --init checks on held-back painted objects: leave out the validation data"
-            )
-        if painted:
-            from tiled_unet.core.finetune import HOLD_BACK, finetune_iter
-
-            gen = finetune_iter(
-                images=images,
-                labels=labels,
-                base=init,
-                settings=settings,
-                names=names,
-                hold_back_fraction=HOLD_BACK if args.hold_back is None else args.hold_back,
-                data_description=_describe(names),
-            )
-        else:
-            if args.hold_back is not None or args.keep_worse:
-                raise ValueError("--hold-back and --keep-worse need --sparse --init")
-            gen = train_iter(
-                images=images,
-                labels=labels,
-                settings=settings,
-                init=init,
-                config=config,
-                sparse=args.sparse,
-                names=names,
-                class_names=class_names,
-                data_description=_describe(names),
-                **val,
-            )
-        bar = tqdm(total=settings.steps, disable=args.no_progress, unit="step", file=sys.stderr)
-
-        def show(p: Any) -> None:
-            if p.unit != "step":  # a stage of a fine-tune
-                bar.write(str(p.message))
-                return
-            post = {"loss": f"{p.loss:.4f}"}
-            if p.metrics:
-                bar.write(
-                    f"step {p.done} ({p.seconds:.0f} s): loss {p.loss:.4f}, "
-                    + ", ".join(f"{k} {v:.4f}" for k, v in p.metrics.items())
-                )
-                post.update({k: f"{v:.3f}" for k, v in p.metrics.items() if k in ("f1", "pixel_error")})
-            bar.set_postfix(post, refresh=False)
-            bar.update(1)
-
-        try:
-            ckpt = drain(gen, show)
-        finally:
-            bar.close()
+        gen, settings, painted = _training(args, hooks)
+        ckpt = _drain_with_bar(gen, settings.steps, args.no_progress)
     except (ValueError, CheckpointError, FileNotFoundError, FloatingPointError) as exc:
         _error(str(exc).strip().splitlines()[0])
         return 2
@@ -353,8 +371,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``train`` as a stand-alone command (``python -m tiled_unet.cli.train``)."""
+def main(argv: Sequence[str] | None = None, *, hooks: Any = None) -> int:
+    """Run ``train`` as a stand-alone command (``python -m tiled_unet.cli.train``).
+
+    ``hooks`` as for :func:`run` (experiments: ``main(argv, hooks=TrainHooks(loss=...))``).
+    """
     parser = configure_parser(
         argparse.ArgumentParser(prog=f"{PROG} train", description=__doc__.split("\n\n")[0])
     )
@@ -364,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
-        return run(args)
+        return run(args, hooks=hooks)
     except KeyboardInterrupt:
         _error("interrupted; nothing written")
         return 130

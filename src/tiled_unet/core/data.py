@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,8 +73,13 @@ def prepare_image(
     sigma: float,
     prior: np.ndarray | None = None,
     prior_weight: float = 0.0,
+    targets_fn: Callable[..., Targets] = make_targets,
 ) -> TrainingImage:
     """Check one image/annotation pair and compute its targets and weight map.
+
+    ``targets_fn`` computes the targets from the labels (default
+    :func:`~.targets.make_targets`, same signature): the extension point for other targets
+    (see :class:`~.train.TrainHooks`).
 
     ``prior`` (fine-tuning on sparse annotations) is a ``(Y, X)`` class map of what the base
     model predicts, ``-1`` where it has nothing to say. Unannotated pixels with a prior are
@@ -107,7 +112,7 @@ def prepare_image(
         )
     kind: AnnotationKind = "sparse" if sparse else dense_kind(lab, mode)
     try:
-        targets = make_targets(
+        targets = targets_fn(
             lab, kind=kind, mode=mode, object_class=object_class, boundary_class=boundary_class
         )
     except ValueError as exc:

@@ -461,8 +461,6 @@ def finetune(**kwargs: Any) -> FinetuneOutcome:
     return drain(finetune_iter(**kwargs))
 
 
-
-
 def finetune_settings(
     config: Any,
     *,

@@ -49,7 +49,7 @@ from .model import UNet, UNetConfig, check_input_size, output_size
 from .postprocess import InstanceSettings, to_instances
 from .predict import predict_probabilities
 from .progress import Progress
-from .targets import INSTANCE_CLASSES, SEMANTIC_CLASSES
+from .targets import INSTANCE_CLASSES, SEMANTIC_CLASSES, make_targets
 
 DEFAULT_LR = {"adam": 1e-4, "sgd": 1e-3}
 
@@ -236,6 +236,207 @@ def _class_setup(
     return config, names, 1, boundary, Normalization()
 
 
+@dataclass(frozen=True)
+class TrainHooks:
+    """Extension points of :func:`train_iter`, for experiments (no module attribute is replaced).
+
+    Attributes
+    ----------
+    loss : callable
+        ``loss(logits, target, weight) -> scalar tensor`` for ``(N, K, H, W)`` logits and
+        ``(N, H, W)`` classes and weights (default :func:`weighted_cross_entropy`).
+    targets : callable
+        ``targets(labels, *, kind, mode, object_class, boundary_class) -> Targets``, the
+        classes, annotated mask and object ids trained on (default
+        :func:`~.targets.make_targets`).
+    callbacks : sequence of callables
+        Each called with every step's :class:`~.progress.Progress`, before it is yielded.
+    """
+
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = weighted_cross_entropy
+    targets: Callable[..., Any] = make_targets
+    callbacks: tuple[Callable[[Progress], None], ...] = ()
+
+
+@dataclass
+class _Setup:
+    """What one training run is made of, fixed before the first step."""
+
+    cfg: UNetConfig
+    class_names: tuple[str, ...]
+    object_class: int
+    boundary_class: int
+    normalization: Normalization
+    instances: InstanceSettings
+    base: Checkpoint | None
+
+    def checkpoint(self, state: dict[str, torch.Tensor], provenance: dict[str, Any]) -> Checkpoint:
+        return Checkpoint(
+            config=self.cfg,
+            state_dict=state,
+            normalization=self.normalization,
+            class_names=self.class_names,
+            object_class=self.object_class,
+            boundary_class=self.boundary_class,
+            provenance=provenance,
+            instances=self.instances,
+        )
+
+
+def _check_arguments(
+    images: Sequence[Any],
+    labels: Sequence[Any],
+    val_images: Sequence[Any] | None,
+    val_labels: Sequence[Any] | None,
+    preview_every: int,
+    priors: Sequence[Any] | None,
+    prior_weight: float,
+) -> None:
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} label images")
+    if not images:
+        raise ValueError("no training images given")
+    if (val_images is None) != (val_labels is None):
+        raise ValueError("give both val_images and val_labels, or neither")
+    if val_images is not None and val_labels is not None and len(val_images) != len(val_labels):
+        raise ValueError(f"{len(val_images)} validation images but {len(val_labels)} label images")
+    if preview_every < 0:
+        raise ValueError(f"preview_every must be >= 0, got {preview_every}")
+    if priors is not None and len(priors) != len(images):
+        raise ValueError(f"{len(priors)} priors for {len(images)} training images")
+    if not prior_weight >= 0:
+        raise ValueError(f"prior_weight must be >= 0, got {prior_weight}")
+
+
+def _prepare(
+    setup: _Setup,
+    settings: TrainSettings,
+    hooks: TrainHooks,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    names: Sequence[str],
+    *,
+    sparse: bool,
+    priors: Sequence[np.ndarray | None] | None = None,
+    prior_weight: float = 0.5,
+) -> list[TrainingImage]:
+    """Targets and weight maps of image/label pairs (one line naming the image if unusable)."""
+    mode = "instance" if setup.boundary_class >= 0 else "semantic"
+    priors = priors if priors is not None else [None] * len(images)
+    return [
+        prepare_image(
+            im,
+            lb,
+            name=nm,
+            in_channels=setup.cfg.in_channels,
+            normalization=setup.normalization,
+            sparse=sparse,
+            mode=mode,
+            object_class=setup.object_class,
+            boundary_class=setup.boundary_class,
+            w0=settings.w0,
+            sigma=settings.sigma,
+            prior=pr,
+            prior_weight=prior_weight,
+            targets_fn=hooks.targets,
+        )
+        for im, lb, nm, pr in zip(images, labels, names, priors, strict=True)
+    ]
+
+
+class _Optimisation:
+    """The network, optimiser, mixed precision and learning-rate schedule of a run."""
+
+    def __init__(self, setup: _Setup, settings: TrainSettings, device: torch.device, loss: Callable) -> None:
+        self.settings, self.device, self.loss_fn = settings, device, loss
+        model = UNet(setup.cfg)
+        if setup.base is not None:
+            state = {
+                k: v.detach().clone().float() if v.is_floating_point() else v.clone()
+                for k, v in setup.base.state_dict.items()
+            }
+            model.load_state_dict(state, strict=True)
+        model.to(device).train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        if settings.optimizer == "sgd":
+            self.opt: torch.optim.Optimizer = torch.optim.SGD(
+                params,
+                lr=settings.learning_rate,
+                momentum=settings.momentum,
+                weight_decay=settings.weight_decay,
+            )
+        else:
+            self.opt = torch.optim.Adam(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        self.cpu = device.type == "cpu"
+        if self.cpu:  # same arithmetic, faster oneDNN convolutions (also used for prediction)
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        cpu = self.cpu
+        self.use_amp = settings.amp and (device.type == "cuda" or (cpu and cpu_has_native_bf16()))
+        bf16 = self.use_amp and (cpu or torch.cuda.is_bf16_supported())
+        self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+
+    def step(
+        self, batch: tuple[np.ndarray, np.ndarray, np.ndarray], step: int, seconds: float
+    ) -> torch.Tensor:
+        """One optimisation step on ``(x, y, w)``; returns the loss (step ``step`` done before)."""
+        x, y, w = batch
+        xt = torch.from_numpy(x).to(self.device)
+        if self.cpu:
+            xt = xt.contiguous(memory_format=torch.channels_last)
+        yt = torch.from_numpy(y).to(self.device)
+        wt = torch.from_numpy(w).to(self.device)
+        if self.settings.schedule == "cosine":
+            factor = _cosine_factor(self.settings, step, seconds)
+            for group in self.opt.param_groups:
+                group["lr"] = self.settings.learning_rate * factor
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            logits = self.model(xt)
+        loss = self.loss_fn(logits, yt, wt)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training diverged at step {step + 1} (loss {loss.item()}); lower the learning rate"
+            )
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return loss
+
+
+class _Validation:
+    """Validation every ``val_every`` steps, keeping the best weights by ``score``."""
+
+    def __init__(self, setup: _Setup, items: list[TrainingImage], device: torch.device) -> None:
+        self.setup, self.items, self.device = setup, items, device
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_metrics: dict[str, float] | None = None
+        self.best_step = 0
+        self.history: list[dict[str, float]] = []
+
+    def __call__(self, model: UNet, step: int) -> dict[str, float]:
+        metrics = validation_metrics(
+            model,
+            self.items,
+            device=self.device,
+            object_class=self.setup.object_class,
+            boundary_class=self.setup.boundary_class,
+            instances=self.setup.instances,
+        )
+        self.history.append({"step": step, **metrics})
+        if self.best_metrics is None or metrics["score"] > self.best_metrics["score"]:
+            self.best_metrics, self.best_step = metrics, step
+            self.best_state = cpu_state_dict(model)
+        return metrics
+
+
+def _finished(settings: TrainSettings, step: int, seconds: float) -> bool:
+    return (settings.steps is not None and step >= settings.steps) or (
+        settings.minutes is not None and seconds >= settings.minutes * 60
+    )
+
+
 def train_iter(
     *,
     images: Sequence[np.ndarray],
@@ -254,6 +455,7 @@ def train_iter(
     preview_every: int = 0,
     priors: Sequence[np.ndarray | None] | None = None,
     prior_weight: float = 0.5,
+    hooks: TrainHooks | None = None,
 ) -> Generator[Progress, None, Checkpoint | None]:
     """Train a U-Net, yielding progress after every step; return the trained checkpoint.
 
@@ -290,6 +492,8 @@ def train_iter(
         (:func:`~.finetune.base_prior`); see :func:`~.data.prepare_image`.
     prior_weight : float
         Weight of prior pixels relative to painted pixels of the same class.
+    hooks : TrainHooks, optional
+        Extension points: another loss, other targets, callbacks after each step.
 
     Yields
     ------
@@ -308,171 +512,70 @@ def train_iter(
         Before any training step, for unusable data (mismatched shapes, no annotated pixel),
         settings or models; the message names the image.
     """
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} label images")
-    if not images:
-        raise ValueError("no training images given")
-    if (val_images is None) != (val_labels is None):
-        raise ValueError("give both val_images and val_labels, or neither")
-    if preview_every < 0:
-        raise ValueError(f"preview_every must be >= 0, got {preview_every}")
+    _check_arguments(images, labels, val_images, val_labels, preview_every, priors, prior_weight)
+    hooks = hooks or TrainHooks()
     base = resolve_model(init) if init is not None else None
-    cfg, cls_names, object_class, boundary_class, normalization = _class_setup(base, config, class_names)
     # a fine-tuned model keeps its base's post-processing (tuned for that model's probabilities)
-    instances = base.instances if base is not None else InstanceSettings()
-    mode = "instance" if boundary_class >= 0 else "semantic"
-    check_input_size(settings.patch, cfg)
-    out_size = output_size(settings.patch, cfg)
+    setup = _Setup(
+        *_class_setup(base, config, class_names), base.instances if base else InstanceSettings(), base
+    )
+    check_input_size(settings.patch, setup.cfg)
     names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
-
-    if priors is not None and len(priors) != len(images):
-        raise ValueError(f"{len(priors)} priors for {len(images)} training images")
-    if not prior_weight >= 0:
-        raise ValueError(f"prior_weight must be >= 0, got {prior_weight}")
-
-    def prepare(
-        imgs: Sequence[np.ndarray],
-        labs: Sequence[np.ndarray],
-        nms: Sequence[str],
-        pri: Sequence[np.ndarray | None] | None = None,
-    ) -> list[TrainingImage]:
-        pri = pri if pri is not None else [None] * len(imgs)
-        return [
-            prepare_image(
-                im,
-                lb,
-                name=nm,
-                in_channels=cfg.in_channels,
-                normalization=normalization,
-                sparse=sparse,
-                mode=mode,
-                object_class=object_class,
-                boundary_class=boundary_class,
-                w0=settings.w0,
-                sigma=settings.sigma,
-                prior=pr,
-                prior_weight=prior_weight,
-            )
-            for im, lb, nm, pr in zip(imgs, labs, nms, pri, strict=True)
-        ]
-
-    train_items = prepare(images, labels, names, priors)
-    if sparse and mode == "instance" and not any(np.any(it.targets.instances > 0) for it in train_items):
+    train_items = _prepare(
+        setup, settings, hooks, images, labels, names, sparse=sparse, priors=priors, prior_weight=prior_weight
+    )
+    if (
+        sparse
+        and setup.boundary_class >= 0
+        and not any(np.any(it.targets.instances > 0) for it in train_items)
+    ):
         raise ValueError(
             "only background (1) is painted: paint some objects with ids 2, 3, ... before training"
         )
     val_items: list[TrainingImage] = []
     if val_images is not None and val_labels is not None:
-        if len(val_images) != len(val_labels):
-            raise ValueError(f"{len(val_images)} validation images but {len(val_labels)} label images")
         vn = (
             list(val_names)
             if val_names is not None
             else [f"validation image {i}" for i in range(len(val_images))]
         )
-        val_items = prepare(val_images, val_labels, vn)
+        val_items = _prepare(setup, settings, hooks, val_images, val_labels, vn, sparse=sparse)
 
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
     sampler = PatchSampler(
         train_items,
         in_size=settings.patch,
-        out_size=out_size,
-        rng=rng,
+        out_size=output_size(settings.patch, setup.cfg),
+        rng=np.random.default_rng(settings.seed),
         augment=AugmentSettings(zoom=settings.zoom) if settings.augment else None,
     )
     # workers fork here, before the model touches an accelerator
     stream = BatchStream(
         sampler, batch_size=settings.batch_size, seed=settings.seed, workers=settings.workers
     )
-    model = UNet(cfg)
-    if base is not None:
-        state = {
-            k: v.detach().clone().float() if v.is_floating_point() else v.clone()
-            for k, v in base.state_dict.items()
-        }
-        model.load_state_dict(state, strict=True)
-    model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    if settings.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=settings.learning_rate, momentum=settings.momentum, weight_decay=settings.weight_decay
-        )
-    else:
-        opt = torch.optim.Adam(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    cpu = device.type == "cpu"
-    if cpu:  # same arithmetic, faster oneDNN convolutions (also used for prediction)
-        model.to(memory_format=torch.channels_last)
-    use_amp = settings.amp and (device.type == "cuda" or (cpu and cpu_has_native_bf16()))
-    amp_dtype = torch.bfloat16 if use_amp and (cpu or torch.cuda.is_bf16_supported()) else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
+    run = _Optimisation(setup, settings, device, hooks.loss)
+    validation = _Validation(setup, val_items, device)
     n_steps = settings.steps or 0
-    best_state: dict[str, torch.Tensor] | None = None
-    best_metrics: dict[str, float] | None = None
-    best_step = 0
-    history: list[dict[str, float]] = []
-    step = 0
+    step, value = 0, float("nan")
     t0 = time.perf_counter()
     try:
-        while True:
-            if cancel is not None and cancel():
-                return None
-            x, y, w = stream.next()
-            xt = torch.from_numpy(x).to(device)
-            if cpu:
-                xt = xt.contiguous(memory_format=torch.channels_last)
-            yt = torch.from_numpy(y).to(device)
-            wt = torch.from_numpy(w).to(device)
-            if settings.schedule == "cosine":
-                for group in opt.param_groups:
-                    factor = _cosine_factor(settings, step, time.perf_counter() - t0)
-                    group["lr"] = settings.learning_rate * factor
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = model(xt)
-            loss = weighted_cross_entropy(logits, yt, wt)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"training diverged at step {step + 1} (loss {loss.item()}); lower the learning rate"
-                )
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+        while cancel is None or not cancel():
+            loss = run.step(stream.next(), step, time.perf_counter() - t0)
             step += 1
             seconds = time.perf_counter() - t0
-            done = (settings.steps is not None and step >= settings.steps) or (
-                settings.minutes is not None and seconds >= settings.minutes * 60
+            done = _finished(settings, step, seconds)
+            metrics = (
+                validation(run.model, step)
+                if val_items and (step % settings.val_every == 0 or done)
+                else None
             )
-            metrics = None
-            if val_items and (step % settings.val_every == 0 or done):
-                metrics = validation_metrics(
-                    model,
-                    val_items,
-                    device=device,
-                    object_class=object_class,
-                    boundary_class=boundary_class,
-                    instances=instances,
-                )
-                history.append({"step": step, **metrics})
-                if best_metrics is None or metrics["score"] > best_metrics["score"]:
-                    best_metrics, best_step = metrics, step
-                    best_state = cpu_state_dict(model)
             snapshot = None
             if preview_every > 0 and step % preview_every == 0:
-                snapshot = Checkpoint(
-                    config=cfg,
-                    state_dict=cpu_state_dict(model),
-                    normalization=normalization,
-                    class_names=cls_names,
-                    object_class=object_class,
-                    boundary_class=boundary_class,
-                    provenance={"snapshot_of_step": step, "base_model": _base_name(base)},
-                    instances=instances,
-                )
+                prov = {"snapshot_of_step": step, "base_model": _base_name(base)}
+                snapshot = setup.checkpoint(cpu_state_dict(run.model), prov)
             value = float(loss.item())
-            yield Progress(
+            progress = Progress(
                 step,
                 n_steps,
                 f"step {step}" + (f"/{n_steps}" if n_steps else "") + f", loss {value:.4f}",
@@ -482,40 +585,35 @@ def train_iter(
                 metrics=metrics,
                 checkpoint=snapshot,
             )
+            for callback in hooks.callbacks:
+                callback(progress)
+            yield progress
             if done:
                 break
-
+        else:
+            return None  # cancelled
     finally:
         stream.close()
 
-    seconds = time.perf_counter() - t0
-    if best_state is not None:
-        state = best_state
-    else:
-        state = cpu_state_dict(model)
     provenance: dict[str, Any] = {
         "data": data_description or ", ".join(names),
         "training_images": list(names),
         "annotation": "sparse" if sparse else "dense",
         "steps": step,
-        "seconds": round(seconds, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
         "date": now_iso(),
         "settings": dataclasses.asdict(settings),
         "base_model": _base_name(base),
-        "final_loss": float(loss.item()),
+        "final_loss": value,
     }
-    if best_metrics is not None:
-        provenance.update(metrics=best_metrics, best_step=best_step, validation_history=history)
-    return Checkpoint(
-        config=cfg,
-        state_dict=state,
-        normalization=normalization,
-        class_names=cls_names,
-        object_class=object_class,
-        boundary_class=boundary_class,
-        provenance=provenance,
-        instances=instances,
-    )
+    if validation.best_metrics is not None:
+        provenance.update(
+            metrics=validation.best_metrics,
+            best_step=validation.best_step,
+            validation_history=validation.history,
+        )
+    state = validation.best_state if validation.best_state is not None else cpu_state_dict(run.model)
+    return setup.checkpoint(state, provenance)
 
 
 def _cosine_factor(settings: TrainSettings, step: int, seconds: float) -> float:
