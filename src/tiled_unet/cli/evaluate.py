@@ -84,6 +84,19 @@ def _groups_from_csv(path: str) -> dict[str, list[str]]:
     return groups
 
 
+def _groups(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The image groups of ``--group NAME=IDS_FILE`` and ``--groups-csv``."""
+    groups = {}
+    for spec in args.group:
+        name, _, ids_file = spec.partition("=")
+        if not ids_file:
+            raise ValueError(f"--group {spec!r}: expected NAME=IDS_FILE")
+        groups[name] = _read_ids(ids_file)
+    if args.groups_csv:
+        groups.update(_groups_from_csv(args.groups_csv))
+    return groups
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``tiled-unet evaluate``; return the exit code."""
     from tiled_unet.core.checkpoint import CheckpointError, resolve_model
@@ -97,14 +110,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         pairs = pair_files(args.images, args.labels)
-        groups = {}
-        for spec in args.group:
-            name, _, ids_file = spec.partition("=")
-            if not ids_file:
-                raise ValueError(f"--group {spec!r}: expected NAME=IDS_FILE")
-            groups[name] = _read_ids(ids_file)
-        if args.groups_csv:
-            groups.update(_groups_from_csv(args.groups_csv))
+        groups = _groups(args)
     except (ValueError, OSError) as exc:
         error(str(exc))
         return 2

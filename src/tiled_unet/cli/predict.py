@@ -148,58 +148,31 @@ def _one_line(path: Path, exc: BaseException) -> str:
     return text if text.startswith(str(path)) else f"{path}: {text}"
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``tiled-unet predict``; return the exit code."""
+class _Usage(ValueError):
+    """A problem with the command line as a whole (exit code 2, one line)."""
+
+
+def _model_and_options(args: argparse.Namespace) -> tuple[Any, PredictOptions]:
+    """The predictor (built once for all inputs) and the options of the command line."""
     from tiled_unet.core.checkpoint import CheckpointError, resolve_model
     from tiled_unet.core.devices import resolve_device
+    from tiled_unet.core.engine import Predictor
+    from tiled_unet.core.tiling import check_tile_size, tile_waste_warning
 
     try:
         device = resolve_device(args.device)
-    except ValueError as exc:
-        error(str(exc))
-        return 2
-    try:
         checkpoint = resolve_model(args.model)
-    except CheckpointError as exc:
-        error(str(exc))
-        return 2
+    except (ValueError, CheckpointError) as exc:
+        raise _Usage(str(exc)) from None
     if args.output == "instances" and checkpoint.object_class < 0:
-        error(f"{args.model}: this model has no object class; use --output semantic or probabilities")
-        return 2
-
+        raise _Usage(f"{args.model}: this model has no object class; use --output semantic or probabilities")
     if args.tile is not None:
-        from tiled_unet.core.tiling import check_tile_size
-
         try:
             check_tile_size(args.tile, checkpoint.config)
         except ValueError as exc:
-            error(f"--tile: {exc}")
-            return 2
-        from tiled_unet.core.tiling import tile_waste_warning
-
+            raise _Usage(f"--tile: {exc}") from None
         if (waste := tile_waste_warning(args.tile, checkpoint.config)) is not None:
             warn(f"--tile: {waste}")
-
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        error(f"{out_dir}: --out must be a folder")
-        return 2
-    log.debug("model %s on %s, output %s", args.model, device, args.output)
-
-    from tiled_unet.core.imageio import image_files
-
-    try:  # a folder stands for its images, as for train and evaluate
-        inputs = image_files(args.images, keep_missing=True)
-    except ValueError as exc:
-        error(str(exc))
-        return 2
-    zarr_out = str(args.out).rstrip("/").lower().endswith(".zarr")
-    if zarr_out and len(inputs) > 1:
-        error(f"{out_dir}: an --out ending in .zarr is the output store of one image; give a folder")
-        return 2
-    from tiled_unet.core.engine import Predictor
-    from tiled_unet.core.options import goes_blockwise
-
     options = PredictOptions(
         output=args.output,
         tile=args.tile,
@@ -209,7 +182,63 @@ def run(args: argparse.Namespace) -> int:
         min_peak=args.min_peak,
         tta=args.tta,
     )
-    predictor = Predictor.from_options(checkpoint, options)  # one network for all inputs
+    log.debug("model %s on %s, output %s", args.model, device, args.output)
+    return Predictor.from_options(checkpoint, options), options
+
+
+def _inputs_and_out(args: argparse.Namespace) -> tuple[list[Path], Path, bool]:
+    """The input images (folders expanded), the output folder, and whether it is one Zarr store."""
+    from tiled_unet.core.imageio import image_files
+
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise _Usage(f"{out_dir}: --out must be a folder")
+    try:  # a folder stands for its images, as for train and evaluate
+        inputs = image_files(args.images, keep_missing=True)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
+    zarr_out = str(args.out).rstrip("/").lower().endswith(".zarr")
+    if zarr_out and len(inputs) > 1:
+        raise _Usage(f"{out_dir}: an --out ending in .zarr is the output store of one image; give a folder")
+    return inputs, out_dir, zarr_out
+
+
+def _segment_input(
+    path: Path, target: Path, blockwise: bool, predictor: Any, options: Any, args: Any
+) -> bool:
+    """Segment one input into ``target``; False (the problem said in one line) if it failed."""
+    try:
+        if blockwise:
+            _segment_blockwise(path, target, predictor, options, args)
+        else:
+            _segment_one(path, target, predictor, options, args)
+    except KeyboardInterrupt:
+        raise
+    except (ValueError, OSError, MemoryError, RuntimeError) as exc:
+        # ValueError covers ImageError, CheckpointError and layout problems; RuntimeError
+        # covers torch failures such as running out of GPU memory
+        error(_one_line(path, exc))
+        return False
+    except Exception as exc:  # report it, continue with the next input
+        if args.debug:
+            traceback.print_exc()
+        error(f"{path}: unexpected {type(exc).__name__}: {_one_line(path, exc)} (--debug shows details)")
+        return False
+    if not args.quiet:
+        sys.stdout.write(f"{target}\n")
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tiled-unet predict``; return the exit code."""
+    from tiled_unet.core.options import goes_blockwise
+
+    try:
+        predictor, options = _model_and_options(args)
+        inputs, out_dir, zarr_out = _inputs_and_out(args)
+    except _Usage as exc:
+        error(str(exc))
+        return 2
     claimed: dict[Path, Path] = {}
     failed = 0
     for path in inputs:
@@ -222,26 +251,7 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             continue
         claimed[target] = path
-        try:
-            if blockwise:
-                _segment_blockwise(path, target, predictor, options, args)
-            else:
-                _segment_one(path, target, predictor, options, args)
-        except KeyboardInterrupt:
-            raise
-        except (ValueError, OSError, MemoryError, RuntimeError) as exc:
-            # ValueError covers ImageError, CheckpointError and layout problems; RuntimeError
-            # covers torch failures such as running out of GPU memory
-            error(_one_line(path, exc))
-            failed += 1
-        except Exception as exc:  # report it, continue with the next input
-            if args.debug:
-                traceback.print_exc()
-            error(f"{path}: unexpected {type(exc).__name__}: {_one_line(path, exc)} (--debug shows details)")
-            failed += 1
-        else:
-            if not args.quiet:
-                sys.stdout.write(f"{target}\n")
+        failed += not _segment_input(path, target, blockwise, predictor, options, args)
     if failed:
         error(f"{failed} of {len(inputs)} input{'s' if len(inputs) > 1 else ''} failed")
     return 1 if failed else 0
