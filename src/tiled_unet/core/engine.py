@@ -83,8 +83,8 @@ def eval_mode(model: UNet) -> Iterator[None]:
     """Put ``model`` in eval mode; restore its training flag and weight layout afterwards.
 
     On the CPU the weights are switched to channels-last (NHWC) memory format while
-    predicting: oneDNN's NHWC convolutions ran the paper network about 3x faster than NCHW
-    on a 2-core AVX-512 CPU (``benchmarks/bench_inference.py``).
+    predicting: oneDNN's NHWC convolutions are faster than NCHW (figures:
+    ``benchmarks/README.md``, *Levers*).
     """
     was_training = model.training
     param = next(model.parameters(), None)

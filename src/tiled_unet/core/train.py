@@ -16,14 +16,10 @@ cancelled or failed run leaves it untouched.
 
 Optimiser defaults
 ------------------
-Measured with ``benchmarks/learn_isbi.py`` (from scratch, 16 base features, patch 316, four
-ISBI 2012 slices, 45 s on a shared CPU, ~200 steps; pixel error on held-out slice 24, 0.45
-before training): Adam 5e-4 -> 0.236, Adam 1e-4 -> 0.427, SGD (momentum 0.99) 1e-3 -> 0.356,
-SGD 1e-2 -> 0.816 (collapsed to one class). So ``"adam"`` is the default optimiser; its default
-lr 1e-4 is the usual conservative choice for *fine-tuning* a trained model (not measured here
-against SGD, as no trained model was available); pass ``lr=5e-4`` when training from scratch.
-``"sgd"`` follows the paper (momentum 0.99, batch of one large tile) with default lr 1e-3
-(effective step ``lr / (1 - momentum) = 0.1``), which was stable where 1e-2 was not.
+``"adam"`` is the default optimiser (lr 1e-4, the usual conservative choice for *fine-tuning*
+a trained model; pass ``lr=5e-4`` when training from scratch); ``"sgd"`` follows the paper
+(momentum 0.99, batch of one large tile, lr 1e-3). How they compare from scratch:
+``benchmarks/learn_isbi.py`` and ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
