@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tiled_unet._widgets._logic import session_for
+from tiled_unet._widgets._session import session_for
 
 pytestmark = pytest.mark.qt
 

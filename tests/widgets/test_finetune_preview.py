@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tiled_unet._widgets._logic import METADATA_KEY, session_for
+from tiled_unet._widgets._layers import METADATA_KEY
+from tiled_unet._widgets._session import session_for
 
 pytestmark = pytest.mark.qt
 
@@ -126,7 +127,7 @@ def test_threaded_preview_updates_and_cancel_keeps_the_previous_model(
 def test_preview_is_written_in_place_unless_the_layer_cannot_hold_it():
     from napari.layers import Labels
 
-    from tiled_unet._widgets._logic import ImageInput
+    from tiled_unet._widgets._layers import ImageInput
     from tiled_unet._widgets._preview import PreviewTarget, write_preview
 
     stack = ImageInput("stack", np.zeros((3, 16, 20), np.float32))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tiled_unet._widgets._logic import CURRENT_MODEL, session_for
+from tiled_unet._widgets._session import CURRENT_MODEL, session_for
 
 pytestmark = pytest.mark.qt
 

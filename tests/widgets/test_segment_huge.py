@@ -17,7 +17,8 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from tiled_unet._widgets import _logic as L
+from tiled_unet._widgets import _layers as LY
+from tiled_unet._widgets import _segment_job as SJ
 from tiled_unet.core import options as options_module
 from tiled_unet.core.options import PredictOptions
 from tiled_unet.core.progress import drain
@@ -52,7 +53,7 @@ def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _cache_runs() -> set[str]:
-    return {p.name for p in L.result_cache_dir().iterdir()}
+    return {p.name for p in LY.result_cache_dir().iterdir()}
 
 
 # --------------------------------------------------------------------------- Qt-free logic
@@ -60,72 +61,72 @@ def _cache_runs() -> set[str]:
 
 def test_blockwise_for_needs_lazy_data_and_a_huge_plane(zarr_image):
     def image(data, rgb=False):
-        return L.ImageInput(name="x", data=data, rgb=rgb)
+        return LY.ImageInput(name="x", data=data, rgb=rgb)
 
     edge = math.isqrt(options_module.BLOCKWISE_PIXELS) + 1  # just over the core's limit
     auto = PredictOptions()
-    assert L.blockwise_for(image(da.zeros((edge, edge), chunks=1024)), "YX", auto)
-    assert not L.blockwise_for(image(da.zeros((edge - 2, edge - 2), chunks=1024)), "YX", auto)
-    assert L.blockwise_for(image(da.zeros((edge, edge, 3), chunks=1024), rgb=True), "YXC", auto)
-    assert L.blockwise_for(image(da.zeros((2, edge, edge), chunks=1024)), "ZYX", auto)
-    assert not L.blockwise_for(image(np.broadcast_to(np.uint8(0), (edge, edge))), "YX", auto)  # in memory
-    assert not L.blockwise_for(image(zarr_image), "YX", auto)  # lazy but small
-    assert L.blockwise_for(image(zarr_image), "YX", auto.replace(blockwise=True))  # asked for
+    assert LY.blockwise_for(image(da.zeros((edge, edge), chunks=1024)), "YX", auto)
+    assert not LY.blockwise_for(image(da.zeros((edge - 2, edge - 2), chunks=1024)), "YX", auto)
+    assert LY.blockwise_for(image(da.zeros((edge, edge, 3), chunks=1024), rgb=True), "YXC", auto)
+    assert LY.blockwise_for(image(da.zeros((2, edge, edge), chunks=1024)), "ZYX", auto)
+    assert not LY.blockwise_for(image(np.broadcast_to(np.uint8(0), (edge, edge))), "YX", auto)  # in memory
+    assert not LY.blockwise_for(image(zarr_image), "YX", auto)  # lazy but small
+    assert LY.blockwise_for(image(zarr_image), "YX", auto.replace(blockwise=True))  # asked for
     big = da.zeros((edge, edge), chunks=1024)
-    assert not L.blockwise_for(image(big), "YX", auto.replace(blockwise=False))
+    assert not LY.blockwise_for(image(big), "YX", auto.replace(blockwise=False))
     # a multiscale layer is judged by its full-resolution level
     layer = SimpleNamespace(name="pyr", data=[big, big[::2, ::2]], multiscale=True)
-    assert L.blockwise_for(L.image_input_from_layer(layer), "YX", auto)
+    assert LY.blockwise_for(LY.image_input_from_layer(layer), "YX", auto)
 
 
 def test_lazy_results_count_as_edited_when_painted_or_replaced():
     data = da.zeros((40, 40), dtype=np.uint32, chunks=20)
     layer = SimpleNamespace(name="img segmentation", data=data, metadata={})
-    layer.metadata.update(L.result_metadata("img", "instances", data, store="/nowhere"))
-    assert L.is_unedited_result(layer, "img", "instances")
-    assert L.result_store(layer) == "/nowhere"
+    layer.metadata.update(LY.result_metadata("img", "instances", data, store="/nowhere"))
+    assert LY.is_unedited_result(layer, "img", "instances")
+    assert LY.result_store(layer) == "/nowhere"
     data[3, 3] = 7  # how napari paints into dask-backed labels: the graph gets a new name
-    assert not L.is_unedited_result(layer, "img", "instances")
+    assert not LY.is_unedited_result(layer, "img", "instances")
 
     layer.data = da.zeros((40, 40), dtype=np.uint32, chunks=20)
-    layer.metadata.update(L.result_metadata("img", "instances", layer.data))
-    assert L.is_unedited_result(layer, "img", "instances")
-    L.mark_edited(layer)  # a paint event seen by the widget
-    assert not L.is_unedited_result(layer, "img", "instances")
-    assert L.plan_result_layer([layer], "img", "instances").name == "img segmentation 2"
+    layer.metadata.update(LY.result_metadata("img", "instances", layer.data))
+    assert LY.is_unedited_result(layer, "img", "instances")
+    LY.mark_edited(layer)  # a paint event seen by the widget
+    assert not LY.is_unedited_result(layer, "img", "instances")
+    assert LY.plan_result_layer([layer], "img", "instances").name == "img segmentation 2"
 
 
 def test_remove_result_store_only_removes_cache_folders(tmp_path):
-    mine = L.new_result_store()
-    assert mine.parent == L.result_cache_dir() and mine.is_dir()
-    assert str(L.result_cache_dir().resolve()).startswith(str(Path(tempfile.gettempdir()).resolve()))
+    mine = LY.new_result_store()
+    assert mine.parent == LY.result_cache_dir() and mine.is_dir()
+    assert str(LY.result_cache_dir().resolve()).startswith(str(Path(tempfile.gettempdir()).resolve()))
     user = tmp_path / "labels.zarr"
     user.mkdir()
-    assert not L.remove_result_store(user) and user.is_dir()
-    assert not L.remove_result_store(L.result_cache_dir()) and L.result_cache_dir().is_dir()
-    assert L.remove_result_store(mine) and not mine.exists()
+    assert not LY.remove_result_store(user) and user.is_dir()
+    assert not LY.remove_result_store(LY.result_cache_dir()) and LY.result_cache_dir().is_dir()
+    assert LY.remove_result_store(mine) and not mine.exists()
 
 
 def test_blockwise_job_equals_whole_image_and_cleans_up(small_huge, zarr_image, intensity_checkpoint):
     from tiled_unet.core.predict import segment
 
-    image = L.ImageInput(name="big", data=zarr_image)
-    request = L.SegmentRequest(
+    image = LY.ImageInput(name="big", data=zarr_image)
+    request = SJ.SegmentRequest(
         model=intensity_checkpoint, options=PredictOptions(output="semantic", device="cpu")
     )
     seen = []
-    result = drain(L.segment_job(image, request), seen.append)
+    result = drain(SJ.segment_job(image, request), seen.append)
     assert isinstance(result.data, da.Array) and result.store is not None
-    assert Path(result.store).parent == L.result_cache_dir()
-    assert len(seen) == 9 and L.progress_text(seen[-1]) == "block 9/9 (blockwise, to Zarr)"
+    assert Path(result.store).parent == LY.result_cache_dir()
+    assert len(seen) == 9 and SJ.progress_text(seen[-1]) == "block 9/9 (blockwise, to Zarr)"
     expected = segment(intensity_checkpoint, np.asarray(zarr_image), output="semantic", device="cpu")
     np.testing.assert_array_equal(result.data.compute(), expected)
-    assert "block by block" in L.summary_text(result)
-    assert L.remove_result_store(result.store)
+    assert "block by block" in SJ.summary_text(result)
+    assert LY.remove_result_store(result.store)
 
     # stopped after the first block (as worker.quit() leaves it): no store is left behind
-    store = L.new_result_store()
-    gen = L.segment_job(
+    store = LY.new_result_store()
+    gen = SJ.segment_job(
         image, dataclasses.replace(request, options=request.options.replace(output="instances")), store=store
     )
     next(gen)
@@ -138,17 +139,17 @@ def test_blockwise_job_on_a_stack_of_huge_planes(small_huge, zarr_image, intensi
     from tiled_unet.core.predict import segment
 
     stack = da.stack([da.from_zarr(zarr_image)[:200, :200], da.from_zarr(zarr_image)[100:300, 100:300]])
-    image = L.ImageInput(name="stack", data=stack)
-    request = L.SegmentRequest(
+    image = LY.ImageInput(name="stack", data=stack)
+    request = SJ.SegmentRequest(
         model=intensity_checkpoint, options=PredictOptions(output="instances", device="cpu")
     )
-    result = drain(L.segment_job(image, request))
+    result = drain(SJ.segment_job(image, request))
     assert result.data.shape == (2, 200, 200) and result.axes == "ZYX"
     expected = segment(intensity_checkpoint, np.asarray(stack), output="instances", device="cpu")
     labels = result.data.compute()
     assert all(_same_partition(labels[k], expected[k]) for k in range(2))
     assert result.n_objects == sum(len(np.unique(expected[k])) - 1 for k in range(2))
-    L.remove_result_store(result.store)
+    LY.remove_result_store(result.store)
 
 
 # --------------------------------------------------------------------------- the widget
@@ -182,8 +183,8 @@ def test_huge_zarr_layer_is_segmented_blockwise_into_a_lazy_layer(
     assert labels.__class__.__name__ == "Labels"
     assert isinstance(labels.data, da.Array) and labels.data.shape == (300, 300)
     assert tuple(labels.scale) == tuple(image.scale) and tuple(labels.translate) == tuple(image.translate)
-    store = L.result_store(labels)
-    assert store and Path(store).parent == L.result_cache_dir() and Path(store, "labels.zarr").is_dir()
+    store = LY.result_store(labels)
+    assert store and Path(store).parent == LY.result_cache_dir() and Path(store, "labels.zarr").is_dir()
     expected = segment(intensity_checkpoint, np.asarray(zarr_image), output="instances", device="cpu")
     values = labels.data.compute()
     n = len(np.unique(expected)) - 1
@@ -195,21 +196,21 @@ def test_huge_zarr_layer_is_segmented_blockwise_into_a_lazy_layer(
     widget.run()
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
     assert [layer.name for layer in viewer.layers] == ["big", "big segmentation"]
-    new_store = L.result_store(viewer.layers["big segmentation"])
+    new_store = LY.result_store(viewer.layers["big segmentation"])
     assert new_store != store and not Path(store).exists() and Path(new_store).is_dir()
     assert widget._pending_store is None
 
     # painted by hand: never overwritten, the next result goes to a new layer
     labels = viewer.layers["big segmentation"]
     labels.paint((5, 5), 999)
-    assert labels.metadata[L.METADATA_KEY].get("edited")  # seen through the layer's paint event
+    assert labels.metadata[LY.METADATA_KEY].get("edited")  # seen through the layer's paint event
     widget.use_thread = False
     widget.run()
     assert "big segmentation 2" in viewer.layers and Path(new_store).is_dir()
     assert int(labels.data[5, 5].compute()) == 999
 
     # removing a result layer deletes its store
-    second = L.result_store(viewer.layers["big segmentation 2"])
+    second = LY.result_store(viewer.layers["big segmentation 2"])
     viewer.layers.remove("big segmentation 2")
     assert not Path(second).exists()
 
@@ -239,7 +240,7 @@ def test_cancel_blockwise_leaves_no_layer_and_no_store(
 ):
     import threading
 
-    real = L.segment_job
+    real = SJ.segment_job
     gate = threading.Event()
     stores = []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tiled_unet._widgets._logic import CURRENT_MODEL, LOAD_FROM_FILE
+from tiled_unet._widgets._session import CURRENT_MODEL, LOAD_FROM_FILE
 
 pytestmark = pytest.mark.qt
 
@@ -66,7 +66,7 @@ def test_cancel_leaves_no_layer(make_napari_viewer, qtbot, checkpoint_file, monk
     """Cancel mid-run: the worker stops at a yield and no layer is added."""
     import threading
 
-    from tiled_unet._widgets import _logic
+    from tiled_unet._widgets import _segment_job as _logic
 
     gate = threading.Event()
     real = _logic.segment_job
@@ -144,7 +144,7 @@ def test_errors_are_notifications(make_napari_viewer, checkpoint_file, tmp_path,
 
 
 def test_fine_tuned_model_becomes_current_and_refreshes(make_napari_viewer, checkpoint_file, make_checkpoint):
-    from tiled_unet._widgets._logic import session_for
+    from tiled_unet._widgets._session import session_for
 
     viewer = make_napari_viewer()
     square = np.zeros((64, 64), np.uint8)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tiled_unet._widgets import _training as T
-from tiled_unet._widgets._logic import METADATA_KEY, ImageInput, result_metadata
+from tiled_unet._widgets._layers import METADATA_KEY, ImageInput, result_metadata
 from tiled_unet.core.progress import Progress, drain
 
 

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 
 from tiled_unet.core.progress import drain
 
-from ._logic import error_message
+from ._session import error_message
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 from qtpy.QtWidgets import QComboBox, QFileDialog, QWidget
 
 from ._common import fill_combo, notify_error
-from ._logic import CURRENT_MODEL, LOAD_FROM_FILE, ModelSession, model_choices, session_for
+from ._session import CURRENT_MODEL, LOAD_FROM_FILE, ModelSession, model_choices, session_for
 
 
 class ModelChoice:
@@ -17,7 +17,7 @@ class ModelChoice:
     Call :meth:`_init_model_choice` in ``__init__`` (it creates :attr:`model_combo` and
     :attr:`session`), put the combo box in the layout, then call :meth:`refresh_models`.
     Built-in models come first (``nuclei``, the default, at the top, see
-    :func:`~._logic.model_choices`); "Load from file…" opens a file dialog, and an unusable
+    :func:`~._session.model_choices`); "Load from file…" opens a file dialog, and an unusable
     file is reported as a napari notification. When the session's fine-tuned model changes,
     :meth:`_on_session_model` is called (override it to do more than re-list the models).
     """
@@ -36,7 +36,7 @@ class ModelChoice:
         noun: str = "model",
         no_current: str,
     ) -> None:
-        """Create the combo box and join the viewer's :class:`~._logic.ModelSession`.
+        """Create the combo box and join the viewer's :class:`~._session.ModelSession`.
 
         Parameters
         ----------

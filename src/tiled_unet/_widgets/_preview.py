@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ._common import start_job
-from ._logic import (
+from ._layers import (
     METADATA_KEY,
     ImageInput,
     fingerprint,

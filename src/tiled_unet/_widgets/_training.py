@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._logic import METADATA_KEY, ImageInput, image_axes, result_transform, spatial_shape
+from ._layers import METADATA_KEY, ImageInput, image_axes, result_transform, spatial_shape
 
 Kind = Literal["sparse", "corrections", "dense"]
 

@@ -26,15 +26,11 @@ from ._common import (
     notify_info,
     notify_warning,
 )
-from ._logic import (
-    METADATA_KEY,
-    ImageInput,
-    ModelSession,
-    image_input_from_layer,
-)
+from ._layers import METADATA_KEY, ImageInput, image_input_from_layer
 from ._model_choice import ModelChoice
 from ._plot import LossPlot
 from ._preview import LivePreview
+from ._session import ModelSession
 from ._training import (
     ANNOTATION_CONVENTION,
     BACKGROUND,

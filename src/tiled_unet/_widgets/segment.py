@@ -10,27 +10,21 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QP
 from tiled_unet.core.options import PredictOptions
 
 from ._common import JobWidget, LayerComboBox, notify_error, notify_warning
-from ._logic import (
-    CURRENT_MODEL,
+from ._layers import (
     METADATA_KEY,
-    OUTPUTS,
-    ModelSession,
-    SegmentRequest,
-    SegmentResult,
     image_input_from_layer,
     is_lazy,
     mark_edited,
     new_result_store,
     plan_result_layer,
-    progress_text,
     remove_result_store,
     result_metadata,
     result_store,
     result_transform,
-    segment_job,
-    summary_text,
 )
 from ._model_choice import ModelChoice
+from ._segment_job import SegmentRequest, SegmentResult, progress_text, segment_job, summary_text
+from ._session import CURRENT_MODEL, OUTPUTS, ModelSession
 
 if TYPE_CHECKING:
     import napari
@@ -88,7 +82,7 @@ class SegmentWidget(JobWidget, ModelChoice):
     Huge images. When the image layer is dask- or zarr-backed and a plane has more than
     :data:`~tiled_unet.core.options.BLOCKWISE_PIXELS` pixels, the image is segmented block by block
     (:mod:`tiled_unet.core.blockwise`) into a Zarr store in this session's cache folder
-    (:func:`~._logic.result_cache_dir`, under the system's temporary folder, deleted at
+    (:func:`~._layers.result_cache_dir`, under the system's temporary folder, deleted at
     exit), and the result layer reads that store lazily (a dask array), so neither the image
     nor the result is held in memory. The edit rule is the same, but such a result cannot
     be hashed: it counts as edited once a paint or fill event is seen on it or its dask

@@ -1,0 +1,184 @@
+"""The Segment widget's job: segment an image layer's data in a worker thread (no Qt).
+
+The generator yields the core's progress and *returns* its result, like the core's
+``segment_iter``; the worker's ``returned`` signal delivers it to the GUI thread, which is the
+only place layers are touched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from tiled_unet.core.options import OutputKind as Output
+from tiled_unet.core.options import PredictOptions
+
+from ._layers import (
+    ImageInput,
+    blockwise_for,
+    count_objects,
+    image_axes,
+    new_result_store,
+    remove_result_store,
+)
+
+# --------------------------------------------------------------------------- segmentation job
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """One segmentation run, read from the widget on the GUI thread.
+
+    Attributes
+    ----------
+    model : Checkpoint or str
+        The model (a checkpoint, a built-in name or a file).
+    options : PredictOptions
+        What to produce and how (the core's one options type; None fields = the model's or
+        the machine's defaults).
+    model_label : str
+        How the model is named in the result layer's metadata.
+    """
+
+    model: Any
+    options: PredictOptions = PredictOptions()
+    model_label: str = ""
+
+    @property
+    def output(self) -> Output:
+        """The kind of result asked for."""
+        return self.options.output
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """What a segmentation job returns to the GUI thread."""
+
+    image: ImageInput
+    request: SegmentRequest
+    data: Any
+    axes: str
+    seconds: float
+    n_objects: int | None
+    #: The folder holding the Zarr result of a blockwise run (``data`` then is a dask array
+    #: reading it), or None for an in-memory (numpy) result.
+    store: str | None = None
+
+    @property
+    def kind(self) -> Literal["labels", "image"]:
+        """napari layer type of the result."""
+        return "image" if self.request.output == "probabilities" else "labels"
+
+
+def segment_job(
+    image: ImageInput,
+    request: SegmentRequest,
+    *,
+    segment_iter: Callable[..., Generator[Any, None, np.ndarray]] | None = None,
+    store: str | Path | None = None,
+    blockwise_iter: Callable[..., Generator[Any, None, Any]] | None = None,
+) -> Generator[Any, None, SegmentResult]:
+    """Segment ``image``: yields the core's progress objects, returns a :class:`SegmentResult`.
+
+    Runs in a worker thread: it loads the model, infers the axes and drains the core's
+    ``segment_iter`` (``yield from``, so ``worker.quit()`` stops it at the next tile batch).
+
+    An image the core's rule sends block-wise (:func:`~tiled_unet.core.options.goes_blockwise`:
+    lazy data with huge planes) is instead segmented block by block by the core's
+    ``segment_blockwise_iter`` (stopping at the next block on ``worker.quit()``) into a
+    Zarr store in ``store`` (a folder from :func:`new_result_store`, made here if None); the
+    result's ``data`` is then a dask array reading that store, so neither the image nor the
+    labels are held in memory. If the run fails or is stopped, the store is removed.
+    """
+    start = time.perf_counter()
+    if segment_iter is None:
+        from tiled_unet.core.predict import segment_iter
+    from tiled_unet.core.engine import shared_predictor
+    from tiled_unet.core.image import has_plane_axis
+
+    predictor = shared_predictor(request.model, request.options)  # built once per model and device
+    axes = image_axes(image, predictor.config.in_channels)
+    if blockwise_for(image, axes, request.options):
+        return (yield from _blockwise_job(image, request, predictor, axes, store, blockwise_iter, start))
+    result = yield from segment_iter(predictor, image.data, request.options, axes=axes)
+    result = np.asarray(result)
+    n_objects = None
+    if request.output == "instances":
+        # each plane of a stack is labelled 1..n on its own: count per plane and sum, as the
+        # blockwise path does
+        planes = result if has_plane_axis(axes) else result[None]
+        n_objects = sum(count_objects(plane) for plane in planes)
+    return SegmentResult(
+        image=image,
+        request=request,
+        data=result,
+        axes=axes,
+        seconds=time.perf_counter() - start,
+        n_objects=n_objects,
+    )
+
+
+def _blockwise_job(
+    image: ImageInput,
+    request: SegmentRequest,
+    predictor: Any,
+    axes: str,
+    store: str | Path | None,
+    blockwise_iter: Callable[..., Generator[Any, None, Any]] | None,
+    start: float,
+) -> Generator[Any, None, SegmentResult]:
+    """The blockwise branch of :func:`segment_job`."""
+    import dask.array as da
+
+    if blockwise_iter is None:
+        from tiled_unet.core.blockwise import segment_blockwise_iter as blockwise_iter
+    folder = Path(store) if store is not None else new_result_store()
+    name = "probabilities.zarr" if request.output == "probabilities" else "labels.zarr"
+    try:
+        array = yield from blockwise_iter(
+            predictor, image.data, request.options, out=folder / name, axes=axes, overwrite=True
+        )
+        data = da.from_zarr(array)
+        n_objects = None
+        if request.output == "instances":
+            n_objects = array.attrs.get("n_objects")
+            n_objects = int(data.max().compute()) if n_objects is None else int(n_objects)
+    except BaseException:  # an error, or the worker stopped (the generator is closed)
+        remove_result_store(folder)
+        raise
+    return SegmentResult(
+        image=image,
+        request=request,
+        data=data,
+        axes=axes,
+        seconds=time.perf_counter() - start,
+        n_objects=n_objects,
+        store=str(folder),
+    )
+
+
+def progress_text(progress: Any) -> str:
+    """One line for a core :class:`~tiled_unet.core.progress.Progress` of a segmentation.
+
+    The core's message (``"plane 2/3, tile batch 5/9"``); block-wise runs add where the
+    result goes: ``"plane 1/1: block 3/16 (blockwise, to Zarr)"``.
+    """
+    text = progress.message or (f"{progress.unit} {progress.done}/{progress.total}" if progress.total else "")
+    return f"{text} (blockwise, to Zarr)" if progress.unit == "block" else text
+
+
+def summary_text(result: SegmentResult) -> str:
+    """The status line after a run, e.g. ``"nuclei: 49 objects in 2.1 s (model nuclei)"``."""
+    what = {
+        "instances": f"{result.n_objects} objects",
+        "semantic": "semantic labels",
+        "probabilities": "class probabilities",
+    }[result.request.output]
+    model = f" (model {result.request.model_label})" if result.request.model_label else ""
+    where = ", block by block into Zarr" if result.store else ""
+    return f"{result.image.name}: {what} in {result.seconds:.1f} s{where}{model}"
