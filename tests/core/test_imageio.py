@@ -12,7 +12,8 @@ import tifffile
 import zarr
 
 from tiled_unet.core import imageio as tio
-from tiled_unet.core.imageio import ImageError, read_image, validate_image, write_tiff_atomic, write_zarr
+from tiled_unet.core.imageio import ImageError, read_image, validate_image
+from tiled_unet.core.writing import write_tiff_atomic, write_zarr
 
 
 @pytest.fixture

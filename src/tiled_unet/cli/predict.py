@@ -273,8 +273,9 @@ def _output_problem(
 def _segment_one(
     path: Path, target: Path, predictor: Any, options: PredictOptions, args: argparse.Namespace
 ) -> None:
-    from tiled_unet.core.imageio import read_image, validate_image, write_tiff_atomic
+    from tiled_unet.core.imageio import read_image, validate_image
     from tiled_unet.core.predict import segment_iter
+    from tiled_unet.core.writing import write_tiff_atomic
 
     image = validate_image(read_image(path), name=str(path))
     gen = segment_iter(predictor, image, options, axes=_axes(path, image, args, predictor))
@@ -333,8 +334,8 @@ def _lazy_plane_pixels(path: Path) -> int:
 def _segment_blockwise(
     path: Path, target: Path, predictor: Any, options: PredictOptions, args: argparse.Namespace
 ) -> None:
-    from tiled_unet.core.blockwise import open_lazy, segment_blockwise_iter
-    from tiled_unet.core.imageio import validate_image
+    from tiled_unet.core.blockwise import segment_blockwise_iter
+    from tiled_unet.core.imageio import open_lazy, validate_image
 
     image = validate_image(open_lazy(path), name=str(path))
     axes = _axes(path, image, args, predictor)

@@ -5,7 +5,7 @@ block from the part of the image it needs (the block plus the network's halo, mi
 the image borders exactly as in whole-image prediction) and writes the result into a Zarr
 array, so neither the image nor the result is ever held in memory as a whole. It reads
 numpy, dask and Zarr arrays, OME-Zarr and TIFF files (lazily through tifffile's Zarr store,
-see :func:`open_lazy`).
+see :func:`~.imageio.open_lazy`).
 
 Exactness. Block origins are multiples of ``2 ** depth`` (the block edge is rounded to
 one), so every tile of every block starts at the same offsets modulo ``2 ** depth`` as the
@@ -14,15 +14,10 @@ whole-image probabilities to float tolerance. Normalisation statistics are compu
 per plane on a regular subsample (:meth:`Normalization.stats`), not per block.
 
 Instances. Each block is post-processed on its output block grown by ``margin`` pixels on
-every side (the probabilities there are exact too), labelled ``1..n`` locally and cropped
-to the block. Ids are made unique with a per-block offset, and objects crossing a block
-border are merged: on each face between two neighbouring blocks, both blocks' labels of the
-strip ``margin`` pixels either side of the face are compared, and two labels are joined
-(connected components of the match graph) when their intersection over union within the
-strip exceeds 0.5, a one-to-one matching, so two touching objects are never merged. A
-second pass rewrites every block through its lookup table. Objects much larger than
-``margin`` that a block sees only in part may be segmented slightly differently by its
-neighbours; they are still merged if they agree over half of the strip.
+every side (the probabilities there are exact too), labelled ``1..n`` locally and cropped to
+the block; objects crossing a block border are joined where both blocks agree over half of
+the strip along their face (:mod:`.merge`), and a second pass rewrites every block with the
+merged, renumbered ids.
 
 Execution. The blocks are independent dask tasks. Without a dask.distributed client they
 run on local threads; with one (``Client("tcp://scheduler:8786")`` created beforehand, or a
@@ -48,12 +43,20 @@ import numpy as np
 from .checkpoint import Checkpoint, Normalization
 from .engine import Predictor
 from .image import has_plane_axis, to_planes
+from .merge import bands, compact_tables, match_strip
 from .model import UNet
 from .options import DEFAULT_BLOCK, DEFAULT_MARGIN, PredictOptions
 from .progress import Progress, drain
+from .tasks import client, run_tasks
 from .tiling import tile_step
 
-__all__ = ["DEFAULT_BLOCK", "DEFAULT_MARGIN", "open_lazy", "segment_blockwise", "segment_blockwise_iter"]
+__all__ = [
+    "DEFAULT_BLOCK",
+    "DEFAULT_MARGIN",
+    "match_strip",
+    "segment_blockwise",
+    "segment_blockwise_iter",
+]
 
 _PREDICTORS: dict[str, Predictor] = {}
 
@@ -68,29 +71,6 @@ class _Opaque:
 
 
 # --------------------------------------------------------------------------- input
-
-
-def open_lazy(path: str | os.PathLike) -> Any:
-    """Open an image file lazily as a dask array.
-
-    Zarr / OME-Zarr through :func:`~tiled_unet.core.imageio.read_image`; TIFF through
-    ``tifffile.imread(path, aszarr=True)`` and ``dask.array.from_zarr``, so only the tiles
-    or strips a block needs are decoded. Other formats are read into memory.
-    """
-    from .imageio import TIFF_SUFFIXES, is_zarr_path, read_image
-
-    p = Path(path)
-    if p.suffix.lower() in TIFF_SUFFIXES and not is_zarr_path(p):
-        import dask.array as da
-        import tifffile
-        import zarr
-
-        store = tifffile.imread(p, aszarr=True)
-        node = zarr.open(store, mode="r")
-        if isinstance(node, zarr.Group):  # pyramidal TIFF: level 0
-            node = node[sorted(name for name, _ in node.arrays())[0]]
-        return da.from_zarr(node)
-    return read_image(p)
 
 
 def _as_array(image: Any) -> Any:
@@ -160,24 +140,8 @@ def _predict_block(
     array[(*lead, slice(y0, y1), slice(x0, x1))] = labels[core]
     return {
         "n": int(labels.max()),
-        "bands": _bands(labels, s["block"], s["grown"], s["margin"]),
+        "bands": bands(labels, s["block"], s["grown"], s["margin"]),
         "present": np.unique(labels[core]),  # local ids written (objects only in the margin are not)
-    }
-
-
-def _bands(
-    labels: np.ndarray, block: tuple[int, int, int, int], grown: tuple[int, int, int, int], margin: int
-) -> dict[str, tuple[int, int, np.ndarray]]:
-    """The grown labels within ``margin`` of each face: ``side -> (y origin, x origin, labels)``."""
-    y0, y1, x0, x1 = block
-    gy0, _, gx0, _ = grown
-    rows, cols = slice(y0 - gy0, y1 - gy0), slice(x0 - gx0, x1 - gx0)
-    top, left = max(gy0, y1 - margin), max(gx0, x1 - margin)
-    return {
-        "right": (y0, left, labels[rows, left - gx0 :].copy()),
-        "left": (y0, gx0, labels[rows, : x0 + margin - gx0].copy()),
-        "bottom": (top, x0, labels[top - gy0 :, cols].copy()),
-        "top": (gy0, x0, labels[: y0 + margin - gy0, cols].copy()),
     }
 
 
@@ -186,117 +150,7 @@ def _relabel_block(out: _Opaque, index: tuple[Any, ...], lut: np.ndarray) -> Non
     array[index] = lut[np.asarray(array[index])]
 
 
-# --------------------------------------------------------------------------- merging
-
-
-def _strip(band: tuple[int, int, np.ndarray], region: tuple[int, int, int, int]) -> np.ndarray:
-    """A band's labels over the image ``region`` (y0, y1, x0, x1)."""
-    oy, ox, labels = band
-    y0, y1, x0, x1 = region
-    return labels[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
-
-
-def match_strip(a: np.ndarray, b: np.ndarray, *, iou: float = 0.5) -> list[tuple[int, int]]:
-    """Pairs ``(label in a, label in b)`` of two labellings of one strip with IoU above ``iou``.
-
-    With ``iou >= 0.5`` the pairs are a one-to-one matching. Background (0) is ignored.
-    """
-    a = a.ravel().astype(np.int64)
-    b = b.ravel().astype(np.int64)
-    both = (a > 0) & (b > 0)
-    if not both.any():
-        return []
-    pairs, inter = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
-    size_a = dict(zip(*np.unique(a[a > 0], return_counts=True), strict=True))
-    size_b = dict(zip(*np.unique(b[b > 0], return_counts=True), strict=True))
-    out = []
-    for (la, lb), n in zip(pairs.T.tolist(), inter.tolist(), strict=True):
-        if n / (size_a[la] + size_b[lb] - n) > iou:
-            out.append((la, lb))
-    return out
-
-
-def _merge_tables(results: dict[tuple[int, int], dict[str, Any]]) -> dict[tuple[int, int], np.ndarray]:
-    """Lookup tables local id -> global id per block: offsets, then connected components of the
-    graph whose edges join labels matched across a face."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    offsets: dict[tuple[int, int], int] = {}
-    total = 0
-    for key in sorted(results):
-        offsets[key] = total  # node offset + local - 1 is local label `local` of block `key`
-        total += results[key]["n"]
-    edges: list[tuple[int, int]] = []
-    for (i, j), res in results.items():
-        y0, y1, x0, x1 = res["block"]
-        gy0, gy1, gx0, gx1 = res["grown"]
-        right, below = results.get((i, j + 1)), results.get((i + 1, j))
-        faces = []
-        if right is not None:
-            region = (y0, y1, max(gx0, right["grown"][2]), min(gx1, right["grown"][3]))
-            faces.append(((i, j + 1), res["bands"]["right"], right["bands"]["left"], region))
-        if below is not None:
-            region = (max(gy0, below["grown"][0]), min(gy1, below["grown"][1]), x0, x1)
-            faces.append(((i + 1, j), res["bands"]["bottom"], below["bands"]["top"], region))
-        for nb, mine, theirs, region in faces:
-            for la, lb in match_strip(_strip(mine, region), _strip(theirs, region)):
-                edges.append((offsets[(i, j)] + la - 1, offsets[nb] + lb - 1))
-    a, b = np.array(edges, np.int64).reshape(-1, 2).T
-    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(total, total))
-    _, component = connected_components(graph, directed=False)
-    # final ids: components numbered 1..m in the order of their first node
-    _, first, inverse = np.unique(component, return_index=True, return_inverse=True)
-    rank = np.empty(len(first), np.uint32)
-    rank[np.argsort(first)] = np.arange(1, len(first) + 1, dtype=np.uint32)
-    global_ids = rank[inverse]
-    tables = {}
-    for key in sorted(results):
-        n = results[key]["n"]
-        tables[key] = np.concatenate([np.zeros(1, np.uint32), global_ids[offsets[key] : offsets[key] + n]])
-    return tables
-
-
 # --------------------------------------------------------------------------- driver
-
-
-def _client() -> Any:
-    try:
-        from distributed import default_client
-    except ImportError:
-        return None
-    try:
-        return default_client()
-    except ValueError:
-        return None
-
-
-def _run(tasks: list[Any], n_workers: int) -> Generator[None, None, list[Any]]:
-    """Compute delayed ``tasks`` on the active dask.distributed client or local threads.
-
-    Yields after each task (distributed) or each wave of ``n_workers`` tasks (threads).
-    """
-    import dask
-
-    client = _client()
-    if client is not None:
-        from distributed import as_completed
-
-        futures = client.compute(tasks)
-        index = {f.key: k for k, f in enumerate(futures)}
-        results: list[Any] = [None] * len(tasks)
-        for future in as_completed(futures):
-            results[index[future.key]] = future.result()
-            future.release()
-            yield
-        return results
-    results = []
-    for start in range(0, len(tasks), n_workers):
-        wave = tasks[start : start + n_workers]
-        results.extend(dask.compute(*wave, scheduler="threads", num_workers=n_workers))
-        for _ in wave:
-            yield
-    return results
 
 
 def _open_output(
@@ -354,22 +208,6 @@ def _layout(
     return (*lead_shape, ny, nx), (*lead_chunks, block, block), dtype
 
 
-def _compact_tables(
-    by_key: dict[tuple[int, int], dict[str, Any]],
-) -> tuple[dict[tuple[int, int], np.ndarray], int]:
-    """Lookup tables that merge objects across block faces and number those written 1..m."""
-    tables = _merge_tables(by_key)
-    written: set[int] = set()
-    for k, res in by_key.items():
-        written.update(tables[k][res["present"]].tolist())
-    # renumber the ids that are written 1..m (an object seen only in a margin is dropped)
-    ids = np.array(sorted(written - {0}), np.int64)
-    top = max(int(t.max()) for t in tables.values())
-    compact = np.zeros(top + 1, np.uint32)
-    compact[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
-    return {k: compact[t] for k, t in tables.items()}, len(ids)
-
-
 class _Run:
     """One block-wise segmentation: its geometry, its tasks and its progress count."""
 
@@ -397,7 +235,7 @@ class _Run:
 
     def compute(self, tasks: list[Any], p: int, what: str) -> Generator[Progress, None, list[Any]]:
         """Run ``tasks``, yielding a Progress after each."""
-        run = _run(tasks, self.n_workers)
+        run = run_tasks(tasks, self.n_workers)
         while True:
             try:
                 next(run)
@@ -429,7 +267,7 @@ def _segment_plane(
     by_key = {}
     for (key, block, grown), res in zip(run.blocks(), results, strict=True):
         by_key[key] = {**res, "block": block, "grown": grown}
-    tables, n_objects = _compact_tables(by_key)
+    tables, n_objects = compact_tables(by_key)
     del results, by_key
     lead = (p,) if run.stack else ()
     relabel = [
@@ -462,7 +300,7 @@ def segment_blockwise_iter(
     model_or_checkpoint : Predictor, Checkpoint, str or UNet
         A predictor, a checkpoint, a built-in model name / checkpoint path, or a bare network.
     image : numpy, dask or zarr array
-        Any layout of :mod:`tiled_unet.core.image`; use :func:`open_lazy` for files.
+        Any layout of :mod:`tiled_unet.core.image`; use :func:`~.imageio.open_lazy` for files.
     options : PredictOptions, optional
         Output, tile, device, batch size, post-processing, TTA and the block edge (rounded up
         to a multiple of ``2 ** depth``; also the Zarr chunk), as for
@@ -521,7 +359,7 @@ def segment_blockwise_iter(
     )
     # local threads share the caller's predictor; distributed workers build theirs from a checkpoint
     network = (
-        dask.delayed(_checkpoint_of(predictor), pure=True) if _client() is not None else _Opaque(predictor)
+        dask.delayed(_checkpoint_of(predictor), pure=True) if client() is not None else _Opaque(predictor)
     )
     array, tmp, final = _open_output(out, shape, chunks, dtype, overwrite)
     try:
@@ -541,7 +379,7 @@ def segment_blockwise_iter(
         return array
     import zarr
 
-    from .imageio import replace_dir
+    from .writing import replace_dir
 
     replace_dir(tmp, final)
     return zarr.open_array(str(final), mode="r")

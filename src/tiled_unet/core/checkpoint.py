@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from .catalog import builtin_models, models_dir
-from .imageio import atomic_path
 from .model import UNet, UNetConfig
 from .postprocess import InstanceSettings
+from .writing import atomic_path
 
 FORMAT = "tiled-unet-checkpoint"
 FORMAT_VERSION = 1
