@@ -9,8 +9,9 @@ import torch
 from tiled_unet.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from tiled_unet.core.model import UNet, UNetConfig
 from tiled_unet.core.postprocess import InstanceSettings
+from tiled_unet.core.predict import predict_probabilities
 from tiled_unet.core.progress import drain
-from tiled_unet.core.train import TrainSettings, predict_probabilities, train, train_iter
+from tiled_unet.core.train import TrainSettings, train, train_iter
 
 CONFIG = UNetConfig(depth=2, base_features=8, n_classes=3, dropout=0.0)
 PATCH = 92  # depth 2 valid: 92 -> 52 output pixels

@@ -14,192 +14,31 @@ trained :class:`~.checkpoint.Checkpoint` (``None`` if ``cancel()`` became true);
 The starting checkpoint is never modified: its weights are copied before training, so a
 cancelled or failed run leaves it untouched.
 
-Optimiser defaults
-------------------
-``"adam"`` is the default optimiser (lr 1e-4, the usual conservative choice for *fine-tuning*
-a trained model; pass ``lr=5e-4`` when training from scratch); ``"sgd"`` follows the paper
-(momentum 0.99, batch of one large tile, lr 1e-3). How they compare from scratch:
-``benchmarks/learn_isbi.py`` and ``benchmarks/README.md``.
+Settings, loss and the optimisation step: :mod:`.optimisation`; validation: :mod:`.validation`.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .augment import AugmentSettings
 from .checkpoint import Checkpoint, Normalization, cpu_state_dict, now_iso, resolve_model
 from .data import BatchStream, PatchSampler, TrainingImage, prepare_image
-from .devices import cpu_has_native_bf16, resolve_device
-from .metrics import iou, match_instances, pixel_error, rand_error
-from .model import UNet, UNetConfig, check_input_size, output_size
-from .postprocess import InstanceSettings, to_instances
-from .predict import predict_probabilities
+from .devices import resolve_device
+from .model import UNetConfig, check_input_size, output_size
+from .optimisation import Optimisation, TrainSettings, finished, weighted_cross_entropy
+from .postprocess import InstanceSettings
 from .progress import Progress
 from .targets import INSTANCE_CLASSES, SEMANTIC_CLASSES, make_targets
-
-DEFAULT_LR = {"adam": 1e-4, "sgd": 1e-3}
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """How to train.
-
-    Attributes
-    ----------
-    optimizer : {"adam", "sgd"}
-        ``"sgd"``: the paper's SGD with ``momentum``; ``"adam"``: Adam (default).
-    lr : float or None
-        Learning rate; None = 1e-4 for Adam, 1e-3 for SGD.
-    momentum : float
-        SGD momentum (paper: 0.99).
-    weight_decay : float
-        L2 weight decay.
-    steps : int or None
-        Number of optimisation steps (None: only the ``minutes`` budget limits).
-    minutes : float or None
-        Wall-clock budget; training stops after the step that exceeds it.
-    batch_size : int
-        Patches per step (paper: 1).
-    patch : int
-        Network input size of a patch; must be valid for the architecture
-        (valid padding, depth 4: 188 + 16 k, the paper used 572 -> 388 output pixels).
-    w0, sigma : float
-        Border term of the weight map (paper: 10 and 5 px).
-    augment : bool
-        Elastic deformation, rotation, flips, shifts and grey-value changes.
-    zoom : tuple of float
-        With ``augment``: range of a random magnification of each patch (log-uniform;
-        ``(1, 1)``, the default, is off). Teaches a model objects at other sizes.
-    val_every : int
-        Validate every this many steps (and after the last one) when validation data is given.
-    seed : int
-        Seed of all randomness (weights init, patch sampling, augmentation, dropout).
-    device : str
-        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
-    amp : bool
-        Mixed precision: float16 (bfloat16 where supported) on CUDA, bfloat16 on CPUs that
-        compute it natively (AVX512-BF16 or AMX); ignored elsewhere.
-    schedule : {"constant", "cosine"}
-        Learning-rate schedule: constant, or cosine decay to zero over the budget (steps or
-        minutes, whichever ends first).
-    workers : int
-        Processes that draw and augment patches in parallel (0: in the training process).
-        The batches are the same for any number of workers.
-    """
-
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float | None = None
-    momentum: float = 0.99
-    weight_decay: float = 0.0
-    steps: int | None = 1000
-    minutes: float | None = None
-    batch_size: int = 1
-    patch: int = 572
-    w0: float = 10.0
-    sigma: float = 5.0
-    augment: bool = True
-    zoom: tuple[float, float] = (1.0, 1.0)
-    val_every: int = 100
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    schedule: Literal["constant", "cosine"] = "constant"
-    workers: int = 0
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in DEFAULT_LR:
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {self.lr}")
-        if self.steps is None and self.minutes is None:
-            raise ValueError("give a number of steps or a time budget in minutes")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.minutes is not None and not self.minutes > 0:
-            raise ValueError(f"minutes must be > 0, got {self.minutes}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
-        AugmentSettings(zoom=self.zoom)  # checks the zoom range before any data is read
-        if self.val_every < 1:
-            raise ValueError(f"val_every must be >= 1, got {self.val_every}")
-
-    @property
-    def learning_rate(self) -> float:
-        """The learning rate in use (``lr`` or the optimiser's default)."""
-        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
-
-
-def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``sum(w * CE) / sum(w)`` of ``(N, K, H, W)`` logits, ``(N, H, W)`` classes and weights."""
-    ce = F.cross_entropy(logits.float(), target, reduction="none")
-    total = weight.sum()
-    if not total > 0:
-        raise RuntimeError("batch without annotated pixels")
-    return (ce * weight).sum() / total
-
-
-# --------------------------------------------------------------------------- prediction for validation
-
-
-def validation_metrics(
-    model: UNet,
-    items: Sequence[TrainingImage],
-    *,
-    device: torch.device,
-    object_class: int,
-    boundary_class: int,
-    instances: InstanceSettings | None = None,
-) -> dict[str, float]:
-    """Mean metrics over validation images.
-
-    ``pixel_error`` and ``iou`` compare foreground (object, plus boundary for instance
-    models) with the annotation on annotated pixels; ``f1`` matches instances at IoU 0.5;
-    ``rand_error`` (semantic models) is the adapted Rand error of the objects. ``score`` is
-    what "best" means: ``f1`` for instance models, ``1 - pixel_error`` for semantic ones.
-    Objects are made with ``instances`` (default :class:`~.postprocess.InstanceSettings`).
-    """
-    kwargs = (instances or InstanceSettings()).to_dict()
-    was_training = model.training
-    model.eval()
-    rows: list[dict[str, float]] = []
-    try:
-        for it in items:
-            probs = predict_probabilities(model, it.image, device=device)
-            pred = probs.argmax(0)
-            fg_pred = pred == object_class
-            if boundary_class >= 0:
-                fg_pred |= pred == boundary_class
-            fg_true = it.targets.instances > 0
-            ann = it.targets.annotated
-            inst = to_instances(probs, object_class=object_class, boundary_class=boundary_class, **kwargs)
-            row = {
-                "pixel_error": pixel_error(fg_true, fg_pred, annotated=ann),
-                "iou": iou(fg_true & ann, fg_pred & ann),
-                "f1": match_instances(it.targets.instances, inst, iou=0.5).f1,
-            }
-            if boundary_class < 0:
-                row["rand_error"] = rand_error(it.targets.instances, inst)
-            rows.append(row)
-    finally:
-        model.train(was_training)
-    out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-    out["score"] = out["f1"] if boundary_class >= 0 else 1.0 - out["pixel_error"]
-    return out
-
+from .validation import Validation
 
 # --------------------------------------------------------------------------- training
 
@@ -340,99 +179,6 @@ def _prepare(
     ]
 
 
-class _Optimisation:
-    """The network, optimiser, mixed precision and learning-rate schedule of a run."""
-
-    def __init__(self, setup: _Setup, settings: TrainSettings, device: torch.device, loss: Callable) -> None:
-        self.settings, self.device, self.loss_fn = settings, device, loss
-        model = UNet(setup.cfg)
-        if setup.base is not None:
-            state = {
-                k: v.detach().clone().float() if v.is_floating_point() else v.clone()
-                for k, v in setup.base.state_dict.items()
-            }
-            model.load_state_dict(state, strict=True)
-        model.to(device).train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        if settings.optimizer == "sgd":
-            self.opt: torch.optim.Optimizer = torch.optim.SGD(
-                params,
-                lr=settings.learning_rate,
-                momentum=settings.momentum,
-                weight_decay=settings.weight_decay,
-            )
-        else:
-            self.opt = torch.optim.Adam(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-        self.cpu = device.type == "cpu"
-        if self.cpu:  # same arithmetic, faster oneDNN convolutions (also used for prediction)
-            model.to(memory_format=torch.channels_last)
-        self.model = model
-        cpu = self.cpu
-        self.use_amp = settings.amp and (device.type == "cuda" or (cpu and cpu_has_native_bf16()))
-        bf16 = self.use_amp and (cpu or torch.cuda.is_bf16_supported())
-        self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
-
-    def step(
-        self, batch: tuple[np.ndarray, np.ndarray, np.ndarray], step: int, seconds: float
-    ) -> torch.Tensor:
-        """One optimisation step on ``(x, y, w)``; returns the loss (step ``step`` done before)."""
-        x, y, w = batch
-        xt = torch.from_numpy(x).to(self.device)
-        if self.cpu:
-            xt = xt.contiguous(memory_format=torch.channels_last)
-        yt = torch.from_numpy(y).to(self.device)
-        wt = torch.from_numpy(w).to(self.device)
-        if self.settings.schedule == "cosine":
-            factor = _cosine_factor(self.settings, step, seconds)
-            for group in self.opt.param_groups:
-                group["lr"] = self.settings.learning_rate * factor
-        self.opt.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            logits = self.model(xt)
-        loss = self.loss_fn(logits, yt, wt)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training diverged at step {step + 1} (loss {loss.item()}); lower the learning rate"
-            )
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        return loss
-
-
-class _Validation:
-    """Validation every ``val_every`` steps, keeping the best weights by ``score``."""
-
-    def __init__(self, setup: _Setup, items: list[TrainingImage], device: torch.device) -> None:
-        self.setup, self.items, self.device = setup, items, device
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.best_metrics: dict[str, float] | None = None
-        self.best_step = 0
-        self.history: list[dict[str, float]] = []
-
-    def __call__(self, model: UNet, step: int) -> dict[str, float]:
-        metrics = validation_metrics(
-            model,
-            self.items,
-            device=self.device,
-            object_class=self.setup.object_class,
-            boundary_class=self.setup.boundary_class,
-            instances=self.setup.instances,
-        )
-        self.history.append({"step": step, **metrics})
-        if self.best_metrics is None or metrics["score"] > self.best_metrics["score"]:
-            self.best_metrics, self.best_step = metrics, step
-            self.best_state = cpu_state_dict(model)
-        return metrics
-
-
-def _finished(settings: TrainSettings, step: int, seconds: float) -> bool:
-    return (settings.steps is not None and step >= settings.steps) or (
-        settings.minutes is not None and seconds >= settings.minutes * 60
-    )
-
-
 def train_iter(
     *,
     images: Sequence[np.ndarray],
@@ -550,8 +296,8 @@ def train_iter(
     stream = BatchStream(
         sampler, batch_size=settings.batch_size, seed=settings.seed, workers=settings.workers
     )
-    run = _Optimisation(setup, settings, device, hooks.loss)
-    validation = _Validation(setup, val_items, device)
+    run = Optimisation(setup, settings, device, hooks.loss)
+    validation = Validation(setup, val_items, device)
     n_steps = settings.steps or 0
     step, value = 0, float("nan")
     t0 = time.perf_counter()
@@ -560,7 +306,7 @@ def train_iter(
             loss = run.step(stream.next(), step, time.perf_counter() - t0)
             step += 1
             seconds = time.perf_counter() - t0
-            done = _finished(settings, step, seconds)
+            done = finished(settings, step, seconds)
             metrics = (
                 validation(run.model, step)
                 if val_items and (step % settings.val_every == 0 or done)
@@ -610,16 +356,6 @@ def train_iter(
         )
     state = validation.best_state if validation.best_state is not None else cpu_state_dict(run.model)
     return setup.checkpoint(state, provenance)
-
-
-def _cosine_factor(settings: TrainSettings, step: int, seconds: float) -> float:
-    """Cosine learning-rate factor for the fraction of the budget (steps or minutes) used."""
-    done = 0.0
-    if settings.steps:
-        done = step / settings.steps
-    if settings.minutes:
-        done = max(done, seconds / (settings.minutes * 60))
-    return 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
 
 
 def _base_name(base: Checkpoint | None) -> Any:
