@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from tiled_unet.core import engine
+from tiled_unet.core import predict as predict_module
 from tiled_unet.core.blockwise import segment_blockwise
 from tiled_unet.core.checkpoint import Checkpoint, Normalization
-from tiled_unet.core.engine import Predictor, shared_predictor
+from tiled_unet.core.engine import Predictor
 from tiled_unet.core.model import UNet, UNetConfig
 from tiled_unet.core.options import BLOCKWISE_PIXELS, PredictOptions, goes_blockwise
-from tiled_unet.core.predict import segment
+from tiled_unet.core.predict import segment, shared_predictor
 from tiled_unet.core.progress import drain
 
 
@@ -70,7 +70,7 @@ def test_a_shared_predictor_is_built_once_per_model_and_settings(monkeypatch):
     monkeypatch.setattr(
         Checkpoint, "build_model", lambda self, *a, **k: builds.append(1) or real(self, *a, **k)
     )
-    monkeypatch.setattr(engine, "_SHARED", [])
+    monkeypatch.setattr(predict_module, "_SHARED", [])
     first = shared_predictor(ckpt, PredictOptions(device="cpu"))
     again = shared_predictor(ckpt, PredictOptions(device="cpu", min_size=5, output="semantic"))
     assert again is first and len(builds) == 1  # post-processing does not need another network

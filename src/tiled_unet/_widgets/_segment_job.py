@@ -98,8 +98,8 @@ def segment_job(
     start = time.perf_counter()
     if segment_iter is None:
         from tiled_unet.core.predict import segment_iter
-    from tiled_unet.core.engine import shared_predictor
     from tiled_unet.core.image import has_plane_axis
+    from tiled_unet.core.predict import shared_predictor
 
     predictor = shared_predictor(request.model, request.options)  # built once per model and device
     axes = image_axes(image, predictor.config.in_channels)

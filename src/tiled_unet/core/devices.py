@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 from typing import Literal
 
 import torch
+
+log = logging.getLogger(__name__)
 
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 
@@ -60,3 +64,24 @@ def cpu_has_native_bf16() -> bool:
     checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     native = any(bool(check()) for check in checks if check is not None)
     return native and torch.backends.mkldnn.is_available()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device running out of memory (CUDA's error, or torch's message)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def autocast_for(
+    device: torch.device, amp: bool, cpu_bf16: bool = False
+) -> contextlib.AbstractContextManager:
+    """The autocast of a prediction: bfloat16 on the CPU if asked, float16 on CUDA/MPS if ``amp``."""
+    if cpu_bf16 and device.type == "cpu":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    if amp and device.type in ("cuda", "mps"):
+        try:
+            return torch.autocast(device_type=device.type, dtype=torch.float16)
+        except RuntimeError:  # an older torch without autocast for this device: run in float32
+            log.debug("no float16 autocast on %s; running in float32", device)
+    return contextlib.nullcontext()

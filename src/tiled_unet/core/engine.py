@@ -26,7 +26,6 @@ import contextlib
 import logging
 import math
 import os
-import threading
 from collections.abc import Generator, Iterator
 from typing import Any
 
@@ -34,8 +33,8 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, Normalization, resolve_model
-from .devices import resolve_device
-from .model import UNet, UNetConfig
+from .devices import autocast_for, is_out_of_memory, resolve_device
+from .model import UNet, UNetConfig, eval_mode
 from .options import PredictOptions
 from .postprocess import InstanceSettings, to_instances, to_semantic
 from .progress import Progress
@@ -59,45 +58,6 @@ _MAX_AUTO_BATCH = 8
 
 #: A region of a plane's output: ``(y0, y1, x0, x1)``.
 Region = tuple[int, int, int, int]
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def _autocast(device: torch.device, amp: bool, cpu_bf16: bool = False) -> contextlib.AbstractContextManager:
-    if cpu_bf16 and device.type == "cpu":
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
-    if amp and device.type in ("cuda", "mps"):
-        try:
-            return torch.autocast(device_type=device.type, dtype=torch.float16)
-        except RuntimeError:  # an older torch without autocast for this device: run in float32
-            log.debug("no float16 autocast on %s; running in float32", device)
-    return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def eval_mode(model: UNet) -> Iterator[None]:
-    """Put ``model`` in eval mode; restore its training flag and weight layout afterwards.
-
-    On the CPU the weights are switched to channels-last (NHWC) memory format while
-    predicting: oneDNN's NHWC convolutions are faster than NCHW (figures:
-    ``benchmarks/README.md``, *Levers*).
-    """
-    was_training = model.training
-    param = next(model.parameters(), None)
-    on_cpu = param is not None and param.device.type == "cpu"
-    model.eval()
-    if on_cpu:
-        model.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        if on_cpu:
-            model.to(memory_format=torch.contiguous_format)
-        model.train(was_training)
 
 
 def _resolve(model: Any, device: torch.device | None) -> tuple[UNet, Checkpoint | None, torch.device]:
@@ -346,7 +306,7 @@ class Predictor:
             try:
                 return (yield from self._run(plane, region, stats, rotated, progress))
             except RuntimeError as exc:
-                if not (_is_oom(exc) and self._shrink(tile)):
+                if not (is_out_of_memory(exc) and self._shrink(tile)):
                     raise
             # outside the except block, so the failed attempt's tensors are no longer referenced
             if self.device.type == "cuda":
@@ -386,7 +346,7 @@ class Predictor:
             if self.device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)
             # inference mode and autocast are entered per batch, never held across a yield
-            with torch.inference_mode(), _autocast(self.device, self.amp, self.cpu_bf16):
+            with torch.inference_mode(), autocast_for(self.device, self.amp, self.cpu_bf16):
                 logits = self.model(x.to(self.device))
             with torch.inference_mode():
                 probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
@@ -426,28 +386,3 @@ class _Counter:
     def step(self) -> Progress:
         self.done += 1
         return Progress(self.done, self.total, f"tile batch {self.done}/{self.total}", unit="tile batch")
-
-
-_SHARED: list[Predictor] = []  # most recently used first
-_SHARED_MAX = 2
-_SHARED_LOCK = threading.Lock()
-
-
-def shared_predictor(model: Checkpoint | str | os.PathLike, options: PredictOptions) -> Predictor:
-    """A predictor of ``model`` for ``options``, built once and reused while they do not change.
-
-    For the viewer and other callers that segment again and again with one model: the network
-    is built (and a model file read, see :func:`~.checkpoint.resolve_model`) on the first
-    call only. The two most recently used predictors are kept.
-    """
-    ckpt = resolve_model(model)
-    with _SHARED_LOCK:
-        for k, predictor in enumerate(_SHARED):
-            if predictor.checkpoint is ckpt and predictor.matches(options):
-                _SHARED.insert(0, _SHARED.pop(k))
-                return predictor
-    predictor = Predictor.from_options(ckpt, options)
-    with _SHARED_LOCK:
-        _SHARED.insert(0, predictor)
-        del _SHARED[_SHARED_MAX:]
-    return predictor

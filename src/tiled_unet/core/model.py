@@ -19,10 +19,12 @@ not count incoming nodes); we use N = in_channels. Biases start at zero.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -348,3 +350,25 @@ class UNet(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@contextlib.contextmanager
+def eval_mode(model: UNet) -> Iterator[None]:
+    """Put ``model`` in eval mode; restore its training flag and weight layout afterwards.
+
+    On the CPU the weights are switched to channels-last (NHWC) memory format while
+    predicting: oneDNN's NHWC convolutions are faster than NCHW (figures:
+    ``benchmarks/README.md``, *Levers*).
+    """
+    was_training = model.training
+    param = next(model.parameters(), None)
+    on_cpu = param is not None and param.device.type == "cpu"
+    model.eval()
+    if on_cpu:
+        model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        if on_cpu:
+            model.to(memory_format=torch.contiguous_format)
+        model.train(was_training)

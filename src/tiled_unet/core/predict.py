@@ -17,13 +17,14 @@ error the tile is halved and the plane predicted again.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Generator
 from typing import Any
 
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, Normalization
+from .checkpoint import Checkpoint, Normalization, resolve_model
 from .engine import Predictor
 from .image import from_planes, to_planes
 from .model import UNet
@@ -38,6 +39,7 @@ __all__ = [
     "predict_probabilities_iter",
     "segment",
     "segment_iter",
+    "shared_predictor",
 ]
 
 
@@ -112,6 +114,32 @@ def predictor_for(
             return model
         model = model.checkpoint if model.checkpoint is not None else model.model
     return Predictor.from_options(model, options, normalization=normalization)
+
+
+#: The predictors :func:`shared_predictor` keeps.
+_SHARED: list[Predictor] = []  # most recently used first
+_SHARED_MAX = 2
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_predictor(model: Checkpoint | str | os.PathLike, options: PredictOptions) -> Predictor:
+    """A predictor of ``model`` for ``options``, built once and reused while they do not change.
+
+    For the viewer and other callers that segment again and again with one model: the network
+    is built (and a model file read, see :func:`~.checkpoint.resolve_model`) on the first
+    call only. The two most recently used predictors are kept.
+    """
+    ckpt = resolve_model(model)
+    with _SHARED_LOCK:
+        for k, predictor in enumerate(_SHARED):
+            if predictor.checkpoint is ckpt and predictor.matches(options):
+                _SHARED.insert(0, _SHARED.pop(k))
+                return predictor
+    predictor = Predictor.from_options(ckpt, options)
+    with _SHARED_LOCK:
+        _SHARED.insert(0, predictor)
+        del _SHARED[_SHARED_MAX:]
+    return predictor
 
 
 def segment_iter(
