@@ -9,16 +9,19 @@ prints seconds for 1024 x 1024 instances and probabilities of the packaged nucle
     python benchmarks/compare_engine.py new1
 """
 
-import sys, time, hashlib, json
+import json
+import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dask.array as da
 import numpy as np
+
 from bench_gui import nuclei_1024
+from tiled_unet.core.blockwise import segment_blockwise
 from tiled_unet.core.checkpoint import resolve_model
 from tiled_unet.core.predict import segment
-from tiled_unet.core.blockwise import segment_blockwise
-import dask.array as da
 
 tag = sys.argv[1]
 out = Path(sys.argv[2] if len(sys.argv) > 2 else "/tmp/compare_engine")
