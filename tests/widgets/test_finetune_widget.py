@@ -159,5 +159,9 @@ def test_expected_problems_are_notifications(make_napari_viewer, checkpoint_file
     ft.new_annotation_layer()
     ft.start()  # nothing painted
     assert "Nothing is painted" in notifications["error"][-1]
+    assert ft.request().learning_rate is None and ft.request().steps is None  # "default", "no limit"
+    ft.minutes_spin.setValue(0)  # "no limit" and no steps either
+    ft.start()
+    assert "Give a number of steps or a time budget" in notifications["error"][-1]
     assert session_for(viewer).current is None
     assert not any("Traceback" in msg for msg in notifications["error"])

@@ -192,8 +192,12 @@ def test_request_settings_default_to_a_time_budget(intensity_checkpoint):
     s = T.FinetuneRequest(base_model=None).settings(cfg)
     assert s.steps is None and s.minutes == DEFAULT_MINUTES and s.schedule == "cosine"
     assert is_valid_input_size(s.patch, cfg)
-    s = T.FinetuneRequest(base_model=None, steps=7, minutes=0, learning_rate=0).settings(cfg)
+    s = T.FinetuneRequest(base_model=None, steps=7, minutes=None, learning_rate=None).settings(cfg)
     assert s.steps == 7 and s.minutes is None and s.lr == 2e-4
+    with pytest.raises(ValueError, match="steps or a time budget"):
+        T.FinetuneRequest(base_model=None, steps=None, minutes=None)
+    with pytest.raises(ValueError, match="learning_rate must be positive"):
+        T.FinetuneRequest(base_model=None, learning_rate=0.0)
 
 
 def test_loss_history_smooths_and_skips_nan():

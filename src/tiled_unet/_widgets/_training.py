@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tiled_unet.core.options import FINETUNE_MINUTES
+
 from ._layers import METADATA_KEY, ImageInput, image_axes, result_transform, spatial_shape
 
 Kind = Literal["sparse", "corrections", "dense"]
@@ -268,25 +270,43 @@ class FinetuneRequest:
         Model to start from (a built-in name, a path, a checkpoint); None trains from scratch.
     base_label : str
         How the base model is named in the provenance.
-    steps : int
-        Optimisation steps (0: only the time budget limits).
-    minutes : float
-        Time budget in minutes (0: only the steps limit; both 0: the core's default budget).
-    learning_rate : float
-        Learning rate (0: the core's default).
+    steps : int, optional
+        Optimisation steps (None: only the time budget limits).
+    minutes : float, optional
+        Time budget in minutes (None: only the steps limit); one of the two is needed.
+    learning_rate : float, optional
+        Learning rate (None: the core's default).
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
     preview_every : int
         Yield a weight snapshot for the live preview every this many steps (0: never).
+
+    Raises
+    ------
+    ValueError
+        With neither ``steps`` nor ``minutes``, or values that are not positive.
     """
 
     base_model: Any
     base_label: str = ""
-    steps: int = 0
-    minutes: float = 0.0
-    learning_rate: float = 0.0
+    steps: int | None = None
+    minutes: float | None = FINETUNE_MINUTES
+    learning_rate: float | None = None
     device: str = "auto"
     preview_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps is None and self.minutes is None:
+            raise ValueError("Give a number of steps or a time budget in minutes.")
+        for name in ("steps", "minutes", "learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+
+    @property
+    def budget_seconds(self) -> float:
+        """The time budget in seconds when time alone limits the run, else 0."""
+        return 60.0 * self.minutes if self.steps is None and self.minutes is not None else 0.0
 
     def settings(self, config: Any) -> Any:
         """The core's ``TrainSettings`` for this request.
@@ -296,11 +316,7 @@ class FinetuneRequest:
         from tiled_unet.core.finetune import finetune_settings
 
         return finetune_settings(
-            config,
-            device=self.device,
-            steps=int(self.steps) if self.steps > 0 else None,
-            minutes=float(self.minutes) if self.minutes > 0 else None,
-            lr=float(self.learning_rate) if self.learning_rate > 0 else None,
+            config, device=self.device, steps=self.steps, minutes=self.minutes, lr=self.learning_rate
         )
 
 

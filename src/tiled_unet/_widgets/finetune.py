@@ -371,12 +371,16 @@ class FinetuneWidget(JobWidget, ModelChoice):
     def request(self) -> FinetuneRequest:
         """The settings of the next run, from the controls."""
         model, label = self._model_value()
+
+        def unless_special(spin: Any) -> Any:  # the lowest value reads "no limit" / "default"
+            return None if spin.value() == spin.minimum() else spin.value()
+
         return FinetuneRequest(
             base_model=model,
             base_label=label,
-            steps=self.steps_spin.value(),
-            minutes=self.minutes_spin.value(),
-            learning_rate=self.lr_spin.value(),
+            steps=unless_special(self.steps_spin),
+            minutes=unless_special(self.minutes_spin),
+            learning_rate=unless_special(self.lr_spin),
             device=self.device_combo.currentText(),
             preview_every=int(self.preview_spin.value()),
         )
@@ -387,8 +391,6 @@ class FinetuneWidget(JobWidget, ModelChoice):
             return
         try:
             request = self.request()
-            if request.steps <= 0 and request.minutes <= 0:
-                raise ValueError("Give a number of steps or a time budget in minutes.")
             if request.base_model is not None:
                 # read the base model once: its channels shape the data, and the job trains it
                 from tiled_unet.core.checkpoint import resolve_model
@@ -404,7 +406,7 @@ class FinetuneWidget(JobWidget, ModelChoice):
         self._cancel.clear()
         self.plot.clear()
         self._set_running(True)
-        self._budget_seconds = 60.0 * request.minutes if request.steps <= 0 else 0.0
+        self._budget_seconds = request.budget_seconds
         notes = list(dict.fromkeys(p.note for p in pairs if p.note))
         for note in notes:
             notify_info(note)
