@@ -160,14 +160,6 @@ class LayerListWidget(QListWidget, _LayerTracker):
         names = {item.text() for item in self.selectedItems()}
         return [layer for layer in _layers_of(self._viewer, self._kind) if layer.name in names]
 
-    def select_layers(self, layers: list[Any]) -> None:
-        """Select exactly ``layers``."""
-        self.refresh()
-        names = {layer.name for layer in layers}
-        for i in range(self.count()):
-            item = self.item(i)
-            item.setSelected(item.text() in names)
-
 
 def fill_combo(
     combo: QComboBox,

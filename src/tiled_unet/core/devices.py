@@ -5,13 +5,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from typing import Literal
 
 import torch
 
 log = logging.getLogger(__name__)
-
-DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 
 
 def available_devices() -> list[str]:

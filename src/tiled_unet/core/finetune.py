@@ -305,7 +305,7 @@ def finetune_iter(
 
     yield stage("Checking the new model on your held-back objects…")
     probs = _probabilities(ckpt, planes, device)
-    ckpt, tuned_on = retune_instances(ckpt, probs, train_labels) if retune else (ckpt, 0)
+    ckpt, _ = retune_instances(ckpt, probs, train_labels) if retune else (ckpt, 0)
     after, found = _score(ckpt, probs, held)
     outcome = FinetuneOutcome(ckpt, before, after, n_held, found, steps, time.perf_counter() - start, painted)
     check: dict[str, Any] = {

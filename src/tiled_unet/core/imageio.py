@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
 #: Files a folder given as input contributes (besides Zarr stores).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
-IMAGEIO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-ZARR_SUFFIXES = (".zarr", ".ome.zarr")
 
 #: Blocks of at most this many elements are checked for NaN/Inf at a time (bounded memory).
 _FINITE_CHUNK = 1 << 24

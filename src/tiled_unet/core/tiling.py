@@ -246,17 +246,6 @@ def mirror_indices(start: int, stop: int, n: int) -> np.ndarray:
     return np.where(pos < n, pos, period - pos)
 
 
-def extract_tile(image_cyx: np.ndarray, plan: TilePlan, origin: tuple[int, int]) -> np.ndarray:
-    """The mirrored ``(C, in_y, in_x)`` input tile of ``plan`` for the output ``origin``."""
-    _, ny, nx = image_cyx.shape
-    ys = mirror_indices(origin[0] - plan.halo, origin[0] - plan.halo + plan.in_tile[0], ny)
-    xs = mirror_indices(origin[1] - plan.halo, origin[1] - plan.halo + plan.in_tile[1], nx)
-    return image_cyx[:, ys[:, None], xs[None, :]]
-
-
-# --------------------------------------------------------------------------- automatic size
-
-
 def activation_bytes_per_pixel(config: UNetConfig, *, bytes_per_value: int = 4) -> float:
     """Estimated peak memory per input-tile pixel of one inference pass.
 
