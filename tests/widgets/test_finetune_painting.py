@@ -32,7 +32,7 @@ def test_paint_buttons_choose_the_label_and_the_brush(make_napari_viewer):
     _, ft = _widgets(viewer)
     ft.paint_object_button.click()  # no annotation layer yet: one is made
     ann = viewer.layers["img annotations"]
-    assert ft.labels_combo.currentText() == "img annotations"
+    assert ft.labels_combo.layer().name == "img annotations"
     assert viewer.layers.selection.active.name == ann.name and ann.mode == "paint"
     assert ann.selected_label == 2
     ann.paint((10, 10), ann.selected_label)
@@ -68,7 +68,7 @@ def test_correct_the_segmentation_trains_on_every_pixel(
     before = result.data.copy()
     ft.correct_button.click()
     corr = viewer.layers["nuclei corrections"]
-    assert ft.labels_combo.currentText() == "nuclei corrections"
+    assert ft.labels_combo.layer().name == "nuclei corrections"
     np.testing.assert_array_equal(corr.data, np.where(before > 0, before.astype(int) + 1, 1))
     assert corr.selected_label == 1 and corr.mode == "paint"
     # background (1, like 0) is not drawn, so nuclei the model missed stay visible under the copy
@@ -111,7 +111,9 @@ def test_the_chosen_annotation_layer_is_used_and_a_segmentation_is_read_densely(
     assert n_seg == truth.max()
     ann = ft.new_annotation_layer()  # an annotation layer made for the image ...
     ann.paint((12, 12), 2)
-    ft.labels_combo.setCurrentText("discs segmentation")  # ... but the user picks the segmentation
+    ft.labels_combo.set_layer(
+        ft.viewer.layers["discs segmentation"]
+    )  # ... but the user picks the segmentation
     ft.steps_spin.setValue(1)
     ft.minutes_spin.setValue(0)
     ft.start()

@@ -45,7 +45,7 @@ def test_finetune_save_and_segment_with_the_new_model(make_napari_viewer, qtbot,
     ann = ft.new_annotation_layer()
     assert ann.name == "nuclei annotations" and ann.data.shape == img.shape and ann.data.dtype == np.uint16
     assert tuple(ann.scale) == (0.5, 0.5) and not ann.data.any()
-    assert ft.labels_combo.currentText() == "nuclei annotations"
+    assert ft.labels_combo.layer().name == "nuclei annotations"
     _paint_some(ann, truth, n_objects=3)  # fewer than 4: no held-back check, so the model is used
 
     assert not ft.save_button.isEnabled()
@@ -146,13 +146,13 @@ def test_expected_problems_are_notifications(make_napari_viewer, checkpoint_file
     assert ft.new_annotation_layer() is None
 
     viewer.add_image(np.zeros((40, 50), np.uint8), name="img")
-    ft.images_list.refresh()
+    ft.images_list.reset_choices()
     ft.load_model_file(str(checkpoint_file))
     ft.start()  # an image but no annotation layer
     assert "No annotation layer" in notifications["error"][-1]
 
     viewer.add_labels(np.zeros((40, 51), np.uint8), name="wrong")
-    ft.labels_combo.setCurrentText("wrong")
+    ft.labels_combo.set_layer(ft.viewer.layers["wrong"])
     ft.start()
     assert "shape" in notifications["error"][-1]
 

@@ -27,7 +27,7 @@ def test_segment_sample_twice_gives_one_layer(make_napari_viewer, qtbot, checkpo
     viewer = make_napari_viewer()
     image = viewer.add_image(nuclei_image, name="nuclei", scale=(0.5, 0.5), translate=(10, 20))
     widget = _segment_widget(viewer, checkpoint_file)
-    assert widget.image_combo.currentText() == "nuclei"
+    assert widget.image_combo.layer().name == "nuclei"
     assert widget.model_combo.currentText() == "file: tiny.pt"
     assert widget.device_combo.findText("cpu") >= 0 and widget.output_combo.currentText() == "instances"
     assert widget.tile_spin.value() == 0  # auto
@@ -102,12 +102,12 @@ def test_rgb_stack_and_probabilities(make_napari_viewer, checkpoint_file, nuclei
     widget = _segment_widget(viewer, checkpoint_file)
     widget.use_thread = False
 
-    widget.image_combo.setCurrentText("rgb")
+    widget.image_combo.set_layer(widget.viewer.layers["rgb"])
     widget.run()
     seg = viewer.layers["rgb segmentation"]
     assert seg.data.shape == (96, 128) and tuple(seg.scale) == (2, 3)
 
-    widget.image_combo.setCurrentText("stack")
+    widget.image_combo.set_layer(widget.viewer.layers["stack"])
     widget.output_combo.setCurrentText("probabilities")
     widget.run()
     probs = viewer.layers["stack probabilities"]
@@ -137,7 +137,7 @@ def test_errors_are_notifications(make_napari_viewer, checkpoint_file, tmp_path,
 
     widget.load_model_file(str(checkpoint_file))
     viewer.add_image(np.zeros((5, 6, 64, 64), np.uint8), name="4d")  # axes nobody can tell
-    widget.image_combo.setCurrentText("4d")
+    widget.image_combo.set_layer(widget.viewer.layers["4d"])
     widget.run()
     assert "(5, 6, 64, 64)" in notifications["error"][-1] and "Traceback" not in notifications["error"][-1]
     assert len(viewer.layers) == 2
@@ -303,3 +303,20 @@ def test_docking_lists_accelerators_once_torch_is_loaded(make_napari_viewer, qtb
     names = [seg.device_combo.itemText(k) for k in range(seg.device_combo.count())]
     assert names == ["auto", *available_devices()]
     assert seg.tile_spin.sizes  # the built-in model's tile sizes, read once torch is there
+
+
+def test_layer_choices_follow_the_viewer(make_napari_viewer):
+    """magicgui layer choices: napari re-reads them on layer events; the chosen layer is kept."""
+    viewer = make_napari_viewer()
+    _, seg = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
+    assert seg.image_combo.layer() is None
+    first = viewer.add_image(np.zeros((8, 8)), name="a")
+    assert seg.image_combo.layer() is first
+    second = viewer.add_image(np.zeros((8, 8)), name="b")
+    viewer.add_labels(np.zeros((8, 8), np.uint8), name="labels")  # not an image: not offered
+    assert [c for c in seg.image_combo.widget.choices] == [first, second]
+    seg.image_combo.set_layer(second)
+    second.name = "renamed"
+    assert seg.image_combo.layer() is second and "renamed" in seg.image_combo.native.currentText()
+    viewer.layers.remove(second)
+    assert seg.image_combo.layer() is first

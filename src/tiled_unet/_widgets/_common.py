@@ -13,8 +13,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QListWidget,
-    QListWidgetItem,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
@@ -73,92 +71,55 @@ def report_exception(exc: BaseException, *, device: str = "", context: str = "")
 # --------------------------------------------------------------------------- layer choosers
 
 
-def _layers_of(viewer: Any, kind: type) -> list[Any]:
-    return [layer for layer in viewer.layers if isinstance(layer, kind)]
+class LayerChoice:
+    """A choice of the viewer's layers of one type: a magicgui ``ComboBox`` (``multiple``: a
+    ``Select``) whose choices are read from the viewer.
 
+    napari calls the dock widget's ``reset_choices`` when layers are added, removed, reordered
+    or renamed (:meth:`JobWidget.reset_choices` passes it on), so the choice follows the layer
+    list by itself; a choice is kept as long as its layer exists (by the layer, not its name).
+    """
 
-class _LayerTracker:
-    """Calls ``refresh`` whenever layers are added, removed, reordered or renamed."""
+    def __init__(self, viewer: Any, kind: type, *, tooltip: str = "", multiple: bool = False) -> None:
+        from magicgui.widgets import ComboBox, Select
 
-    def _track_layers(self, viewer: Any, refresh: Callable[..., None]) -> None:
-        viewer.layers.events.inserted.connect(self._on_inserted)
-        viewer.layers.events.removed.connect(refresh)
-        viewer.layers.events.reordered.connect(refresh)
-        for layer in viewer.layers:
-            layer.events.name.connect(refresh)
-        self._refresh_cb = refresh
+        self._viewer, self._kind, self._multiple = viewer, kind, multiple
+        cls = Select if multiple else ComboBox
+        self.widget = cls(choices=self._choices, tooltip=tooltip or None)
+        self.native = self.widget.native
+        self.reset_choices()
 
-    def _on_inserted(self, event: Any) -> None:
-        layer = event.value
-        layer.events.name.connect(self._refresh_cb)
-        self._refresh_cb()
+    def _choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, self._kind)]
 
-
-class LayerComboBox(QComboBox, _LayerTracker):
-    """A combo box of the viewer's layers of one type, kept up to date, selection kept by name."""
-
-    def __init__(self, viewer: Any, kind: type, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self._viewer = viewer
-        self._kind = kind
-        self._track_layers(viewer, self.refresh)
-        self.refresh()
-
-    def refresh(self, *_: Any) -> None:
-        """Re-read the layer list, keeping the current choice if it still exists."""
-        current = self.currentText()
-        self.blockSignals(True)
-        self.clear()
-        names = [layer.name for layer in _layers_of(self._viewer, self._kind)]
-        self.addItems(names)
-        if current in names:
-            self.setCurrentText(current)
-        self.blockSignals(False)
-        if self.currentText() != current:
-            self.currentTextChanged.emit(self.currentText())
+    def reset_choices(self, *_: Any) -> None:
+        """Re-read the layers, keeping the chosen ones that still exist (renamed or not); a
+        multiple choice selects the first layer if none is."""
+        kept = self.layers() if self.widget.choices else []
+        self.widget.reset_choices()
+        present = [c for c in self.widget.choices if any(c is k for k in kept)]
+        if self._multiple:
+            self.widget.value = present or list(self.widget.choices[:1])
+        elif present:
+            self.widget.value = present[0]
 
     def layer(self) -> Any:
-        """The chosen layer, or None."""
-        name = self.currentText()
-        for layer in _layers_of(self._viewer, self._kind):
-            if layer.name == name:
-                return layer
-        return None
-
-    def set_layer(self, layer: Any) -> None:
-        """Choose ``layer`` (refreshing first, so a just-added layer is found)."""
-        self.refresh()
-        self.setCurrentText(layer.name)
-
-
-class LayerListWidget(QListWidget, _LayerTracker):
-    """A multi-selection list of the viewer's layers of one type, kept up to date."""
-
-    def __init__(self, viewer: Any, kind: type, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self._viewer = viewer
-        self._kind = kind
-        self.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
-        self._track_layers(viewer, self.refresh)
-        self.refresh()
-
-    def refresh(self, *_: Any) -> None:
-        """Re-read the layer list, keeping the selection; select the first layer if none is."""
-        selected = {item.text() for item in self.selectedItems()}
-        self.blockSignals(True)
-        self.clear()
-        for layer in _layers_of(self._viewer, self._kind):
-            item = QListWidgetItem(layer.name)
-            self.addItem(item)
-            item.setSelected(layer.name in selected)
-        if not self.selectedItems() and self.count():
-            self.item(0).setSelected(True)
-        self.blockSignals(False)
+        """The chosen layer (the first of a multiple choice), or None."""
+        chosen = self.layers()
+        return chosen[0] if chosen else None
 
     def layers(self) -> list[Any]:
-        """The selected layers, in viewer order."""
-        names = {item.text() for item in self.selectedItems()}
-        return [layer for layer in _layers_of(self._viewer, self._kind) if layer.name in names]
+        """The chosen layers, in viewer order."""
+        value = self.widget.value
+        if value is None:
+            return []
+        picked = list(value) if self._multiple else [value]
+        return [layer for layer in self._viewer.layers if any(layer is p for p in picked)]
+
+    def set_layer(self, layer: Any) -> None:
+        """Choose ``layer`` (re-reading first, so a just-added layer is found)."""
+        self.reset_choices()
+        self.widget.value = [layer] if self._multiple else layer
 
 
 def fill_combo(
@@ -271,6 +232,7 @@ class JobWidget(QWidget):
         self.viewer = napari_viewer
         self.use_thread = use_thread
         self._worker: Any = None
+        self._layer_choices: list[LayerChoice] = []
 
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu"])  # accelerators are added once torch is loaded
@@ -322,6 +284,17 @@ class JobWidget(QWidget):
 
     def _on_warm(self) -> None:
         """Torch is loaded: fill what needs it (subclasses)."""
+
+    def _layer_choice(self, kind: type, *, tooltip: str = "", multiple: bool = False) -> LayerChoice:
+        """A layer choice of this widget, kept up to date by :meth:`reset_choices`."""
+        choice = LayerChoice(self.viewer, kind, tooltip=tooltip, multiple=multiple)
+        self._layer_choices.append(choice)
+        return choice
+
+    def reset_choices(self, *_: Any) -> None:
+        """Re-read the layers of every layer choice (napari calls this on layer events)."""
+        for choice in self._layer_choices:
+            choice.reset_choices()
 
     def _lay_out(self, form: QFormLayout, buttons: Sequence[QWidget], below: Sequence[QWidget] = ()) -> None:
         """Stack ``form``, a row of ``buttons``, the progress bar, ``below`` and the status line."""

@@ -20,8 +20,6 @@ from qtpy.QtWidgets import (
 
 from ._common import (
     JobWidget,
-    LayerComboBox,
-    LayerListWidget,
     notify_error,
     notify_info,
     notify_warning,
@@ -144,15 +142,16 @@ class FinetuneWidget(JobWidget, ModelChoice):
         #: The result of the last finished run (accepted or not).
         self.last_result: FinetuneResult | None = None
 
-        self.images_list = LayerListWidget(napari_viewer, Image)
-        self.images_list.setMaximumHeight(80)
-        self.images_list.setToolTip(
-            "Image layer(s) to train on. The first uses the layer chosen under Annotations; the "
-            "others the annotation layer made for them."
+        self.images_list = self._layer_choice(
+            Image,
+            multiple=True,
+            tooltip="Image layer(s) to train on. The first uses the layer chosen under Annotations; "
+            "the others the annotation layer made for them.",
         )
-        self.labels_combo = LayerComboBox(napari_viewer, Labels)
-        self.labels_combo.setToolTip(
-            "Labels layer with your annotations (sparse paint, corrections, or dense instance labels)"
+        self.images_list.native.setMaximumHeight(80)
+        self.labels_combo = self._layer_choice(
+            Labels,
+            tooltip="Labels layer with your annotations (sparse paint, corrections or dense instance labels)",
         )
         self.new_labels_button = QPushButton("New annotation layer")
         self.new_labels_button.setToolTip("An empty layer over the first chosen image to paint on (sparse)")
@@ -204,8 +203,8 @@ class FinetuneWidget(JobWidget, ModelChoice):
         )
 
         form = QFormLayout()
-        form.addRow("Images", self.images_list)
-        form.addRow("Annotations", self.labels_combo)
+        form.addRow("Images", self.images_list.native)
+        form.addRow("Annotations", self.labels_combo.native)
         form.addRow(_row(self.new_labels_button, self.correct_button))
         form.addRow(_row(self.paint_object_button, self.paint_background_button))
         form.addRow(convention)

@@ -9,7 +9,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QP
 
 from tiled_unet.core.options import PredictOptions
 
-from ._common import JobWidget, LayerComboBox, notify_error, notify_warning
+from ._common import JobWidget, notify_error, notify_warning
 from ._layers import (
     METADATA_KEY,
     image_input_from_layer,
@@ -109,8 +109,9 @@ class SegmentWidget(JobWidget, ModelChoice):
         self.last_result: SegmentResult | None = None
         self.last_seconds_to_layer: float | None = None
 
-        self.image_combo = LayerComboBox(napari_viewer, Image)
-        self.image_combo.setToolTip("Image layer to segment (2D, RGB, multichannel or a stack)")
+        self.image_combo = self._layer_choice(
+            Image, tooltip="Image layer to segment (2D, RGB, multichannel or a stack)"
+        )
         self.output_combo = QComboBox()
         self.output_combo.addItems(list(OUTPUTS))
         self.output_combo.setToolTip(
@@ -144,7 +145,7 @@ class SegmentWidget(JobWidget, ModelChoice):
         )
 
         form = QFormLayout()
-        form.addRow("Image", self.image_combo)
+        form.addRow("Image", self.image_combo.native)
         form.addRow("Model", self.model_combo)
         form.addRow("Device", self.device_combo)
         form.addRow("Output", self.output_combo)
@@ -167,9 +168,9 @@ class SegmentWidget(JobWidget, ModelChoice):
         """A fine-tune finished: use the new model and refresh the last segmentation."""
         self.refresh_models(select=CURRENT_MODEL)
         if self._worker is None and self._last_image_name is not None:
-            names = [layer.name for layer in self.viewer.layers]
-            if self._last_image_name in names:
-                self.image_combo.setCurrentText(self._last_image_name)
+            named = [layer for layer in self.viewer.layers if layer.name == self._last_image_name]
+            if named:
+                self.image_combo.set_layer(named[0])
                 self.run()
 
     def refresh_models(self, select: str | None = None) -> None:
