@@ -189,7 +189,7 @@ def test_finetune_refuses_background_only_paint(disc_grid):
         FT.finetune(images=[dense.astype(np.float32)], labels=[only_bg], base=_base(), settings=settings)
 
 
-def test_a_worse_model_is_not_accepted(disc_grid, intensity_checkpoint, make_checkpoint):
+def test_a_worse_model_is_not_accepted(disc_grid, intensity_checkpoint, make_checkpoint, monkeypatch):
     """The guard, with stand-in training loops: one returns a worse model, one an equal one."""
     dense = disc_grid
     img = (dense > 0).astype(np.float32)
@@ -204,24 +204,16 @@ def test_a_worse_model_is_not_accepted(disc_grid, intensity_checkpoint, make_che
 
         return loop
 
+    import tiled_unet.core.train as train_module
+
     inverted = make_checkpoint(gain=-20.0)  # finds the dark background as one object
-    worse = FT.finetune(
-        images=[img],
-        labels=[sparse],
-        base=intensity_checkpoint,
-        settings=settings,
-        train_iter=loop_returning(inverted),
-    )
+    monkeypatch.setattr(train_module, "train_iter", loop_returning(inverted))
+    worse = FT.finetune(images=[img], labels=[sparse], base=intensity_checkpoint, settings=settings)
     assert worse.before.f1 == 1.0 and worse.after.f1 < 1.0
     assert not worse.accepted and "worse than the base model" in worse.summary()
     assert worse.checkpoint.provenance["finetune_check"]["accepted"] is False
-    same = FT.finetune(
-        images=[img],
-        labels=[sparse],
-        base=intensity_checkpoint,
-        settings=settings,
-        train_iter=loop_returning(intensity_checkpoint),
-    )
+    monkeypatch.setattr(train_module, "train_iter", loop_returning(intensity_checkpoint))
+    same = FT.finetune(images=[img], labels=[sparse], base=intensity_checkpoint, settings=settings)
     iou = same.after.mean_matched_iou
     assert (
         same.accepted

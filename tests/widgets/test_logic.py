@@ -166,11 +166,29 @@ def _fake_segment_iter(predictor, image, options, *, axes):
     return labels
 
 
-def test_segment_job_returns_result_with_axes_and_count(intensity_checkpoint):
+@pytest.fixture
+def fake_core(monkeypatch):
+    """The core's segmenters replaced by stand-ins (the job imports them when it runs)."""
+    import tiled_unet.core.blockwise as blockwise_module
+    import tiled_unet.core.predict as predict_module
+
+    seen = {}
+
+    def fake_blockwise_iter(predictor, data, options, **kwargs):
+        seen.update(options=options, **kwargs)
+        raise RuntimeError("stop here")
+        yield  # a generator
+
+    monkeypatch.setattr(predict_module, "segment_iter", _fake_segment_iter)
+    monkeypatch.setattr(blockwise_module, "segment_blockwise_iter", fake_blockwise_iter)
+    return seen
+
+
+def test_segment_job_returns_result_with_axes_and_count(intensity_checkpoint, fake_core):
     img = np.zeros((3, 10, 10), np.uint8)
     img[:, 2:4, 2:4] = 9
     req = SJ.SegmentRequest(model=intensity_checkpoint, model_label="tiny")
-    gen = SJ.segment_job(LY.ImageInput("stack", img), req, segment_iter=_fake_segment_iter)
+    gen = SJ.segment_job(LY.ImageInput("stack", img), req)
     seen = []
     result = drain(gen, seen.append)
     assert len(seen) == 3 and SJ.progress_text(seen[1]) == "plane 2/3, tile batch 2/3"
@@ -179,36 +197,19 @@ def test_segment_job_returns_result_with_axes_and_count(intensity_checkpoint):
     assert SJ.summary_text(result).startswith("stack: 3 objects in ")
 
 
-def test_segment_job_passes_the_options_on_both_paths(intensity_checkpoint):
+def test_segment_job_passes_the_options_on_both_paths(intensity_checkpoint, fake_core):
     img = np.zeros((40, 40), np.uint8)
-    drain(
-        SJ.segment_job(
-            LY.ImageInput("small", img),
-            SJ.SegmentRequest(model=intensity_checkpoint),
-            segment_iter=_fake_segment_iter,
-        )
-    )
+    drain(SJ.segment_job(LY.ImageInput("small", img), SJ.SegmentRequest(model=intensity_checkpoint)))
     assert _fake_segment_iter.options == PredictOptions()  # None everywhere: the model's settings
     options = PredictOptions(tta=True, min_peak=0.0, min_size=0)  # 0 is a value, not "default"
     req = SJ.SegmentRequest(model=intensity_checkpoint, options=options)
-    drain(SJ.segment_job(LY.ImageInput("small", img), req, segment_iter=_fake_segment_iter))
+    drain(SJ.segment_job(LY.ImageInput("small", img), req))
     assert _fake_segment_iter.options is options
     huge = LY.ImageInput("huge", da.from_array(img, chunks=20))
-    seen = {}
-
-    def fake_blockwise_iter(predictor, data, options, **kwargs):
-        seen.update(options=options, **kwargs)
-        raise RuntimeError("stop here")
-        yield  # a generator
-
     blockwise = SJ.SegmentRequest(model=intensity_checkpoint, options=options.replace(blockwise=True))
     with pytest.raises(RuntimeError, match="stop here"):
-        drain(
-            SJ.segment_job(
-                huge, blockwise, segment_iter=_fake_segment_iter, blockwise_iter=fake_blockwise_iter
-            )
-        )
-    assert seen["options"].tta is True and seen["options"].min_peak == 0.0
+        drain(SJ.segment_job(huge, blockwise))
+    assert fake_core["options"].tta is True and fake_core["options"].min_peak == 0.0
 
 
 def test_segment_job_with_the_real_core(intensity_checkpoint, nuclei_image):

@@ -164,14 +164,16 @@ def _fake_train_iter(calls, result):
     return fake
 
 
-def test_finetune_job_from_scratch_with_a_stand_in(intensity_checkpoint):
+def test_finetune_job_from_scratch_with_a_stand_in(intensity_checkpoint, monkeypatch):
+    import tiled_unet.core.train as train_module
+
     calls = {}
     data = T.TrainingData(images=[np.zeros((8, 8))], labels=[np.full((8, 8), 2, np.uint8)], sources=["im"])
     req = T.FinetuneRequest(base_model=None, steps=3, learning_rate=1e-3)
     losses = []
-    fake = _fake_train_iter(calls, intensity_checkpoint)
+    monkeypatch.setattr(train_module, "train_iter", _fake_train_iter(calls, intensity_checkpoint))
     result = drain(
-        T.finetune_job(data, req, train_iter=fake),
+        T.finetune_job(data, req),
         lambda p: losses.append(p.loss) if p.unit == "step" else None,
     )
     assert losses == [1.0, 0.5, 1.0 / 3]
@@ -181,7 +183,7 @@ def test_finetune_job_from_scratch_with_a_stand_in(intensity_checkpoint):
     prov = result.checkpoint.provenance
     assert prov["base_model"] == T.FROM_SCRATCH and prov["trained_on"] == ["im"] and "date" in prov
     assert prov["note"]  # the core's provenance is kept
-    assert drain(T.finetune_job(data, req, train_iter=fake, cancel=lambda: True)) is None
+    assert drain(T.finetune_job(data, req, cancel=lambda: True)) is None
 
 
 def test_request_settings_default_to_a_time_budget(intensity_checkpoint):

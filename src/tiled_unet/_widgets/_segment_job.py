@@ -8,7 +8,7 @@ only place layers are touched.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -79,9 +79,7 @@ def segment_job(
     image: ImageInput,
     request: SegmentRequest,
     *,
-    segment_iter: Callable[..., Generator[Any, None, np.ndarray]] | None = None,
     store: str | Path | None = None,
-    blockwise_iter: Callable[..., Generator[Any, None, Any]] | None = None,
 ) -> Generator[Any, None, SegmentResult]:
     """Segment ``image``: yields the core's progress objects, returns a :class:`SegmentResult`.
 
@@ -96,15 +94,13 @@ def segment_job(
     labels are held in memory. If the run fails or is stopped, the store is removed.
     """
     start = time.perf_counter()
-    if segment_iter is None:
-        from tiled_unet.core.predict import segment_iter
     from tiled_unet.core.image import has_plane_axis
-    from tiled_unet.core.predict import shared_predictor
+    from tiled_unet.core.predict import segment_iter, shared_predictor
 
     predictor = shared_predictor(request.model, request.options)  # built once per model and device
     axes = image_axes(image, predictor.config.in_channels)
     if blockwise_for(image, axes, request.options):
-        return (yield from _blockwise_job(image, request, predictor, axes, store, blockwise_iter, start))
+        return (yield from _blockwise_job(image, request, predictor, axes, store, start))
     result = yield from segment_iter(predictor, image.data, request.options, axes=axes)
     result = np.asarray(result)
     n_objects = None
@@ -129,18 +125,17 @@ def _blockwise_job(
     predictor: Any,
     axes: str,
     store: str | Path | None,
-    blockwise_iter: Callable[..., Generator[Any, None, Any]] | None,
     start: float,
 ) -> Generator[Any, None, SegmentResult]:
     """The blockwise branch of :func:`segment_job`."""
     import dask.array as da
 
-    if blockwise_iter is None:
-        from tiled_unet.core.blockwise import segment_blockwise_iter as blockwise_iter
+    from tiled_unet.core.blockwise import segment_blockwise_iter
+
     folder = Path(store) if store is not None else new_result_store()
     name = "probabilities.zarr" if request.output == "probabilities" else "labels.zarr"
     try:
-        array = yield from blockwise_iter(
+        array = yield from segment_blockwise_iter(
             predictor, image.data, request.options, out=folder / name, axes=axes, overwrite=True
         )
         data = da.from_zarr(array)

@@ -337,7 +337,6 @@ def finetune_job(
     request: FinetuneRequest,
     *,
     cancel: Callable[[], bool] | None = None,
-    train_iter: Callable[..., Generator[Any, None, Any]] | None = None,
     provenance: dict[str, Any] | None = None,
 ) -> Generator[Any, None, FinetuneResult | None]:
     """Fine-tune the base model on ``data`` (worker thread); returns a :class:`FinetuneResult`.
@@ -346,14 +345,12 @@ def finetune_job(
     training steps (``unit "step"``). With a base model the
     run goes through :func:`tiled_unet.core.finetune.finetune_iter` (prior on unannotated pixels,
     held-back check); from scratch it trains on the paint alone. Returns None if cancelled.
-    ``train_iter`` replaces the core's training loop (tests).
     """
     from tiled_unet.core.checkpoint import now_iso, resolve_model
     from tiled_unet.core.finetune import finetune_iter, stage
     from tiled_unet.core.model import UNetConfig
+    from tiled_unet.core.train import train_iter
 
-    if train_iter is None:
-        from tiled_unet.core.train import train_iter
     start = time.perf_counter()
     base = resolve_model(request.base_model) if request.base_model is not None else None
     settings = request.settings(base.config if base is not None else UNetConfig(n_classes=3))
@@ -363,7 +360,7 @@ def finetune_job(
         common["preview_every"] = int(request.preview_every)
     last = None
     if base is not None:
-        gen = finetune_iter(base=base, train_iter=train_iter, **common)
+        gen = finetune_iter(base=base, **common)
     else:
         yield stage("Computing training targets and weights…")
         gen = train_iter(init=None, sparse=True, **common)

@@ -201,7 +201,6 @@ def finetune_iter(
     confidence: float = PRIOR_CONFIDENCE,
     retune: bool = True,
     cancel: Callable[[], bool] | None = None,
-    train_iter: Callable[..., Generator[Any, None, Any]] | None = None,
     **train_kwargs: Any,
 ) -> Generator[Any, None, FinetuneOutcome]:
     """Fine-tune ``base`` on sparse annotations and check the result on held-back objects.
@@ -209,7 +208,7 @@ def finetune_iter(
     Parameters
     ----------
     images : sequence of np.ndarray
-        The painted images (any layout ``train_iter`` accepts, one plane each).
+        The painted images (any layout :func:`~.train.train_iter` accepts, one plane each).
     labels : sequence of np.ndarray
         Their annotations in the sparse encoding (0 = not annotated, 1 = background,
         2.. = objects); dense corrections converted with :func:`sparse_from_dense`.
@@ -228,10 +227,8 @@ def finetune_iter(
         Re-tune the post-processing on the painted training objects (:func:`retune_instances`).
     cancel : callable, optional
         Polled between stages and before every step; True stops with no checkpoint.
-    train_iter : callable, optional
-        The training loop (default :func:`~.train.train_iter`).
     **train_kwargs
-        Passed on to ``train_iter`` (e.g. ``preview_every``).
+        Passed on to :func:`~.train.train_iter` (e.g. ``preview_every``, ``hooks``).
 
     Yields
     ------
@@ -244,9 +241,8 @@ def finetune_iter(
     FinetuneOutcome
     """
     from .devices import resolve_device
+    from .train import train_iter
 
-    if train_iter is None:
-        from .train import train_iter
     start = time.perf_counter()
     base_ckpt = resolve_model(base)
     names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
