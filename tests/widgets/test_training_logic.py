@@ -8,6 +8,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
+from tiled_unet._widgets import _annotations as A
 from tiled_unet._widgets import _training as T
 from tiled_unet._widgets._layers import METADATA_KEY, ImageInput, result_metadata
 from tiled_unet.core.progress import Progress, drain
@@ -32,46 +33,46 @@ def test_empty_annotation_matches_image_spatially():
     image = ImageInput(
         "rgb", np.zeros((3, 20, 30, 3), np.uint8), rgb=True, scale=(2, 1, 1), translate=(5, 0, 0)
     )
-    data, kwargs = T.empty_annotation(image)
+    data, kwargs = A.empty_annotation(image)
     assert data.shape == (3, 20, 30) and data.dtype == np.uint16 and not data.any()
     assert kwargs["scale"] == (2.0, 1.0, 1.0) and kwargs["translate"] == (5.0, 0.0, 0.0)
     assert kwargs["name"] == "rgb annotations"
     layer = SimpleNamespace(name=kwargs["name"], data=data, metadata=kwargs["metadata"])
-    assert T.annotation_for("rgb", [_layer("x", data), layer]) is layer
-    assert T.annotation_for("other", [layer]) is None
-    assert T.annotation_kind(layer) == ("sparse", "")
+    assert A.annotation_for("rgb", [_layer("x", data), layer]) is layer
+    assert A.annotation_for("other", [layer]) is None
+    assert A.annotation_kind(layer) == ("sparse", "")
 
 
 def test_correction_layer_copies_the_segmentation_as_objects_from_2():
     seg = _discs()
     image = ImageInput("nuclei", np.zeros(seg.shape, np.uint8))
-    data, kwargs = T.correction_annotation(image, seg)
+    data, kwargs = A.correction_annotation(image, seg)
     assert data.dtype == np.uint16 and kwargs["name"] == "nuclei corrections"
     np.testing.assert_array_equal(data[seg > 0], seg[seg > 0] + 1)
     assert np.all(data[seg == 0] == 1)
     layer = SimpleNamespace(name=kwargs["name"], data=data, metadata=kwargs["metadata"])
-    assert T.annotation_kind(layer) == ("corrections", "")  # made for this: nothing to say
+    assert A.annotation_kind(layer) == ("corrections", "")  # made for this: nothing to say
     # the user erases object 3 (id 4 here, now 0 = background too) and adds one
     data[seg == 3] = 0
-    data[0:5, 70:75] = T.next_object_id(data)
-    sparse = T.training_labels(data, "corrections")
+    data[0:5, 70:75] = A.next_object_id(data)
+    sparse = A.training_labels(data, "corrections")
     assert np.all(sparse[seg == 3] == 1) and np.all(sparse > 0)  # dense: every pixel annotated
     assert len(np.unique(sparse[sparse >= 2])) == 4
     with pytest.raises(ValueError, match="shape"):
-        T.correction_annotation(image, seg[:-1])
+        A.correction_annotation(image, seg[:-1])
 
 
 def test_segmentation_and_dense_layers_are_read_densely_with_a_note():
     seg = _discs()
     result = _layer("nuclei segmentation", seg)
     result.metadata = result_metadata("nuclei", "instances", seg)
-    kind, note = T.annotation_kind(result)
+    kind, note = A.annotation_kind(result)
     assert kind == "dense" and "dense instance labels" in note and "nuclei segmentation" in note
-    sparse = T.training_labels(seg, kind)
+    sparse = A.training_labels(seg, kind)
     assert np.all(sparse[seg == 0] == 1) and np.all(sparse[seg == 1] == 2)  # object 1 stays an object
     # a ground truth opened from a file: no metadata, recognised by its content
-    assert T.annotation_kind(_layer("truth", seg))[0] == "dense"
-    assert T.segmentation_for("nuclei", [_layer("x", seg), result]) is result
+    assert A.annotation_kind(_layer("truth", seg))[0] == "dense"
+    assert A.segmentation_for("nuclei", [_layer("x", seg), result]) is result
 
 
 def test_sparse_paint_is_not_mistaken_for_dense_labels():
@@ -81,20 +82,20 @@ def test_sparse_paint_is_not_mistaken_for_dense_labels():
     paint = np.where(seg > 0, seg + 1, 0).astype(np.uint16)
     ring = ndi.binary_dilation(seg > 0, iterations=4) & (seg == 0)
     paint[ring] = 1  # background rings around the painted objects
-    assert not T.looks_dense(paint)
-    assert T.annotation_kind(_layer("paint", paint))[0] == "sparse"
+    assert not A.looks_dense(paint)
+    assert A.annotation_kind(_layer("paint", paint))[0] == "sparse"
     only_objects = np.where(seg > 0, seg + 1, 0)
-    assert not T.looks_dense(only_objects)
+    assert not A.looks_dense(only_objects)
     stroke = np.zeros_like(paint)
     stroke[2:50, 2:4] = 1
     stroke[seg == 2] = 2
-    assert not T.looks_dense(stroke)  # one object: nothing to compare the stroke with
+    assert not A.looks_dense(stroke)  # one object: nothing to compare the stroke with
 
 
 def test_next_object_id():
-    assert T.next_object_id(np.zeros((3, 3), np.uint16)) == 2
-    assert T.next_object_id(np.array([[0, 1]])) == 2
-    assert T.next_object_id(np.array([[7, 1]])) == 8
+    assert A.next_object_id(np.zeros((3, 3), np.uint16)) == 2
+    assert A.next_object_id(np.array([[0, 1]])) == 2
+    assert A.next_object_id(np.array([[7, 1]])) == 8
 
 
 # --------------------------------------------------------------------------- training data
@@ -106,7 +107,7 @@ def test_collect_uses_only_annotated_planes_of_a_lazy_stack():
     labels[1, 2:5, 2:5] = 2
     labels[1, 8:10, 8:10] = 1
     labels[3, 0, 0] = 3
-    data = T.collect_training_data([T.AnnotationInput(ImageInput("stack", stack), labels, "ann")])
+    data = A.collect_training_data([A.AnnotationInput(ImageInput("stack", stack), labels, "ann")])
     assert data.sources == ["stack[1]", "stack[3]"]
     assert [im.shape for im in data.images] == [(16, 16), (16, 16)]
     assert isinstance(data.images[0], np.ndarray)
@@ -118,26 +119,26 @@ def test_collect_errors_are_messages_for_the_user():
     image = ImageInput("nuclei", np.zeros((20, 30), np.uint8))
 
     def pair(labels, kind="sparse"):
-        return [T.AnnotationInput(image, labels, "ann", kind)]
+        return [A.AnnotationInput(image, labels, "ann", kind)]
 
     with pytest.raises(ValueError, match="Choose an image"):
-        T.collect_training_data([])
+        A.collect_training_data([])
     with pytest.raises(ValueError, match=r"shape \(20, 31\).*spatial shape \(20, 30\)"):
-        T.collect_training_data(pair(np.zeros((20, 31), np.uint8)))
+        A.collect_training_data(pair(np.zeros((20, 31), np.uint8)))
     with pytest.raises(ValueError, match="Nothing is painted in 'ann'"):
-        T.collect_training_data(pair(np.zeros((20, 30), np.uint8)))
+        A.collect_training_data(pair(np.zeros((20, 30), np.uint8)))
     only_background = np.zeros((20, 30), np.uint8)
     only_background[:3] = 1
     with pytest.raises(ValueError, match="Only background"):  # refused, not trained
-        T.collect_training_data(pair(only_background))
+        A.collect_training_data(pair(only_background))
     with pytest.raises(ValueError, match="Nothing is painted"):  # a corrections layer with no object
-        T.collect_training_data(pair(np.ones((20, 30), np.uint8), "corrections"))
+        A.collect_training_data(pair(np.ones((20, 30), np.uint8), "corrections"))
 
 
 def test_collect_dense_layer_is_trained_everywhere():
     seg = _discs()
     image = ImageInput("nuclei", np.zeros(seg.shape, np.uint8))
-    data = T.collect_training_data([T.AnnotationInput(image, seg, "seg", "dense")])
+    data = A.collect_training_data([A.AnnotationInput(image, seg, "seg", "dense")])
     assert data.n_objects == 4 and np.all(data.labels[0] >= 1)
 
 
@@ -145,7 +146,7 @@ def test_collect_rgb_plane_keeps_channels():
     image = ImageInput("rgb", np.zeros((12, 14, 3), np.uint8), rgb=True)
     labels = np.zeros((12, 14), np.uint8)
     labels[3:6, 3:6] = 2
-    data = T.collect_training_data([T.AnnotationInput(image, labels, "ann")])
+    data = A.collect_training_data([A.AnnotationInput(image, labels, "ann")])
     assert data.images[0].shape == (12, 14, 3)
 
 
@@ -168,7 +169,7 @@ def test_finetune_job_from_scratch_with_a_stand_in(intensity_checkpoint, monkeyp
     import tiled_unet.core.train as train_module
 
     calls = {}
-    data = T.TrainingData(images=[np.zeros((8, 8))], labels=[np.full((8, 8), 2, np.uint8)], sources=["im"])
+    data = A.TrainingData(images=[np.zeros((8, 8))], labels=[np.full((8, 8), 2, np.uint8)], sources=["im"])
     req = T.FinetuneRequest(base_model=None, steps=3, learning_rate=1e-3)
     losses = []
     monkeypatch.setattr(train_module, "train_iter", _fake_train_iter(calls, intensity_checkpoint))
@@ -181,7 +182,7 @@ def test_finetune_job_from_scratch_with_a_stand_in(intensity_checkpoint, monkeyp
     assert calls["settings"].steps == 3 and calls["settings"].patch > 0
     assert result.steps == 3 and result.final_loss == pytest.approx(1 / 3) and result.accepted
     prov = result.checkpoint.provenance
-    assert prov["base_model"] == T.FROM_SCRATCH and prov["trained_on"] == ["im"] and "date" in prov
+    assert prov["base_model"] == A.FROM_SCRATCH and prov["trained_on"] == ["im"] and "date" in prov
     assert prov["note"]  # the core's provenance is kept
     assert drain(T.finetune_job(data, req, cancel=lambda: True)) is None
 

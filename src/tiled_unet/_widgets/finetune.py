@@ -9,44 +9,41 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QMessageBox,
     QPushButton,
     QSpinBox,
 )
 
+from ._annotations import (
+    ANNOTATION_CONVENTION,
+    BACKGROUND,
+    FROM_SCRATCH,
+    AnnotationInput,
+    TrainingData,
+    collect_training_data,
+    correction_annotation,
+    empty_annotation,
+    next_object_id,
+    pair_annotations,
+    segmentation_for,
+)
 from ._common import (
     JobWidget,
     notify_error,
     notify_info,
     notify_warning,
+    spin_value,
 )
-from ._layers import METADATA_KEY, ImageInput, image_input_from_layer
+from ._layers import ImageInput, image_input_from_layer
 from ._model_choice import ModelChoice
+from ._painting import neutral_background
 from ._plot import LossPlot
 from ._preview import LivePreview
+from ._saving import save_model_as
 from ._session import ModelSession
-from ._training import (
-    ANNOTATION_CONVENTION,
-    BACKGROUND,
-    FROM_SCRATCH,
-    AnnotationInput,
-    FinetuneRequest,
-    FinetuneResult,
-    TrainingData,
-    annotation_for,
-    annotation_kind,
-    collect_training_data,
-    correction_annotation,
-    empty_annotation,
-    finetune_job,
-    next_object_id,
-    segmentation_for,
-    train_progress_text,
-)
+from ._training import FinetuneRequest, FinetuneResult, finetune_job, train_progress_text
 
 if TYPE_CHECKING:
     import napari
@@ -63,37 +60,10 @@ def _row(*widgets: Any) -> QHBoxLayout:
     return row
 
 
-def _neutral_background(layer: Any, largest: int | None = None, *, clear: bool | None = None) -> None:
-    """Show label 1 (background) in grey, the object ids in napari's usual colours.
-
-    ``largest`` is the largest id in use or about to be (default: read from the data).
-    ``clear=True`` shows label 1 transparent instead, as in a corrections layer, where 0 and
-    1 both mean background and a grey cover would hide the nuclei the model missed; None
-    keeps the layer's current choice.
-    """
-    import numpy as np
-    from napari.utils.colormaps import DirectLabelColormap, label_colormap
-
-    if largest is None:
-        largest = int(np.asarray(layer.data).max(initial=0))
-    top = max(largest + 256, 512)
-    current = layer.colormap
-    direct = isinstance(current, DirectLabelColormap)
-    if clear is None:
-        clear = direct and BACKGROUND in current.color_dict and current.color_dict[BACKGROUND][3] == 0
-        if direct and len(current.color_dict) > top:
-            return  # still covers every id in use
-    colors = label_colormap(top + 1).map(np.arange(top + 1))
-    mapping: dict[int | None, Any] = {k: colors[k] for k in range(2, top + 1)}
-    grey = np.zeros(4) if clear else np.array([0.55, 0.55, 0.55, 1.0])
-    mapping.update({None: colors[-1], 0: np.zeros(4), BACKGROUND: grey})
-    layer.colormap = DirectLabelColormap(color_dict=mapping)
-
-
 class FinetuneWidget(JobWidget, ModelChoice):
     """Fine-tune a U-Net on annotations painted in a Labels layer.
 
-    Annotation layers (see :mod:`._training`): *New annotation layer* makes a sparse one
+    Annotation layers (see :mod:`._annotations`): *New annotation layer* makes a sparse one
     (0 = not annotated, 1 = background, 2, 3, … = one id per object); *Correct the
     segmentation* copies the image's segmentation into a layer the user corrects (every pixel
     counts); any other Labels layer chosen as *Annotations* is read as sparse or, when it holds
@@ -257,7 +227,7 @@ class FinetuneWidget(JobWidget, ModelChoice):
 
     def _add_annotation_layer(self, data: Any, kwargs: dict[str, Any], *, clear: bool = False) -> Any:
         layer = self.viewer.add_labels(data, **kwargs)
-        _neutral_background(layer, clear=clear)
+        neutral_background(layer, clear=clear)
         layer.brush_size = 8
         self.labels_combo.set_layer(layer)
         return layer
@@ -329,7 +299,7 @@ class FinetuneWidget(JobWidget, ModelChoice):
         layer = self._paint_target()
         if layer is not None:
             layer.selected_label = next_object_id(layer.data)
-            _neutral_background(layer, layer.selected_label)
+            neutral_background(layer, layer.selected_label)
 
     def paint_background(self) -> None:
         """Paint background: the annotation layer gets label 1 and the brush."""
@@ -338,32 +308,8 @@ class FinetuneWidget(JobWidget, ModelChoice):
             layer.selected_label = BACKGROUND
 
     def training_pairs(self) -> list[AnnotationInput]:
-        """The chosen images, each with its annotation layer, read on the GUI thread.
-
-        The layer chosen under *Annotations* goes with the image it was made for, if that image
-        is chosen, else with the first image; the other images use the layer made for them.
-        """
-        images = self.images_list.layers()
-        if not images:
-            raise ValueError("No image layer chosen: select the image(s) to train on.")
-        chosen = self.labels_combo.layer()
-        names = [layer.name for layer in images]
-        owner = (chosen.metadata.get(METADATA_KEY) or {}).get("annotates") if chosen is not None else None
-        owner = owner if owner in names else names[0]
-        pairs = []
-        for layer in images:
-            labels = (
-                chosen
-                if layer.name == owner and chosen is not None
-                else annotation_for(layer.name, self.viewer.layers)
-            )
-            if labels is None:
-                raise ValueError(
-                    f"No annotation layer for '{layer.name}': click 'New annotation layer' and paint."
-                )
-            kind, note = annotation_kind(labels)
-            pairs.append(AnnotationInput(image_input_from_layer(layer), labels.data, labels.name, kind, note))
-        return pairs
+        """The chosen images, each with its annotation layer (:func:`~._annotations.pair_annotations`)."""
+        return pair_annotations(self.images_list.layers(), self.labels_combo.layer(), self.viewer.layers)
 
     # ------------------------------------------------------------------ training
 
@@ -371,15 +317,12 @@ class FinetuneWidget(JobWidget, ModelChoice):
         """The settings of the next run, from the controls."""
         model, label = self._model_value()
 
-        def unless_special(spin: Any) -> Any:  # the lowest value reads "no limit" / "default"
-            return None if spin.value() == spin.minimum() else spin.value()
-
         return FinetuneRequest(
             base_model=model,
             base_label=label,
-            steps=unless_special(self.steps_spin),
-            minutes=unless_special(self.minutes_spin),
-            learning_rate=unless_special(self.lr_spin),
+            steps=spin_value(self.steps_spin),
+            minutes=spin_value(self.minutes_spin),
+            learning_rate=spin_value(self.lr_spin),
             device=self.device_combo.currentText(),
             preview_every=int(self.preview_spin.value()),
         )
@@ -511,49 +454,10 @@ class FinetuneWidget(JobWidget, ModelChoice):
     def save_model(self, path: str | None = None, *, overwrite: bool | None = None) -> Path | None:
         """Write the current fine-tuned model to a checkpoint file (atomically).
 
-        Parameters
-        ----------
-        path : str, optional
-            Target file; a save dialog if omitted (the dialog asks before overwriting).
-        overwrite : bool, optional
-            Replace an existing ``path``. None asks the user.
-
-        Returns
-        -------
-        Path or None
-            The file written, or None if nothing was written.
+        See :func:`~._saving.save_model_as` (``path`` None: a save dialog; ``overwrite`` None
+        asks before replacing a file). Returns the file written, or None.
         """
-        from tiled_unet.core.checkpoint import save_checkpoint
-
-        ckpt = self.session.current
-        if ckpt is None:
-            notify_error("No fine-tuned model to save yet: run Fine-tune first.")
-            return None
-        if path is None:
-            path, _ = QFileDialog.getSaveFileName(self, "Save model", "finetuned.pt", "Checkpoints (*.pt)")
-            if not path:
-                return None
-            overwrite = True  # the dialog has asked already
-        target = Path(path)
-        if target.suffix != ".pt":
-            target = target.with_name(target.name + ".pt")
-            overwrite = None if overwrite else overwrite  # the dialog asked about another name
-        if target.exists() and overwrite is None:
-            answer = QMessageBox.question(
-                self,
-                "Replace file?",
-                f"{target} exists. Replace it?",
-                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                QMessageBox.StandardButton.No,
-            )
-            overwrite = answer == QMessageBox.StandardButton.Yes
-            if not overwrite:
-                return None
-        try:
-            written = save_checkpoint(ckpt, target, overwrite=bool(overwrite))
-        except (OSError, ValueError) as exc:
-            notify_error(f"Could not save the model: {exc}")
-            return None
-        notify_info(f"Model saved to {written}")
-        self.status.setText(f"Model saved to {written}")
+        written = save_model_as(self, self.session.current, path, overwrite=overwrite)
+        if written is not None:
+            self.status.setText(f"Model saved to {written}")
         return written

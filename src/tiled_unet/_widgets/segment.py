@@ -9,7 +9,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QP
 
 from tiled_unet.core.options import PredictOptions
 
-from ._common import JobWidget, notify_error, notify_warning
+from ._common import JobWidget, notify_error, notify_warning, spin_value
 from ._layers import (
     METADATA_KEY,
     image_input_from_layer,
@@ -205,15 +205,12 @@ class SegmentWidget(JobWidget, ModelChoice):
         """The settings of the next run, from the controls."""
         model, label = self._model_value()
 
-        def unless_special(spin: Any) -> Any:  # the lowest value reads "auto" / "model default"
-            return None if spin.value() == spin.minimum() else spin.value()
-
         options = PredictOptions(
             output=self.output_combo.currentText(),  # type: ignore[arg-type]
-            tile=unless_special(self.tile_spin),
+            tile=spin_value(self.tile_spin),
             device=self.device_combo.currentText(),
-            min_size=unless_special(self.min_size_spin),
-            min_peak=unless_special(self.min_peak_spin),
+            min_size=spin_value(self.min_size_spin),
+            min_peak=spin_value(self.min_peak_spin),
             tta=self.tta_check.isChecked(),
         )
         return SegmentRequest(model=model, options=options, model_label=label)
