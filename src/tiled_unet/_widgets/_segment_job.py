@@ -94,40 +94,40 @@ def segment_job(
     labels are held in memory. If the run fails or is stopped, the store is removed.
     """
     start = time.perf_counter()
-    from tiled_unet.core.image import has_plane_axis
-    from tiled_unet.core.predict import segment_iter, shared_predictor
+    from tiled_unet.core.predict import shared_predictor
 
     predictor = shared_predictor(request.model, request.options)  # built once per model and device
     axes = image_axes(image, predictor.config.in_channels)
     if blockwise_for(image, axes, request.options):
-        return (yield from _blockwise_job(image, request, predictor, axes, store, start))
-    result = yield from segment_iter(predictor, image.data, request.options, axes=axes)
-    result = np.asarray(result)
-    n_objects = None
-    if request.output == "instances":
-        # each plane of a stack is labelled 1..n on its own: count per plane and sum, as the
-        # blockwise path does
-        planes = result if has_plane_axis(axes) else result[None]
-        n_objects = sum(count_objects(plane) for plane in planes)
-    return SegmentResult(
-        image=image,
-        request=request,
-        data=result,
-        axes=axes,
-        seconds=time.perf_counter() - start,
-        n_objects=n_objects,
-    )
+        data, n_objects, folder = yield from _blockwise(image, request, predictor, axes, store)
+    else:
+        data, n_objects = yield from _in_memory(image, request, predictor, axes)
+        folder = None
+    seconds = time.perf_counter() - start
+    return SegmentResult(image, request, data, axes, seconds, n_objects, store=folder)
 
 
-def _blockwise_job(
-    image: ImageInput,
-    request: SegmentRequest,
-    predictor: Any,
-    axes: str,
-    store: str | Path | None,
-    start: float,
-) -> Generator[Any, None, SegmentResult]:
-    """The blockwise branch of :func:`segment_job`."""
+def _in_memory(
+    image: ImageInput, request: SegmentRequest, predictor: Any, axes: str
+) -> Generator[Any, None, tuple[np.ndarray, int | None]]:
+    """The labels or probabilities as a numpy array, and the object count (instances)."""
+    from tiled_unet.core.image import has_plane_axis
+    from tiled_unet.core.predict import segment_iter
+
+    result = np.asarray((yield from segment_iter(predictor, image.data, request.options, axes=axes)))
+    if request.output != "instances":
+        return result, None
+    # each plane of a stack is labelled 1..n on its own: count per plane and sum, as the
+    # block-wise path does
+    planes = result if has_plane_axis(axes) else result[None]
+    return result, sum(count_objects(plane) for plane in planes)
+
+
+def _blockwise(
+    image: ImageInput, request: SegmentRequest, predictor: Any, axes: str, store: str | Path | None
+) -> Generator[Any, None, tuple[Any, int | None, str]]:
+    """The result as a dask array reading a Zarr store in ``store`` (made if None), its object
+    count (instances) and the store; the store is removed if the run fails or is stopped."""
     import dask.array as da
 
     from tiled_unet.core.blockwise import segment_blockwise_iter
@@ -138,23 +138,12 @@ def _blockwise_job(
         array = yield from segment_blockwise_iter(
             predictor, image.data, request.options, out=folder / name, axes=axes, overwrite=True
         )
-        data = da.from_zarr(array)
-        n_objects = None
-        if request.output == "instances":
-            n_objects = array.attrs.get("n_objects")
-            n_objects = int(data.max().compute()) if n_objects is None else int(n_objects)
     except BaseException:  # an error, or the worker stopped (the generator is closed)
         remove_result_store(folder)
         raise
-    return SegmentResult(
-        image=image,
-        request=request,
-        data=data,
-        axes=axes,
-        seconds=time.perf_counter() - start,
-        n_objects=n_objects,
-        store=str(folder),
-    )
+    # the core counts the objects it writes (summed over the planes of a stack)
+    n_objects = int(array.attrs["n_objects"]) if request.output == "instances" else None
+    return da.from_zarr(array), n_objects, str(folder)
 
 
 def progress_text(progress: Any) -> str:

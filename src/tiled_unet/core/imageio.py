@@ -251,7 +251,8 @@ def _read_zarr(path: Path) -> Any:
     return array
 
 
-def _is_dask(array: Any) -> bool:
+def is_dask(array: Any) -> bool:
+    """Whether ``array`` is a dask array (read and checked chunk by chunk)."""
     return type(array).__module__.startswith("dask.")
 
 
@@ -293,7 +294,7 @@ def validate_image(array: Any, *, name: str) -> Any:
         raise ValueError(f"{name}: empty image (shape {shape})")
     if not np.issubdtype(dtype, np.floating):
         return array
-    if _is_dask(array):
+    if is_dask(array):
         log.debug("%s: NaN/Inf pixels are checked block by block during prediction", name)
         return array.map_blocks(_check_finite_block, dtype=array.dtype, image_name=name)
     _check_finite(np.asarray(array), name)

@@ -182,7 +182,7 @@ def segment_iter(
         Labels ``(Y, X)`` / ``(P, Y, X)`` (uint16, or uint32 beyond 65534 objects; uint8
         classes for ``semantic``), or probabilities ``(K, Y, X)`` / ``(P, K, Y, X)`` float32.
     """
-    options = (options or PredictOptions()).replace(**overrides) if overrides else options or PredictOptions()
+    options = (options or PredictOptions()).replace(**overrides)
     predictor = predictor_for(model_or_checkpoint, options, normalization)
     if options.output == "instances" and predictor.object_class < 0:
         raise ValueError("this model has no object class; use output='semantic' or 'probabilities'")

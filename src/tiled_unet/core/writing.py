@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .imageio import is_dask
+
 
 def _tmp_name(path: Path, suffix: str) -> str:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
@@ -150,7 +152,7 @@ def write_zarr(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: file exists")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not (hasattr(array, "dask") and hasattr(array, "chunks")):  # numpy (dask is written as it is)
+    if not is_dask(array):
         array = np.asarray(array)
         if chunks is None:
             chunks = tuple(1 for _ in array.shape[:-2]) + tuple(min(s, 1024) for s in array.shape[-2:])
