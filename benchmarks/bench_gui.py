@@ -110,7 +110,7 @@ def gui_run(viewer: Any, widget: Any, image_name: str, timeout: float = 600.0) -
     try:
         probe.start()
         t0 = time.perf_counter()
-        widget.run_button.click()  # the widget starts its thread worker, as for a user
+        widget.run_button.native.click()  # the widget starts its thread worker, as for a user
         poll.start()
         deadline.start(int(timeout * 1000))
         loop.exec()
@@ -120,7 +120,7 @@ def gui_run(viewer: Any, widget: Any, image_name: str, timeout: float = 600.0) -
         poll.stop()
         viewer.layers.events.inserted.disconnect(on_inserted)
     if "layer" not in state:
-        raise RuntimeError(f"no layer after {timeout} s: {widget.status.text()}")
+        raise RuntimeError(f"no layer after {timeout} s: {widget.status.value}")
     return {
         "run_to_layer": state["layer"] - t0,
         "widget_to_layer": float(widget.last_seconds_to_layer or float("nan")),
@@ -159,7 +159,7 @@ def finetune_run(
 
     _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
     QApplication.processEvents()
-    ann = ft.new_annotation_layer()
+    ann = ft.annotations.new_annotation_layer()
     rng = np.random.default_rng(0)
     ids = np.unique(truth)[1:]
     chosen = rng.choice(ids, size=max(1, int(0.4 * len(ids))), replace=False)
@@ -169,9 +169,9 @@ def finetune_run(
     for new, old in enumerate(chosen, start=2):
         data[truth == old] = new
     ann.data = data
-    ft.minutes_spin.setValue(minutes)
-    ft.steps_spin.setValue(0)
-    ft.preview_spin.setValue(preview)
+    ft.minutes_spin.value = minutes
+    ft.steps_spin.value = 0
+    ft.preview_spin.value = preview
     settle = QEventLoop()  # let the viewer draw the new dock and layer before measuring
     QTimer.singleShot(1500, settle.quit)
     settle.exec()
@@ -179,9 +179,9 @@ def finetune_run(
     def phase() -> str:
         if not ft.running:
             return "idle (result shown)"
-        text = ft.progress.format()
+        text = ft.progress.native.format()
         if text.startswith("step"):
-            return "training" + (" + preview" if ft.previewing else "")
+            return "training" + (" + preview" if ft.preview.busy else "")
         return "preparing" if not len(ft.plot.history) else "checking held-back objects"
 
     loop = QEventLoop()
@@ -191,7 +191,7 @@ def finetune_run(
     probe = PhaseStallProbe(phase)
     probe.start()
     t0 = time.perf_counter()
-    ft.start_button.click()
+    ft.run_button.native.click()
     poll.start()
     QTimer.singleShot(int(timeout * 1000), loop.quit)
     loop.exec()
@@ -206,7 +206,7 @@ def finetune_run(
         "seconds": seconds,
         "steps": len(ft.plot.history),
         "stalls": probe.by_phase,
-        "status": ft.status.text(),
+        "status": ft.status.value,
     }
 
 
@@ -248,9 +248,9 @@ def main() -> None:
     viewer.add_image(image, name="nuclei", colormap="gray")
     _, widget = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
     QApplication.processEvents()
-    widget.image_combo.setCurrentText("nuclei")
-    widget.device_combo.setCurrentText(args.device)
-    model = widget.model_combo.currentText()
+    widget.image_combo.set_layer(viewer.layers["nuclei"])
+    widget.device_combo.value = args.device
+    model = widget.model_combo.current_choice
     if model != "nuclei":
         raise SystemExit(f"default model is {model!r}, expected 'nuclei'")
 
@@ -284,8 +284,8 @@ def main() -> None:
         viewer.add_image(img, name="sample", colormap="gray")
         _, seg = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
         QApplication.processEvents()
-        seg.image_combo.setCurrentText("sample")
-        seg.device_combo.setCurrentText(args.device)
+        seg.image_combo.set_layer(viewer.layers["sample"])
+        seg.device_combo.value = args.device
         gui_run(viewer, seg, "sample")  # a segmentation to refresh when the new model is used
         ft = finetune_run(viewer, np.asarray(truth), args.finetune, args.preview)
         viewer.close()

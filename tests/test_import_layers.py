@@ -54,14 +54,8 @@ def test_docking_needs_no_torch() -> None:
     assert out.stdout.split() == ["False"]
 
 
-#: Modules allowed over the limit, with the most lines they may have (to be split, not to grow).
-#: The Fine-tune dock widget is split when it becomes a magicgui container.
-OVER_THE_LIMIT = {"_widgets/finetune.py": 470}
-
-
 @pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))
 def test_no_module_over_400_lines(path: Path) -> None:
     """When a file passes ~400 lines, it is two things."""
     n = len(path.read_text(encoding="utf-8").splitlines())
-    limit = OVER_THE_LIMIT.get(str(path.relative_to(SRC)), 400)
-    assert n <= limit, f"{path.relative_to(SRC)} has {n} lines (limit {limit}): split it by concern"
+    assert n <= 400, f"{path.relative_to(SRC)} has {n} lines (limit 400): split it by concern"

@@ -19,9 +19,11 @@ def _widgets(viewer, checkpoint_file=None):
     _, seg = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
     _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
     if checkpoint_file is not None:
-        assert seg.load_model_file(str(checkpoint_file)) and ft.load_model_file(str(checkpoint_file))
+        assert seg.model_combo.load_file(str(checkpoint_file)) and ft.model_combo.load_file(
+            str(checkpoint_file)
+        )
     for w in (seg, ft):
-        w.device_combo.setCurrentText("cpu")
+        w.device_combo.value = "cpu"
         w.use_thread = False
     return seg, ft
 
@@ -30,15 +32,15 @@ def test_paint_buttons_choose_the_label_and_the_brush(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((40, 50), np.float32), name="img")
     _, ft = _widgets(viewer)
-    ft.paint_object_button.click()  # no annotation layer yet: one is made
+    ft.annotations.paint_object_button.native.click()  # no annotation layer yet: one is made
     ann = viewer.layers["img annotations"]
     assert ft.labels_combo.layer().name == "img annotations"
     assert viewer.layers.selection.active.name == ann.name and ann.mode == "paint"
     assert ann.selected_label == 2
     ann.paint((10, 10), ann.selected_label)
-    ft.paint_object_button.click()
+    ft.annotations.paint_object_button.native.click()
     assert ann.selected_label == 3  # the next free id
-    ft.paint_background_button.click()
+    ft.annotations.paint_background_button.native.click()
     assert ann.selected_label == 1 and ann.mode == "paint"
     grey, obj = ann.colormap.map(np.array([1, 2]))
     assert np.allclose(grey[:3], grey[0]) and grey[3] == 1  # background in a neutral grey
@@ -62,11 +64,11 @@ def test_correct_the_segmentation_trains_on_every_pixel(
     viewer = make_napari_viewer()
     viewer.add_image(nuclei()[0][0], name="nuclei")
     seg, ft = _widgets(viewer, checkpoint_file)
-    assert ft.correct_segmentation() is None  # no segmentation yet: said, nothing made
+    assert ft.annotations.correct_segmentation() is None  # no segmentation yet: said, nothing made
     seg.run()
     result = viewer.layers["nuclei segmentation"]
     before = result.data.copy()
-    ft.correct_button.click()
+    ft.annotations.correct_button.native.click()
     corr = viewer.layers["nuclei corrections"]
     assert ft.labels_combo.layer().name == "nuclei corrections"
     np.testing.assert_array_equal(corr.data, np.where(before > 0, before.astype(int) + 1, 1))
@@ -76,12 +78,12 @@ def test_correct_the_segmentation_trains_on_every_pixel(
     # the user erases a false object (napari's eraser paints 0) and paints a missed one
     false_obj = int(before.max())
     corr.data = np.where(corr.data == false_obj + 1, 0, corr.data)
-    ft.paint_object_button.click()
+    ft.annotations.paint_object_button.native.click()
     assert corr.colormap.map(np.array([1]))[0][3] == 0  # still not drawn with the new ids
     corr.paint((5, 5), corr.selected_label)
-    ft.steps_spin.setValue(1)
-    ft.minutes_spin.setValue(0)
-    ft.start()
+    ft.steps_spin.value = 1
+    ft.minutes_spin.value = 0
+    ft.run()
     (lab,) = seen["labels"]
     assert np.all(lab > 0)  # dense: every pixel is trained on
     assert np.all(lab[before == false_obj] == 1)  # the erased object is background now
@@ -109,14 +111,14 @@ def test_the_chosen_annotation_layer_is_used_and_a_segmentation_is_read_densely(
     seg.run()
     n_seg = int(viewer.layers["discs segmentation"].data.max())
     assert n_seg == truth.max()
-    ann = ft.new_annotation_layer()  # an annotation layer made for the image ...
+    ann = ft.annotations.new_annotation_layer()  # an annotation layer made for the image ...
     ann.paint((12, 12), 2)
     ft.labels_combo.set_layer(
         ft.viewer.layers["discs segmentation"]
     )  # ... but the user picks the segmentation
-    ft.steps_spin.setValue(1)
-    ft.minutes_spin.setValue(0)
-    ft.start()
+    ft.steps_spin.value = 1
+    ft.minutes_spin.value = 0
+    ft.run()
     assert seen["n_objects"] == n_seg and np.all(seen["labels"][0] > 0)
     assert "'discs segmentation' read as dense instance labels" in notifications["info"][0]
 
@@ -129,10 +131,10 @@ def test_background_only_paint_is_refused(
     _, ft = _widgets(viewer, checkpoint_file)
     session = session_for(viewer)
     session.set_current(intensity_checkpoint, "previous")
-    ft.paint_background_button.click()
+    ft.annotations.paint_background_button.native.click()
     ann = viewer.layers["img annotations"]
     ann.paint((20, 20), ann.selected_label)
-    ft.start()
+    ft.run()
     assert "Only background" in notifications["error"][-1] and not ft.running
     assert session.current is intensity_checkpoint and ft.last_result is None
 
@@ -155,13 +157,13 @@ def test_a_worse_model_does_not_replace_the_current_one(
     seg, ft = _widgets(viewer, checkpoint_file)
     seg.run()
     result = viewer.layers["discs segmentation"].data.copy()
-    ann = ft.new_annotation_layer()
+    ann = ft.annotations.new_annotation_layer()
     ann.data = np.where(np.isin(truth, [1, 2, 3, 6, 7, 8, 9, 12]), truth + 1, 0).astype(np.uint16)
-    ft.steps_spin.setValue(1)
-    ft.start()
-    text = ft.status.text()
+    ft.steps_spin.value = 1
+    ft.run()
+    text = ft.status.value
     assert "worse than the base model" in text and "previous model is unchanged" in text
-    assert session_for(viewer).current is None and seg.model_combo.currentText() == "file: tiny.pt"
+    assert session_for(viewer).current is None and seg.model_combo.current_choice == "file: tiny.pt"
     np.testing.assert_array_equal(viewer.layers["discs segmentation"].data, result)  # not refreshed
 
 
@@ -170,13 +172,13 @@ def test_cancel_while_preparing_says_cancelled(make_napari_viewer, qtbot, checkp
     viewer.add_image(np.random.default_rng(0).random((128, 128)).astype(np.float32), name="noise")
     _, ft = _widgets(viewer, checkpoint_file)
     ft.use_thread = True
-    ann = ft.new_annotation_layer()
+    ann = ft.annotations.new_annotation_layer()
     ann.data[10:30, 10:30] = 2
     ann.data[50:90, 50:90] = 1
-    ft.start()
-    ft.cancel_button.click()  # before the first step
+    ft.run()
+    ft.cancel_button.native.click()  # before the first step
     qtbot.waitUntil(lambda: not ft.running, timeout=60_000)
-    assert "Cancelled" in ft.status.text() and session_for(viewer).current is None
+    assert "Cancelled" in ft.status.value and session_for(viewer).current is None
 
 
 @pytest.mark.skipif(
@@ -196,14 +198,14 @@ def test_finetune_on_real_nuclei_raises_f1_on_held_back_objects(make_napari_view
     viewer = make_napari_viewer()
     viewer.add_image(img, name="big nuclei", rgb=True)
     _, ft = _widgets(viewer)
-    assert ft.model_combo.currentText() == "nuclei"
-    ann = ft.new_annotation_layer()
+    assert ft.model_combo.current_choice == "nuclei"
+    ann = ft.annotations.new_annotation_layer()
     ring = ndi.binary_dilation(lab > 0, iterations=8) & (lab == 0)
     ann.data = np.where(lab > 0, lab.astype(np.int64) + 1, np.where(ring, 1, 0)).astype(np.uint16)
-    ft.minutes_spin.setValue(0)
-    ft.steps_spin.setValue(30)
-    ft.start()
-    text = ft.status.text()
+    ft.minutes_spin.value = 0
+    ft.steps_spin.value = 30
+    ft.run()
+    text = ft.status.value
     match = re.search(r"F1 on your (\d+) held-back objects (\d\.\d+) -> (\d\.\d+)", text)
     assert match, text
     assert int(match[1]) >= 2 and float(match[3]) > float(match[2])

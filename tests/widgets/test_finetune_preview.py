@@ -13,15 +13,15 @@ pytestmark = pytest.mark.qt
 
 def _finetune(viewer, checkpoint_file, preview_every):
     _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
-    assert ft.load_model_file(str(checkpoint_file))
-    ft.device_combo.setCurrentText("cpu")
-    ft.preview_spin.setValue(preview_every)
-    ft.lr_spin.setValue(1e-3)
+    assert ft.model_combo.load_file(str(checkpoint_file))
+    ft.device_combo.value = "cpu"
+    ft.preview_spin.value = preview_every
+    ft.lr_spin.value = 1e-3
     return ft
 
 
 def _annotate(ft, plane=None):
-    ann = ft.new_annotation_layer()
+    ann = ft.annotations.new_annotation_layer()
     data = ann.data
     where = (plane,) if plane is not None else ()
     data[(*where, slice(10, 30), slice(10, 30))] = 2
@@ -35,13 +35,13 @@ def test_preview_off_by_default(make_napari_viewer, checkpoint_file):
     viewer.add_image(np.random.default_rng(0).random((64, 64)).astype(np.float32), name="img")
     ft = _finetune(viewer, checkpoint_file, 0)
     _, fresh = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
-    assert fresh.preview_spin.value() == 0 and fresh.preview_spin.text() == "off"
+    assert fresh.preview_spin.value == 0 and fresh.preview_spin.native.text() == "off"
     ft.use_thread = False
     _annotate(ft)
-    ft.steps_spin.setValue(2)
-    ft.start()
+    ft.steps_spin.value = 2
+    ft.run()
     assert session_for(viewer).current is not None
-    assert ft.preview_updates == 0 and "img preview" not in viewer.layers
+    assert ft.preview.updates == 0 and "img preview" not in viewer.layers
 
 
 def test_preview_every_2_steps_inline(make_napari_viewer, checkpoint_file):
@@ -57,11 +57,11 @@ def test_preview_every_2_steps_inline(make_napari_viewer, checkpoint_file):
     painted = ann.data.copy()
     seen = []
     viewer.layers.events.inserted.connect(lambda e: seen.append(e.value.name))
-    ft.steps_spin.setValue(6)
-    ft.start()
+    ft.steps_spin.value = 6
+    ft.run()
 
-    assert ft.preview_updates == 3  # steps 2, 4 and 6
-    layer = ft.preview_layer
+    assert ft.preview.updates == 3  # steps 2, 4 and 6
+    layer = ft.preview.layer
     assert layer is not user and layer.name != "img preview" and seen == [layer.name]
     assert layer.metadata[METADATA_KEY]["step"] == 6 and layer.metadata[METADATA_KEY]["preview_of"] == "img"
     assert layer.data.shape == (64, 80) and layer.data.any()
@@ -69,20 +69,20 @@ def test_preview_every_2_steps_inline(make_napari_viewer, checkpoint_file):
     # on top, just under the annotation layer being painted; the user's selection and layers untouched
     names = [lay.name for lay in viewer.layers]
     assert names.index(layer.name) == names.index(ann.name) - 1 == len(names) - 2
-    assert ft.status.text().startswith("Fine-tuned 6 steps")  # the final message stays
+    assert ft.status.value.startswith("Fine-tuned 6 steps")  # the final message stays
     assert viewer.layers.selection.active.name == ann.name and ann.mode == "paint"  # ann is a proxy
     np.testing.assert_array_equal(ann.data, painted)
     assert (user.data == 7).all() and image.data.dtype == np.float32
 
     # a second run updates the same layer; once edited by hand, it is the user's and left alone
-    ft.steps_spin.setValue(2)
-    ft.start()
-    assert ft.preview_layer is layer and ft.preview_updates == 4
+    ft.steps_spin.value = 2
+    ft.run()
+    assert ft.preview.layer is layer and ft.preview.updates == 4
     assert layer.metadata[METADATA_KEY]["step"] == 2
     layer.paint((3, 3), 99)
     edited = layer.data.copy()
-    ft.start()
-    assert ft.preview_layer is not layer and ft.preview_updates == 5
+    ft.run()
+    assert ft.preview.layer is not layer and ft.preview.updates == 5
     np.testing.assert_array_equal(layer.data, edited)
 
 
@@ -94,10 +94,10 @@ def test_preview_segments_the_visible_plane_of_a_stack(make_napari_viewer, check
     ft.use_thread = False
     _annotate(ft, plane=1)
     viewer.dims.set_current_step(0, 2)
-    ft.steps_spin.setValue(1)
-    ft.start()
-    data = ft.preview_layer.data
-    assert data.shape == (4, 64, 64) and ft.preview_layer.metadata[METADATA_KEY]["plane"] == 2
+    ft.steps_spin.value = 1
+    ft.run()
+    data = ft.preview.layer.data
+    assert data.shape == (4, 64, 64) and ft.preview.layer.metadata[METADATA_KEY]["plane"] == 2
     assert data[2].any() and not data[[0, 1, 3]].any()
 
 
@@ -110,16 +110,16 @@ def test_threaded_preview_updates_and_cancel_keeps_the_previous_model(
     session = session_for(viewer)
     session.set_current(intensity_checkpoint, "previous")
     _annotate(ft)
-    ft.steps_spin.setValue(100_000)
-    ft.start()
+    ft.steps_spin.value = 100_000
+    ft.run()
     assert ft.running
-    qtbot.waitUntil(lambda: ft.preview_updates >= 2, timeout=120_000)
-    layer = ft.preview_layer
+    qtbot.waitUntil(lambda: ft.preview.updates >= 2, timeout=120_000)
+    layer = ft.preview.layer
     assert layer.name == "noise preview" and layer.metadata[METADATA_KEY]["step"] >= 4
-    ft.cancel_button.click()
-    qtbot.waitUntil(lambda: not ft.running and not ft.previewing, timeout=60_000)
+    ft.cancel_button.native.click()
+    qtbot.waitUntil(lambda: not ft.running and not ft.preview.busy, timeout=60_000)
     assert session.current is intensity_checkpoint and session.label == "previous"
-    assert "Cancelled" in ft.status.text() and "unchanged" in ft.status.text()
+    assert "Cancelled" in ft.status.value and "unchanged" in ft.status.value
     assert "noise preview" in viewer.layers  # kept after the run, as documented
     assert [lay.name for lay in viewer.layers].count("noise preview") == 1
 

@@ -13,9 +13,9 @@ pytestmark = pytest.mark.qt
 def _open(viewer, checkpoint_file):
     _, seg = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
     _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
-    assert seg.load_model_file(str(checkpoint_file)) and ft.load_model_file(str(checkpoint_file))
-    seg.device_combo.setCurrentText("cpu")
-    ft.device_combo.setCurrentText("cpu")
+    assert seg.model_combo.load_file(str(checkpoint_file)) and ft.model_combo.load_file(str(checkpoint_file))
+    seg.device_combo.value = "cpu"
+    ft.device_combo.value = "cpu"
     return seg, ft
 
 
@@ -42,31 +42,31 @@ def test_finetune_save_and_segment_with_the_new_model(make_napari_viewer, qtbot,
     seg.run()  # a segmentation with the file model, to be refreshed after fine-tuning
     before = viewer.layers["nuclei segmentation"].data.copy()
 
-    ann = ft.new_annotation_layer()
+    ann = ft.annotations.new_annotation_layer()
     assert ann.name == "nuclei annotations" and ann.data.shape == img.shape and ann.data.dtype == np.uint16
     assert tuple(ann.scale) == (0.5, 0.5) and not ann.data.any()
     assert ft.labels_combo.layer().name == "nuclei annotations"
     _paint_some(ann, truth, n_objects=3)  # fewer than 4: no held-back check, so the model is used
 
-    assert not ft.save_button.isEnabled()
-    ft.steps_spin.setValue(4)
-    ft.lr_spin.setValue(1e-3)
-    ft.start()
-    assert ft.running and ft.cancel_button.isEnabled()
+    assert not ft.save_button.enabled
+    ft.steps_spin.value = 4
+    ft.lr_spin.value = 1e-3
+    ft.run()
+    assert ft.running and ft.cancel_button.enabled
     qtbot.waitUntil(lambda: not ft.running, timeout=120_000)
     assert len(ft.plot.history) == 4 and all(np.isfinite(ft.plot.history.losses))
-    assert "Fine-tuned 4 steps" in ft.status.text() and "loss" in ft.status.text()
-    assert "Not checked" in ft.status.text() and "now uses this model" in ft.status.text()
+    assert "Fine-tuned 4 steps" in ft.status.value and "loss" in ft.status.value
+    assert "Not checked" in ft.status.value and "now uses this model" in ft.status.value
 
     session = session_for(viewer)
     assert session.current is ft.last_result.checkpoint
-    assert seg.model_combo.currentText() == CURRENT_MODEL
+    assert seg.model_combo.current_choice == CURRENT_MODEL
     # the Segment widget re-ran with the new model (inline here) and updated its layer in place
     assert seg.last_result.request.model is session.current
     assert [layer.name for layer in viewer.layers] == ["nuclei", "nuclei segmentation", "nuclei annotations"]
     assert viewer.layers["nuclei segmentation"].data.shape == before.shape
 
-    assert ft.save_button.isEnabled()
+    assert ft.save_button.enabled
     path = ft.save_model(str(tmp_path / "finetuned.pt"))
     loaded = load_checkpoint(path)
     assert loaded.provenance["base_model"] == "file: tiny.pt"
@@ -99,17 +99,17 @@ def test_cancel_keeps_the_previous_model(make_napari_viewer, qtbot, checkpoint_f
     _, ft = _open(viewer, checkpoint_file)
     session = session_for(viewer)
     session.set_current(intensity_checkpoint, "previous")
-    ann = ft.new_annotation_layer()
+    ann = ft.annotations.new_annotation_layer()
     ann.data[10:30, 10:30] = 2
     ann.data[50:90, 50:90] = 1
-    ft.steps_spin.setValue(100_000)
-    ft.start()
+    ft.steps_spin.value = 100_000
+    ft.run()
     qtbot.waitUntil(lambda: len(ft.plot.history) >= 1, timeout=60_000)
-    ft.cancel_button.click()
+    ft.cancel_button.native.click()
     qtbot.waitUntil(lambda: not ft.running, timeout=60_000)
     assert session.current is intensity_checkpoint and session.label == "previous"
-    assert "Cancelled" in ft.status.text() and "unchanged" in ft.status.text()
-    assert ft.start_button.isEnabled()
+    assert "Cancelled" in ft.status.value and "unchanged" in ft.status.value
+    assert ft.run_button.enabled
 
 
 def test_stack_uses_only_annotated_planes(make_napari_viewer, checkpoint_file, monkeypatch):
@@ -127,12 +127,12 @@ def test_stack_uses_only_annotated_planes(make_napari_viewer, checkpoint_file, m
     viewer.add_image(np.random.default_rng(2).random((5, 64, 64)).astype(np.float32), name="stack")
     _, ft = _open(viewer, checkpoint_file)
     ft.use_thread = False
-    ann = ft.new_annotation_layer()
+    ann = ft.annotations.new_annotation_layer()
     assert ann.data.shape == (5, 64, 64)
     ann.data[3, 5:20, 5:20] = 2
     ann.data[3, 30:60, 30:60] = 1
-    ft.steps_spin.setValue(1)
-    ft.start()
+    ft.steps_spin.value = 1
+    ft.run()
     assert seen["sources"] == ["stack[3]"]
     assert session_for(viewer).current is not None
 
@@ -141,27 +141,27 @@ def test_expected_problems_are_notifications(make_napari_viewer, checkpoint_file
     viewer = make_napari_viewer()
     _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
     ft.use_thread = False
-    ft.start()
+    ft.run()
     assert "No image layer" in notifications["error"][-1]
-    assert ft.new_annotation_layer() is None
+    assert ft.annotations.new_annotation_layer() is None
 
     viewer.add_image(np.zeros((40, 50), np.uint8), name="img")
     ft.images_list.reset_choices()
-    ft.load_model_file(str(checkpoint_file))
-    ft.start()  # an image but no annotation layer
+    ft.model_combo.load_file(str(checkpoint_file))
+    ft.run()  # an image but no annotation layer
     assert "No annotation layer" in notifications["error"][-1]
 
     viewer.add_labels(np.zeros((40, 51), np.uint8), name="wrong")
     ft.labels_combo.set_layer(ft.viewer.layers["wrong"])
-    ft.start()
+    ft.run()
     assert "shape" in notifications["error"][-1]
 
-    ft.new_annotation_layer()
-    ft.start()  # nothing painted
+    ft.annotations.new_annotation_layer()
+    ft.run()  # nothing painted
     assert "Nothing is painted" in notifications["error"][-1]
     assert ft.request().learning_rate is None and ft.request().steps is None  # "default", "no limit"
-    ft.minutes_spin.setValue(0)  # "no limit" and no steps either
-    ft.start()
+    ft.minutes_spin.value = 0  # "no limit" and no steps either
+    ft.run()
     assert "Give a number of steps or a time budget" in notifications["error"][-1]
     assert session_for(viewer).current is None
     assert not any("Traceback" in msg for msg in notifications["error"])

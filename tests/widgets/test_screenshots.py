@@ -49,13 +49,13 @@ def test_segment_screenshot(make_napari_viewer, qtbot, nuclei_image, tmp_path):
     viewer = make_napari_viewer(show=True)
     viewer.add_image(nuclei_image, name="nuclei")
     _, widget = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
-    widget.refresh_models(select="nuclei")  # the built-in model
-    assert widget.model_combo.currentText() == "nuclei"
+    widget.model_combo.refresh(select="nuclei")  # the built-in model
+    assert widget.model_combo.current_choice == "nuclei"
     widget.use_thread = False
     widget.run()
     viewer.layers["nuclei segmentation"].opacity = 0.6
     shot = _shoot(viewer, qtbot, tmp_path / "segment.png")
-    _check(shot, widget.width())
+    _check(shot, widget.width)
 
 
 def test_finetune_screenshot(make_napari_viewer, qtbot, tmp_path):
@@ -65,7 +65,7 @@ def test_finetune_screenshot(make_napari_viewer, qtbot, tmp_path):
     (img, _, _), (truth, _, _) = nuclei_with_labels()
     viewer.add_image(img, name="nuclei")
     seg_dock, seg = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
-    seg.refresh_models(select="nuclei")
+    seg.model_combo.refresh(select="nuclei")
     seg.use_thread = False
     seg.run()
     viewer.layers["nuclei segmentation"].opacity = 0.5
@@ -74,7 +74,7 @@ def test_finetune_screenshot(make_napari_viewer, qtbot, tmp_path):
     ft.use_thread = False
     from scipy import ndimage as ndi
 
-    ann = ft.new_annotation_layer()
+    ann = ft.annotations.new_annotation_layer()
     data = ann.data
     chosen = np.unique(truth)[1:9]
     ring = ndi.binary_dilation(np.isin(truth, chosen), iterations=8) & (truth == 0)
@@ -82,13 +82,13 @@ def test_finetune_screenshot(make_napari_viewer, qtbot, tmp_path):
     for k, obj in enumerate(chosen):
         data[truth == obj] = k + 2
     ann.data = data
-    ft.paint_object_button.click()  # the next free id and the brush, as a user would go on
+    ft.annotations.paint_object_button.native.click()  # the next free id and the brush, as a user would go on
     assert ann.selected_label == len(chosen) + 2
-    ft.steps_spin.setValue(12)  # and the default time budget: whichever ends first
-    ft.start()
+    ft.steps_spin.value = 12  # and the default time budget: whichever ends first
+    ft.run()
     assert len(ft.plot.history) == 12
     shot = _shoot(viewer, qtbot, tmp_path / "finetune.png")
-    _check(shot, ft.width())
+    _check(shot, ft.width)
 
 
 def test_correct_the_segmentation_screenshot(make_napari_viewer, qtbot, tmp_path):
@@ -99,19 +99,19 @@ def test_correct_the_segmentation_screenshot(make_napari_viewer, qtbot, tmp_path
     (img, _, _), _ = nuclei_with_labels()
     viewer.add_image(img, name="nuclei")
     seg_dock, seg = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
-    seg.refresh_models(select="nuclei")
+    seg.model_combo.refresh(select="nuclei")
     seg.use_thread = False
     seg.run()
     viewer.window.remove_dock_widget(seg_dock)
     _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
-    corrections = ft.correct_segmentation()
+    corrections = ft.annotations.correct_segmentation()
     assert corrections is not None and not viewer.layers["nuclei segmentation"].visible
     assert corrections.selected_label == 1 and corrections.mode == "paint"  # background brush
     data = corrections.data
     ids, sizes = np.unique(data[data >= 2], return_counts=True)
     data[data == ids[np.argmax(sizes)]] = 1  # a user erases an object as false (background, not drawn)
     corrections.data = data
-    ft.paint_object_button.click()  # and goes on with a new object
+    ft.annotations.paint_object_button.native.click()  # and goes on with a new object
     assert corrections.selected_label == int(data.max()) + 1
     shot = _shoot(viewer, qtbot, tmp_path / "correct.png")
-    _check(shot, ft.width())
+    _check(shot, ft.width)

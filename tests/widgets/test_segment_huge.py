@@ -157,8 +157,8 @@ def test_blockwise_job_on_a_stack_of_huge_planes(small_huge, zarr_image, intensi
 
 def _segment_widget(viewer, checkpoint_file):
     _, widget = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
-    assert widget.load_model_file(str(checkpoint_file))
-    widget.device_combo.setCurrentText("cpu")
+    assert widget.model_combo.load_file(str(checkpoint_file))
+    widget.device_combo.value = "cpu"
     return widget
 
 
@@ -172,7 +172,7 @@ def test_huge_zarr_layer_is_segmented_blockwise_into_a_lazy_layer(
     image = viewer.add_image(zarr_image, name="big", scale=(0.5, 0.5), translate=(10, 20))
     widget = _segment_widget(viewer, checkpoint_file)
     formats = []
-    widget.progress.setFormat = lambda text, _real=widget.progress.setFormat: (
+    widget.progress.native.setFormat = lambda text, _real=widget.progress.native.setFormat: (
         formats.append(text),
         _real(text),
     )
@@ -189,7 +189,7 @@ def test_huge_zarr_layer_is_segmented_blockwise_into_a_lazy_layer(
     values = labels.data.compute()
     n = len(np.unique(expected)) - 1
     assert n >= 5 and len(np.unique(values)) - 1 == n and _same_partition(values, expected)
-    assert f"{n} objects" in widget.status.text() and "block by block" in widget.status.text()
+    assert f"{n} objects" in widget.status.value and "block by block" in widget.status.value
     assert "block 18/18 (blockwise, to Zarr)" in formats  # 9 blocks, predicted then relabelled
 
     # running again updates the same layer and deletes the replaced store
@@ -226,7 +226,7 @@ def test_huge_layer_semantic_is_exact_and_multiscale_uses_level_zero(
     viewer.add_image(pyramid, name="pyr", multiscale=True)
     widget = _segment_widget(viewer, checkpoint_file)
     widget.use_thread = False
-    widget.output_combo.setCurrentText("semantic")
+    widget.output_combo.value = "semantic"
     widget.run()
     labels = viewer.layers["pyr segmentation"]
     assert isinstance(labels.data, da.Array) and labels.data.shape == (300, 300)
@@ -256,11 +256,11 @@ def test_cancel_blockwise_leaves_no_layer_and_no_store(
     widget = _segment_widget(viewer, checkpoint_file)
     before = _cache_runs()
     widget.run()
-    qtbot.waitUntil(lambda: widget.progress.format().startswith("block"), timeout=60_000)
-    widget.cancel_button.click()
+    qtbot.waitUntil(lambda: widget.progress.native.format().startswith("block"), timeout=60_000)
+    widget.cancel_button.native.click()
     gate.set()
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     assert [layer.name for layer in viewer.layers] == ["big"]
-    assert "Cancelled" in widget.status.text()
+    assert "Cancelled" in widget.status.value
     assert stores and stores[0] and not Path(stores[0]).exists()
     assert _cache_runs() <= before

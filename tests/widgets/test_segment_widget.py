@@ -12,8 +12,8 @@ pytestmark = pytest.mark.qt
 
 def _segment_widget(viewer, checkpoint_file):
     _, widget = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
-    assert widget.load_model_file(str(checkpoint_file))
-    widget.device_combo.setCurrentText("cpu")
+    assert widget.model_combo.load_file(str(checkpoint_file))
+    widget.device_combo.value = "cpu"
     return widget
 
 
@@ -28,9 +28,9 @@ def test_segment_sample_twice_gives_one_layer(make_napari_viewer, qtbot, checkpo
     image = viewer.add_image(nuclei_image, name="nuclei", scale=(0.5, 0.5), translate=(10, 20))
     widget = _segment_widget(viewer, checkpoint_file)
     assert widget.image_combo.layer().name == "nuclei"
-    assert widget.model_combo.currentText() == "file: tiny.pt"
-    assert widget.device_combo.findText("cpu") >= 0 and widget.output_combo.currentText() == "instances"
-    assert widget.tile_spin.value() == 0  # auto
+    assert widget.model_combo.current_choice == "file: tiny.pt"
+    assert widget.device_combo.native.findText("cpu") >= 0 and widget.output_combo.value == "instances"
+    assert widget.tile_spin.native.text() == "auto" and widget.request().options.tile is None
 
     _run_and_wait(qtbot, widget)
     labels = viewer.layers["nuclei segmentation"]
@@ -39,7 +39,7 @@ def test_segment_sample_twice_gives_one_layer(make_napari_viewer, qtbot, checkpo
     n = len(np.unique(labels.data)) - 1
     assert n >= 20
     assert tuple(labels.scale) == tuple(image.scale) and tuple(labels.translate) == tuple(image.translate)
-    assert f"{n} objects" in widget.status.text() and " s" in widget.status.text()
+    assert f"{n} objects" in widget.status.value and " s" in widget.status.value
     assert widget.last_seconds_to_layer is not None
 
     _run_and_wait(qtbot, widget)
@@ -81,16 +81,16 @@ def test_cancel_leaves_no_layer(make_napari_viewer, qtbot, checkpoint_file, monk
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).random((300, 300)), name="noise")
     widget = _segment_widget(viewer, checkpoint_file)
-    widget.tile_spin.setValue(widget.tile_spin.sizes[0])  # the smallest tile: many tiles
+    widget.tile_spin.value = widget.tile_spin.sizes[0]  # the smallest tile: many tiles
     widget.run()
-    qtbot.waitUntil(lambda: widget.progress.format() != "", timeout=30_000)
-    assert widget.cancel_button.isEnabled()
-    widget.cancel_button.click()
+    qtbot.waitUntil(lambda: widget.progress.native.format() != "", timeout=30_000)
+    assert widget.cancel_button.enabled
+    widget.cancel_button.native.click()
     gate.set()
     qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
     assert [layer.name for layer in viewer.layers] == ["noise"]
-    assert "Cancelled" in widget.status.text()
-    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert "Cancelled" in widget.status.value
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
 
 
 def test_rgb_stack_and_probabilities(make_napari_viewer, checkpoint_file, nuclei_image):
@@ -108,7 +108,7 @@ def test_rgb_stack_and_probabilities(make_napari_viewer, checkpoint_file, nuclei
     assert seg.data.shape == (96, 128) and tuple(seg.scale) == (2, 3)
 
     widget.image_combo.set_layer(widget.viewer.layers["stack"])
-    widget.output_combo.setCurrentText("probabilities")
+    widget.output_combo.value = "probabilities"
     widget.run()
     probs = viewer.layers["stack probabilities"]
     assert probs.__class__.__name__ == "Image"
@@ -125,17 +125,17 @@ def test_errors_are_notifications(make_napari_viewer, checkpoint_file, tmp_path,
 
     bogus = tmp_path / "notes.pt"
     bogus.write_text("not a checkpoint")
-    assert not widget.load_model_file(str(bogus))
+    assert not widget.model_combo.load_file(str(bogus))
     assert "tiled-unet checkpoint" in notifications["error"][-1]
-    assert widget.model_combo.currentText() != "file: notes.pt"
+    assert widget.model_combo.current_choice != "file: notes.pt"
 
     viewer.add_image(np.zeros((64, 64), np.uint8), name="blank")
     # "Load from file…" chosen but the dialog cancelled: no model
-    widget.model_combo.setCurrentIndex(widget.model_combo.findText(LOAD_FROM_FILE))
+    widget.model_combo.native.setCurrentIndex(widget.model_combo.native.findText(LOAD_FROM_FILE))
     widget.run()
     assert "model" in notifications["error"][-1]
 
-    widget.load_model_file(str(checkpoint_file))
+    widget.model_combo.load_file(str(checkpoint_file))
     viewer.add_image(np.zeros((5, 6, 64, 64), np.uint8), name="4d")  # axes nobody can tell
     widget.image_combo.set_layer(widget.viewer.layers["4d"])
     widget.run()
@@ -156,12 +156,12 @@ def test_fine_tuned_model_becomes_current_and_refreshes(make_napari_viewer, chec
     first = viewer.layers["diag segmentation"].data.copy()
     # a "fine-tuned" model that finds the dark background instead: the refresh must show it
     session_for(viewer).set_current(make_checkpoint(gain=-20.0), "fine-tuned (1 steps)")
-    assert widget.model_combo.currentText() == CURRENT_MODEL
+    assert widget.model_combo.current_choice == CURRENT_MODEL
     second = viewer.layers["diag segmentation"].data
     assert first[30, 30] and not first[0, 0]
     assert second[0, 0] and not second[30, 30]
     assert len(viewer.layers) == 2
-    assert "fine-tuned (1 steps)" in widget.status.text()
+    assert "fine-tuned (1 steps)" in widget.status.value
 
 
 def test_dask_stack_is_segmented_plane_by_plane(make_napari_viewer, checkpoint_file, nuclei_image):
@@ -173,7 +173,7 @@ def test_dask_stack_is_segmented_plane_by_plane(make_napari_viewer, checkpoint_f
     widget = _segment_widget(viewer, checkpoint_file)
     widget.use_thread = False
     texts = []
-    widget.progress.setFormat = lambda text, _real=widget.progress.setFormat: (
+    widget.progress.native.setFormat = lambda text, _real=widget.progress.native.setFormat: (
         texts.append(text),
         _real(text),
     )
@@ -198,7 +198,7 @@ def test_worker_errors_become_one_clean_notification(
     assert len(notifications["error"]) == 1 and "(5, 6, 64, 64)" in notifications["error"][0]
     assert len(notification_manager.records) == before  # napari's traceback relay is not used
     assert "Traceback" not in capsys.readouterr().err
-    assert widget.status.text().startswith("Segmentation failed") and len(viewer.layers) == 1
+    assert widget.status.value.startswith("Segmentation failed") and len(viewer.layers) == 1
 
 
 def test_builtin_models_are_listed_first(make_napari_viewer, monkeypatch):
@@ -212,11 +212,11 @@ def test_builtin_models_are_listed_first(make_napari_viewer, monkeypatch):
     viewer = make_napari_viewer()
     _, seg = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
     _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
-    items = [seg.model_combo.itemText(i) for i in range(seg.model_combo.count())]
+    items = [seg.model_combo.native.itemText(i) for i in range(seg.model_combo.native.count())]
     assert items == ["nuclei", "em-membranes", LOAD_FROM_FILE]
-    assert seg.model_combo.currentText() == "nuclei"
-    assert seg.model_combo.itemData(0, Qt.ItemDataRole.ToolTipRole) == "Fluorescence nuclei."
-    assert ft.model_combo.currentText() == "nuclei"
+    assert seg.model_combo.current_choice == "nuclei"
+    assert seg.model_combo.native.itemData(0, Qt.ItemDataRole.ToolTipRole) == "Fluorescence nuclei."
+    assert ft.model_combo.current_choice == "nuclei"
     assert seg.request().model == "nuclei"
 
 
@@ -236,12 +236,12 @@ def test_tta_checkbox_runs_the_averaged_prediction(make_napari_viewer, qtbot, tm
     viewer = make_napari_viewer()
     viewer.add_image(nuclei_image[:200, :240], name="nuclei")
     widget = _segment_widget(viewer, checkpoint_file)
-    widget.output_combo.setCurrentText("probabilities")
-    assert not widget.tta_check.isChecked() and widget.request().options.tta is False
+    widget.output_combo.value = "probabilities"
+    assert not widget.tta_check.value and widget.request().options.tta is False
     _run_and_wait(qtbot, widget)
     assert widget.last_result.request.options.tta is False
     plain = np.asarray(viewer.layers["nuclei probabilities"].data).copy()
-    widget.tta_check.setChecked(True)
+    widget.tta_check.value = True
     assert widget.request().options.tta is True
     _run_and_wait(qtbot, widget)
     tta = np.asarray(viewer.layers["nuclei probabilities"].data)
@@ -259,9 +259,9 @@ def test_controls_map_to_options_and_zero_is_a_value(make_napari_viewer, checkpo
     widget = _segment_widget(viewer, checkpoint_file)
     options = widget.request().options
     assert (options.tile, options.min_size, options.min_peak) == (None, None, None)
-    assert widget.min_size_spin.text() == widget.min_peak_spin.text() == "model default"
-    widget.min_size_spin.setValue(0)
-    widget.min_peak_spin.setValue(0.0)
+    assert widget.min_size_spin.native.text() == widget.min_peak_spin.native.text() == "model default"
+    widget.min_size_spin.value = 0
+    widget.min_peak_spin.value = 0.0
     options = widget.request().options
     assert options.min_size == 0 and options.min_peak == 0.0
 
@@ -277,15 +277,16 @@ def test_tile_box_offers_only_usable_sizes_and_warns_about_small_tiles(
     widget = _segment_widget(viewer, checkpoint_file)
     box = widget.tile_spin
     sizes = valid_tile_sizes(resolve_model(str(checkpoint_file)).config)
-    assert box.sizes == sizes and box.text() == "auto"
-    box.stepBy(1)
-    assert box.value() == sizes[0]
-    box.stepBy(2)
-    assert box.value() == sizes[2]
-    box.setValue(sizes[3] + 1)  # typed, then editing ends: the nearest usable size
-    box.editingFinished.emit()
-    assert box.value() == sizes[3]
-    box.setValue(sizes[0])  # usable, but nearly all context: allowed and said
+    assert box.sizes == sizes and box.native.text() == "auto" and widget.request().options.tile is None
+    box.native.stepBy(1)
+    assert box.value == sizes[0]
+    box.native.stepBy(2)
+    assert box.value == sizes[2]
+    box.native.stepBy(-3)
+    assert box.native.text() == "auto" and widget.request().options.tile is None
+    box.native.setValue(sizes[3] + 1)  # typed, then editing ends: the nearest usable size
+    assert box.value == sizes[3] and widget.request().options.tile == sizes[3]
+    box.value = sizes[0]  # usable, but nearly all context: allowed and said
     widget.use_thread = False
     widget.run()
     assert any("of the work is the network's context" in m for m in notifications["warning"])
@@ -298,10 +299,11 @@ def test_docking_lists_accelerators_once_torch_is_loaded(make_napari_viewer, qtb
 
     viewer = make_napari_viewer()
     _, seg = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
-    assert [seg.device_combo.itemText(k) for k in range(2)] == ["auto", "cpu"]
+    assert seg.device_combo.choices[:2] == ("auto", "cpu")
     qtbot.waitUntil(lambda: seg.warm, timeout=30_000)
-    names = [seg.device_combo.itemText(k) for k in range(seg.device_combo.count())]
-    assert names == ["auto", *available_devices()]
+    assert list(seg.device_combo.choices) == ["auto", *available_devices()]
+    viewer.add_image(np.zeros((8, 8)))  # napari re-reads the choices on layer events: they stay
+    assert list(seg.device_combo.choices) == ["auto", *available_devices()]
     assert seg.tile_spin.sizes  # the built-in model's tile sizes, read once torch is there
 
 
@@ -314,9 +316,70 @@ def test_layer_choices_follow_the_viewer(make_napari_viewer):
     assert seg.image_combo.layer() is first
     second = viewer.add_image(np.zeros((8, 8)), name="b")
     viewer.add_labels(np.zeros((8, 8), np.uint8), name="labels")  # not an image: not offered
-    assert [c for c in seg.image_combo.widget.choices] == [first, second]
+    assert [c for c in seg.image_combo.choices] == [first, second]
     seg.image_combo.set_layer(second)
     second.name = "renamed"
-    assert seg.image_combo.layer() is second and "renamed" in seg.image_combo.native.currentText()
+    assert seg.image_combo.layer() is second and seg.image_combo.current_choice == "renamed"
+    viewer.layers.move(1, 0)  # reordered: listed in viewer order, the choice kept
+    assert [c for c in seg.image_combo.choices] == [second, first] and seg.image_combo.layer() is second
     viewer.layers.remove(second)
     assert seg.image_combo.layer() is first
+
+
+def test_dock_widgets_are_magicgui_containers(make_napari_viewer):
+    """Both dock widgets are magicgui containers of magicgui controls (the loss plot is Qt)."""
+    from magicgui.widgets import Container
+    from magicgui.widgets.bases import CategoricalWidget
+
+    viewer = make_napari_viewer()
+    _, seg = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
+    _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
+    for widget in (seg, ft):
+        assert isinstance(widget, Container)
+        for choice in (widget.model_combo, widget.device_combo):
+            assert isinstance(choice, CategoricalWidget)
+    assert isinstance(seg.image_combo, CategoricalWidget) and isinstance(ft.labels_combo, CategoricalWidget)
+    assert ft.plot.parent() is not None and ft.plot.window() is ft.native.window()
+
+
+def test_cancelled_file_dialog_keeps_the_previous_model(make_napari_viewer, checkpoint_file, monkeypatch):
+    """Choosing "Load from file…" and cancelling the dialog goes back to the model chosen before."""
+    from qtpy.QtWidgets import QFileDialog
+
+    viewer = make_napari_viewer()
+    widget = _segment_widget(viewer, checkpoint_file)
+    assert widget.model_combo.current_choice == "file: tiny.pt"
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: ("", "")))
+    combo = widget.model_combo.native
+    combo.setCurrentIndex(combo.findText(LOAD_FROM_FILE))
+    combo.activated.emit(combo.currentIndex())  # as a user's choice
+    assert widget.model_combo.current_choice == "file: tiny.pt"
+    assert widget.request().model_label == "file: tiny.pt"
+
+
+def test_closing_the_widget_cancels_its_run(make_napari_viewer, qtbot, checkpoint_file, monkeypatch):
+    """A dock widget closed mid-run stops its worker (no layer is added after it is gone)."""
+    import threading
+
+    from tiled_unet._widgets import _segment_job as _logic
+
+    gate = threading.Event()
+    real = _logic.segment_job
+
+    def slow_job(*args, **kwargs):
+        for item in real(*args, **kwargs):
+            yield item
+            gate.wait(5)
+
+    monkeypatch.setattr("tiled_unet._widgets.segment.segment_job", slow_job)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((300, 300)).astype(np.float32), name="noise")
+    widget = _segment_widget(viewer, checkpoint_file)
+    widget.tile_spin.value = widget.tile_spin.sizes[0]
+    widget.run()
+    qtbot.waitUntil(lambda: widget.progress.native.format() != "", timeout=30_000)
+    widget.native.close()
+    assert widget._cancel.is_set() and widget.status.value == "Cancelling…"
+    gate.set()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    assert [layer.name for layer in viewer.layers] == ["noise"]

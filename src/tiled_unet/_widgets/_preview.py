@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import start_job
+from ._jobs import start_job
 from ._layers import (
     METADATA_KEY,
     ImageInput,

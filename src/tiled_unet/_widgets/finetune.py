@@ -3,42 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtWidgets import (
-    QDoubleSpinBox,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
-    QSpinBox,
-)
-
+from ._annotation_tools import AnnotationTools, model_channels
 from ._annotations import (
-    ANNOTATION_CONVENTION,
-    BACKGROUND,
     FROM_SCRATCH,
     AnnotationInput,
     TrainingData,
     collect_training_data,
-    correction_annotation,
-    empty_annotation,
-    next_object_id,
     pair_annotations,
-    segmentation_for,
 )
-from ._common import (
-    JobWidget,
-    notify_error,
-    notify_info,
-    notify_warning,
-    spin_value,
-)
-from ._layers import ImageInput, image_input_from_layer
-from ._model_choice import ModelChoice
-from ._painting import neutral_background
+from ._common import button, notify_info, notify_warning, number_box, spin_value
+from ._jobs import JobWidget
+from ._layer_choice import LayerSelect
+from ._model_choice import ModelComboBox
 from ._plot import LossPlot
 from ._preview import LivePreview
 from ._saving import save_model_as
@@ -53,22 +32,12 @@ if TYPE_CHECKING:
 _JOB = "tiled_unet._widgets._training:finetune_job"
 
 
-def _row(*widgets: Any) -> QHBoxLayout:
-    row = QHBoxLayout()
-    for widget in widgets:
-        row.addWidget(widget)
-    return row
-
-
-class FinetuneWidget(JobWidget, ModelChoice):
+class FinetuneWidget(JobWidget):
     """Fine-tune a U-Net on annotations painted in a Labels layer.
 
-    Annotation layers (see :mod:`._annotations`): *New annotation layer* makes a sparse one
-    (0 = not annotated, 1 = background, 2, 3, … = one id per object); *Correct the
-    segmentation* copies the image's segmentation into a layer the user corrects (every pixel
-    counts); any other Labels layer chosen as *Annotations* is read as sparse or, when it holds
-    dense instance labels (a segmentation, a ground truth), densely, and the status says which.
-    *Paint object* and *Paint background* choose the label and the paint brush. Only planes of
+    Annotation layers are made and painted with the tools of :mod:`._annotation_tools`; any
+    other Labels layer chosen as *Annotations* is read as sparse or, when it holds dense instance
+    labels (a segmentation, a ground truth), densely, and the status says which. Only planes of
     a stack that carry annotations are used. A run holds back a quarter of the painted objects
     and scores the new model and its base on them; when the new model is not worse (and finds
     objects), it becomes the current model of the viewer's Segment widget. A worse, cancelled
@@ -81,231 +50,120 @@ class FinetuneWidget(JobWidget, ModelChoice):
     plane of the first chosen image is segmented with the weights of that step into a
     ``"<image> preview"`` layer just under the annotation layer (:mod:`._preview`).
 
-    The parameters, ``napari_viewer`` and ``use_thread``, are those of :class:`~._common.JobWidget`.
+    The parameters, ``napari_viewer`` and ``use_thread``, are those of :class:`~._jobs.JobWidget`.
     """
 
+    failure = "Fine-tuning failed"
+    unchanged = "the previous model is unchanged"
+    starting = "preparing…"
+
     def __init__(self, napari_viewer: napari.Viewer, *, use_thread: bool = True) -> None:
-        super().__init__(napari_viewer, use_thread=use_thread)
-        from napari.layers import Image, Labels
+        super().__init__(napari_viewer, use_thread=use_thread, run_text="Start")
+        from napari.layers import Image
 
         from tiled_unet.core.options import FINETUNE_MINUTES
 
-        self._init_model_choice(
-            napari_viewer,
-            tooltip="Model to start from",
-            extras=(FROM_SCRATCH,),
-            prefer_current=True,
-            noun="base model",
-            no_current="No fine-tuned model yet: choose another base model.",
-        )
-        self._cancel = threading.Event()
         self._run_text = ""
         self._budget_seconds = 0.0
         #: The live preview of the runs (see :mod:`._preview`).
         self.preview = LivePreview(
             napari_viewer,
             use_thread=use_thread,
-            device=self.device_combo.currentText,
+            device=lambda: self.device_combo.value,
             say=self._say_preview,
             report=self._report,
         )
         #: The result of the last finished run (accepted or not).
         self.last_result: FinetuneResult | None = None
 
-        self.images_list = self._layer_choice(
+        self.images_list = LayerSelect(
+            napari_viewer,
             Image,
-            multiple=True,
+            label="Images",
             tooltip="Image layer(s) to train on. The first uses the layer chosen under Annotations; "
             "the others the annotation layer made for them.",
         )
         self.images_list.native.setMaximumHeight(80)
-        self.labels_combo = self._layer_choice(
-            Labels,
-            tooltip="Labels layer with your annotations (sparse paint, corrections or dense instance labels)",
+        self.model_combo = ModelComboBox(
+            napari_viewer,
+            label="Base model",
+            tooltip="Model to start from",
+            extras=(FROM_SCRATCH,),
+            prefer_current=True,
+            noun="base model",
+            no_current="No fine-tuned model yet: choose another base model.",
         )
-        self.new_labels_button = QPushButton("New annotation layer")
-        self.new_labels_button.setToolTip("An empty layer over the first chosen image to paint on (sparse)")
-        self.new_labels_button.clicked.connect(self.new_annotation_layer)
-        self.correct_button = QPushButton("Correct the segmentation")
-        self.correct_button.setToolTip(
-            "Copy the image's segmentation into a new layer: erase false objects, paint missed ones, "
-            "split merges; every pixel of it is trained on"
+        self.minutes_spin = number_box(
+            minimum=0.0,
+            maximum=24 * 60.0,
+            value=FINETUNE_MINUTES,
+            decimals=1,
+            special="no limit",
+            suffix=" min",
+            label="Time budget",
+            tooltip="Time budget; training stops after the step that exceeds it",
         )
-        self.correct_button.clicked.connect(self.correct_segmentation)
-        self.paint_object_button = QPushButton("Paint object")
-        self.paint_object_button.setToolTip("Paint a new object: the next free id (2, 3, …) with the brush")
-        self.paint_object_button.clicked.connect(self.paint_object)
-        self.paint_background_button = QPushButton("Paint background")
-        self.paint_background_button.setToolTip("Paint background (label 1, shown in grey) with the brush")
-        self.paint_background_button.clicked.connect(self.paint_background)
-        convention = QLabel(ANNOTATION_CONVENTION)
-        convention.setWordWrap(True)
-
-        self.minutes_spin = QDoubleSpinBox()
-        self.minutes_spin.setRange(0.0, 24 * 60.0)
-        self.minutes_spin.setDecimals(1)
-        self.minutes_spin.setValue(FINETUNE_MINUTES)
-        self.minutes_spin.setSpecialValueText("no limit")
-        self.minutes_spin.setSuffix(" min")
-        self.minutes_spin.setToolTip("Time budget; training stops after the step that exceeds it")
-        self.steps_spin = QSpinBox()
-        self.steps_spin.setRange(0, 1_000_000)
-        self.steps_spin.setValue(0)
-        self.steps_spin.setSpecialValueText("no limit")
-        self.steps_spin.setToolTip("Optimisation steps (no limit: only the time budget counts)")
-        self.lr_spin = QDoubleSpinBox()
-        self.lr_spin.setDecimals(6)
-        self.lr_spin.setRange(0.0, 1.0)
-        self.lr_spin.setSingleStep(1e-5)
-        self.lr_spin.setValue(0.0)
-        self.lr_spin.setSpecialValueText("default")
-        self.lr_spin.setToolTip(
-            "Learning rate of the Adam optimiser (default 2e-4, decaying over the budget)"
+        self.steps_spin = number_box(
+            minimum=0,
+            maximum=1_000_000,
+            value=0,
+            special="no limit",
+            label="Steps",
+            tooltip="Optimisation steps (no limit: only the time budget counts)",
         )
-        self.preview_spin = QSpinBox()
-        self.preview_spin.setRange(0, 1_000_000)
-        self.preview_spin.setValue(0)
-        self.preview_spin.setSpecialValueText("off")
-        self.preview_spin.setSuffix(" steps")
-        self.preview_spin.setToolTip(
-            "Every this many steps, segment the visible plane of the first image with the current "
-            "weights into a '<image> preview' layer (in the background; slows training a little)"
+        self.lr_spin = number_box(
+            minimum=0.0,
+            maximum=1.0,
+            value=0.0,
+            step=1e-5,
+            decimals=6,
+            special="default",
+            label="Learning rate",
+            tooltip="Learning rate of the Adam optimiser (default 2e-4, decaying over the budget)",
         )
-
-        form = QFormLayout()
-        form.addRow("Images", self.images_list.native)
-        form.addRow("Annotations", self.labels_combo.native)
-        form.addRow(_row(self.new_labels_button, self.correct_button))
-        form.addRow(_row(self.paint_object_button, self.paint_background_button))
-        form.addRow(convention)
-        form.addRow("Base model", self.model_combo)
-        form.addRow("Time budget", self.minutes_spin)
-        form.addRow("Steps", self.steps_spin)
-        form.addRow("Learning rate", self.lr_spin)
-        form.addRow("Device", self.device_combo)
-        form.addRow("Live preview every", self.preview_spin)
-
-        self.start_button = QPushButton("Start")
-        self.start_button.clicked.connect(self.start)
-        self.save_button = QPushButton("Save model…")
-        self.save_button.setEnabled(False)
-        self.save_button.clicked.connect(lambda: self.save_model())
+        self.preview_spin = number_box(
+            minimum=0,
+            maximum=1_000_000,
+            value=0,
+            special="off",
+            suffix=" steps",
+            label="Live preview every",
+            tooltip="Every this many steps, segment the visible plane of the first image with the current "
+            "weights into a '<image> preview' layer (in the background; slows training a little)",
+        )
+        #: The annotation layer choice and the painting buttons (see :mod:`._annotation_tools`).
+        self.annotations = AnnotationTools(
+            napari_viewer, images=self.images_list, model=self.model_combo, say=self._say
+        )
+        self.labels_combo = self.annotations.labels_combo
+        self.save_button = button(
+            "Save model…", "Write the current fine-tuned model to a file", self.save_model
+        )
+        self.save_button.enabled = False
         self.plot = LossPlot()
-        self._lay_out(form, [self.start_button, self.cancel_button, self.save_button], [self.plot])
-        self.refresh_models()
+        self._busy_controls = [self.annotations.new_labels_button, self.annotations.correct_button]
+        self._lay_out(
+            [
+                self.images_list,
+                *self.annotations.widgets,
+                self.model_combo,
+                self.minutes_spin,
+                self.steps_spin,
+                self.lr_spin,
+                self.device_combo,
+                self.preview_spin,
+            ],
+            [self.save_button],
+            [self.plot],
+        )
+        self.model_combo.session.connect(self._on_session_model)
         self._warm_up()
 
     # ------------------------------------------------------------------ base model
 
     def _on_session_model(self, session: ModelSession) -> None:
-        """A fine-tune finished: list the new model; it can be saved now."""
-        super()._on_session_model(session)
-        self.save_button.setEnabled(self.session.current is not None)
-
-    def _in_channels(self, model: Any) -> int:
-        from tiled_unet.core.checkpoint import Checkpoint, resolve_model
-
-        if model is None:
-            return 1
-        ckpt = model if isinstance(model, Checkpoint) else resolve_model(model)
-        return int(ckpt.config.in_channels)
-
-    # ------------------------------------------------------------------ annotations
-
-    def _first_image(self) -> tuple[Any, ImageInput, int] | None:
-        """The first chosen image layer, its snapshot and the base model's channels (or None, said)."""
-        images = self.images_list.layers()
-        if not images:
-            notify_error("No image layer: open an image (or File > Open Sample > Tiled U-Net) first.")
-            return None
-        try:
-            model, _ = self._model_value()
-            return images[0], image_input_from_layer(images[0]), self._in_channels(model)
-        except ValueError as exc:
-            notify_error(str(exc))
-            return None
-
-    def _add_annotation_layer(self, data: Any, kwargs: dict[str, Any], *, clear: bool = False) -> Any:
-        layer = self.viewer.add_labels(data, **kwargs)
-        neutral_background(layer, clear=clear)
-        layer.brush_size = 8
-        self.labels_combo.set_layer(layer)
-        return layer
-
-    def new_annotation_layer(self) -> Any:
-        """Add an empty annotation layer over the first chosen image, choose it, paint an object.
-
-        Returns
-        -------
-        napari.layers.Labels or None
-            The new layer (None if there is no image layer).
-        """
-        first = self._first_image()
-        if first is None:
-            return None
-        _, image, channels = first
-        try:
-            data, kwargs = empty_annotation(image, channels)
-        except ValueError as exc:
-            notify_error(str(exc))
-            return None
-        layer = self._add_annotation_layer(data, kwargs)
-        self.paint_object()
-        self.status.setText(ANNOTATION_CONVENTION)
-        return layer
-
-    def correct_segmentation(self) -> Any:
-        """Copy the first image's segmentation into a corrections layer and choose it.
-
-        Returns
-        -------
-        napari.layers.Labels or None
-            The new layer (None, with a message, if the image has no segmentation yet).
-        """
-        first = self._first_image()
-        if first is None:
-            return None
-        layer, image, channels = first
-        seg = segmentation_for(layer.name, self.viewer.layers)
-        if seg is None:
-            notify_error(f"No segmentation of '{layer.name}' yet: run Segment first.")
-            return None
-        try:
-            data, kwargs = correction_annotation(image, seg.data, channels)
-        except ValueError as exc:
-            notify_error(str(exc))
-            return None
-        new = self._add_annotation_layer(data, kwargs, clear=True)  # background: 0 or 1 alike
-        seg.visible = False  # the copy shows the same objects; the original stays as it was
-        self.paint_background()
-        self.status.setText(
-            "Correct the copy: paint background (1, not drawn) or erase over false objects, "
-            "'Paint object' for missed ones, and split merged objects by painting one part with a "
-            "new id. Every pixel counts."
-        )
-        return new
-
-    def _paint_target(self) -> Any:
-        layer = self.labels_combo.layer()
-        if layer is None:
-            return self.new_annotation_layer()
-        selection = self.viewer.layers.selection
-        selection.active = layer
-        layer.mode = "paint"
-        return layer
-
-    def paint_object(self) -> None:
-        """Paint a new object: the annotation layer gets the next free id (>= 2) and the brush."""
-        layer = self._paint_target()
-        if layer is not None:
-            layer.selected_label = next_object_id(layer.data)
-            neutral_background(layer, layer.selected_label)
-
-    def paint_background(self) -> None:
-        """Paint background: the annotation layer gets label 1 and the brush."""
-        layer = self._paint_target()
-        if layer is not None:
-            layer.selected_label = BACKGROUND
+        """A fine-tune finished: the new model can be saved now."""
+        self.save_button.enabled = session.current is not None
 
     def training_pairs(self) -> list[AnnotationInput]:
         """The chosen images, each with its annotation layer (:func:`~._annotations.pair_annotations`)."""
@@ -315,7 +173,7 @@ class FinetuneWidget(JobWidget, ModelChoice):
 
     def request(self) -> FinetuneRequest:
         """The settings of the next run, from the controls."""
-        model, label = self._model_value()
+        model, label = self.model_combo.chosen()
 
         return FinetuneRequest(
             base_model=model,
@@ -323,31 +181,22 @@ class FinetuneWidget(JobWidget, ModelChoice):
             steps=spin_value(self.steps_spin),
             minutes=spin_value(self.minutes_spin),
             learning_rate=spin_value(self.lr_spin),
-            device=self.device_combo.currentText(),
-            preview_every=int(self.preview_spin.value()),
+            device=self.device_combo.value,
+            preview_every=int(self.preview_spin.value),
         )
 
-    def start(self) -> None:
-        """Collect the annotated planes and start fine-tuning (ignored while running)."""
-        if self._worker is not None:
-            return
-        try:
-            request = self.request()
-            if request.base_model is not None:
-                # read the base model once: its channels shape the data, and the job trains it
-                from tiled_unet.core.checkpoint import resolve_model
+    def _job(self) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+        """The annotated planes and settings as a training job (see :class:`~._jobs.JobWidget`)."""
+        request = self.request()
+        if request.base_model is not None:
+            # read the base model once: its channels shape the data, and the job trains it
+            from tiled_unet.core.checkpoint import resolve_model
 
-                request = dataclasses.replace(request, base_model=resolve_model(request.base_model))
-            pairs = self.training_pairs()
-            data: TrainingData = collect_training_data(
-                pairs, in_channels=self._in_channels(request.base_model)
-            )
-        except ValueError as exc:  # includes CheckpointError
-            notify_error(str(exc))
-            return
-        self._cancel.clear()
+            request = dataclasses.replace(request, base_model=resolve_model(request.base_model))
+        pairs = self.training_pairs()
+        channels = model_channels(request.base_model)
+        data: TrainingData = collect_training_data(pairs, in_channels=channels)
         self.plot.clear()
-        self._set_running(True)
         self._budget_seconds = request.budget_seconds
         notes = list(dict.fromkeys(p.note for p in pairs if p.note))
         for note in notes:
@@ -355,50 +204,35 @@ class FinetuneWidget(JobWidget, ModelChoice):
         self._run_text = (
             f"Fine-tuning on {len(data.labels)} plane(s), {data.n_objects} object(s). {' '.join(notes)}"
         )
-        self.status.setText(self._run_text)
+        self.status.value = self._run_text
         self.preview.use_thread = self.use_thread
-        self.preview.begin(
-            self.images_list.layers()[0] if request.preview_every > 0 else None,
-            self.labels_combo.layer(),
-            self._in_channels(request.base_model),
-        )
-        if self.use_thread:  # in its own process: training never holds this interpreter's lock
-            from tiled_unet.core.process import run_in_process
+        first = self.images_list.layers()[0] if request.preview_every > 0 else None
+        self.preview.begin(first, self.labels_combo.layer(), channels)
+        if not self.use_thread:
+            return finetune_job, (data, request), {"cancel": self._cancel.is_set}
+        # in its own process: training never holds this interpreter's lock
+        from tiled_unet.core.process import run_in_process
 
-            self.progress.setFormat("starting the training process…")
-            self._start(run_in_process, _JOB, data, request, cancel=self._cancel.is_set)
-        else:
-            self._start(finetune_job, data, request, cancel=self._cancel.is_set)
+        self.starting = "starting the training process…"
+        return run_in_process, (_JOB, data, request), {"cancel": self._cancel.is_set}
 
     def cancel(self) -> None:
         """Stop training at the next step; the previous model stays."""
-        if self._worker is not None:
-            self._cancel.set()
-            self._worker.quit()
-            self.status.setText("Cancelling…")
+        super().cancel()
         self.preview.cancel()
 
     def _set_running(self, running: bool) -> None:
-        for widget in (self.start_button, self.new_labels_button, self.correct_button):
-            widget.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
-        self.save_button.setEnabled(not running and self.session.current is not None)
-        if running:
-            self.progress.setRange(0, 0)
-            self.progress.setFormat("preparing…")
+        super()._set_running(running)
+        self.save_button.enabled = not running and self.model_combo.session.current is not None
 
     def _on_progress(self, progress: Any) -> None:
         if progress.unit != "step":  # a stage: what it is doing
-            self.progress.setFormat(progress.message)
+            self._show_progress(0, 0, progress.message)
             return
-        n = int(progress.total)
-        if n:
-            self.progress.setRange(0, n)
-            self.progress.setValue(min(int(progress.done), n))
-        elif self._budget_seconds > 0:
-            self.progress.setRange(0, int(self._budget_seconds))
-            self.progress.setValue(min(int(progress.seconds), int(self._budget_seconds)))
-        self.progress.setFormat(train_progress_text(progress))
+        total, done = progress.total, progress.done
+        if not total and self._budget_seconds > 0:  # no step limit: the time budget
+            total, done = self._budget_seconds, progress.seconds
+        self._show_progress(done, total, train_progress_text(progress))
         self.plot.add(int(progress.done), float(progress.loss))
         snapshot = progress.checkpoint
         if snapshot is not None and not self._cancel.is_set():
@@ -406,26 +240,14 @@ class FinetuneWidget(JobWidget, ModelChoice):
 
     # ------------------------------------------------------------------ live preview
 
-    @property
-    def previewing(self) -> bool:
-        """Whether a live-preview segmentation is running."""
-        return self.preview.busy
-
-    @property
-    def preview_layer(self) -> Any:
-        """The preview layer written last (None before the first preview)."""
-        return self.preview.layer
-
-    @property
-    def preview_updates(self) -> int:
-        """Number of preview results written into a preview layer (all runs)."""
-        return self.preview.updates
+    def _say(self, text: str) -> None:
+        self.status.value = text
 
     def _say_preview(self, text: str, during_run_only: bool) -> None:
         if self.running:
-            self.status.setText(f"{self._run_text} {text}")
+            self.status.value = f"{self._run_text} {text}"
         elif not during_run_only:  # after the run, its final message stays
-            self.status.setText(text)
+            self.status.value = text
 
     def _on_result(self, result: FinetuneResult | None) -> None:
         """Make the new model current if it passed the check (GUI thread); None: cancelled."""
@@ -437,17 +259,10 @@ class FinetuneWidget(JobWidget, ModelChoice):
         done = f"Fine-tuned {result.steps} steps in {result.seconds:.0f} s{loss}. {result.summary}"
         if not result.accepted:
             notify_warning(result.summary)
-            self.status.setText(f"{done} The previous model is unchanged.")
+            self.status.value = f"{done} The previous model is unchanged."
             return
-        self.status.setText(f"{done} The Segment widget now uses this model.")
-        self.session.set_current(result.checkpoint, f"fine-tuned ({result.steps} steps)")
-
-    def _on_error(self, exc: BaseException) -> None:
-        message = self._report(exc, "Fine-tuning failed")
-        self.status.setText(message + " The previous model is unchanged.")
-
-    def _on_abort(self) -> None:
-        self.status.setText("Cancelled; the previous model is unchanged.")
+        self.status.value = f"{done} The Segment widget now uses this model."
+        self.model_combo.session.set_current(result.checkpoint, f"fine-tuned ({result.steps} steps)")
 
     # ------------------------------------------------------------------ saving
 
@@ -457,7 +272,7 @@ class FinetuneWidget(JobWidget, ModelChoice):
         See :func:`~._saving.save_model_as` (``path`` None: a save dialog; ``overwrite`` None
         asks before replacing a file). Returns the file written, or None.
         """
-        written = save_model_as(self, self.session.current, path, overwrite=overwrite)
+        written = save_model_as(self.native, self.model_combo.session.current, path, overwrite=overwrite)
         if written is not None:
-            self.status.setText(f"Model saved to {written}")
+            self.status.value = f"Model saved to {written}"
         return written

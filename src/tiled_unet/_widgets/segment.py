@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QPushButton, QSpinBox
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox
 
 from tiled_unet.core.options import PredictOptions
 
-from ._common import JobWidget, notify_error, notify_warning, spin_value
+from ._common import notify_warning, number_box, spin_value
+from ._jobs import JobWidget
+from ._layer_choice import LayerComboBox
 from ._layers import (
     METADATA_KEY,
     image_input_from_layer,
@@ -22,7 +24,7 @@ from ._layers import (
     result_store,
     result_transform,
 )
-from ._model_choice import ModelChoice
+from ._model_choice import ModelComboBox
 from ._segment_job import SegmentRequest, SegmentResult, progress_text, segment_job, summary_text
 from ._session import CURRENT_MODEL, OUTPUTS, ModelSession
 
@@ -30,20 +32,22 @@ if TYPE_CHECKING:
     import napari
 
 
-class TileSpinBox(QSpinBox):
-    """A tile-size box that offers only a model's usable sizes; 0 reads "auto".
+class TileSizeBox(FloatSpinBox):
+    """A tile-size box that offers only a model's usable sizes; its lowest value reads "auto".
 
-    The arrows and the wheel step from one usable size to the next
-    (:func:`tiled_unet.core.tiling.valid_tile_sizes`); a typed size snaps to the nearest usable
-    one when editing ends.
+    The usable sizes (:func:`tiled_unet.core.tiling.valid_tile_sizes`) lie one tile step apart,
+    so the box steps by that much from "auto" (one step below the smallest size): the arrows,
+    the wheel and Page Up/Down land on usable sizes only, and a typed size snaps to the nearest
+    usable one when editing ends. Read it with :func:`~._common.spin_value` (None for auto).
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **kwargs: Any) -> None:
         self._sizes: list[int] = []
-        self.setSpecialValueText("auto")
-        self.setRange(0, 8192)
-        self.editingFinished.connect(self._snap)
+        super().__init__(min=0, max=8192, step=1, value=0, **kwargs)
+        self.native.setDecimals(0)
+        self.native.setSpecialValueText("auto")
+        self.native.setKeyboardTracking(False)  # a typed size counts when editing ends
+        self.changed.connect(self._snap)
 
     @property
     def sizes(self) -> list[int]:
@@ -51,28 +55,27 @@ class TileSpinBox(QSpinBox):
         return list(self._sizes)
 
     def set_sizes(self, sizes: list[int]) -> None:
-        """Offer ``sizes`` (sorted); the current value snaps to them (auto stays auto)."""
+        """Offer ``sizes`` (evenly spaced); the current value snaps to them (auto stays auto)."""
+        auto = self.value <= self.min
         self._sizes = sorted(int(s) for s in sizes)
-        if self._sizes:
-            self.setRange(0, self._sizes[-1])
-        self._snap()
-
-    def stepBy(self, steps: int) -> None:  # noqa: N802 - Qt's name
         if not self._sizes:
-            super().stepBy(steps)
             return
-        values = [0, *self._sizes]
-        here = min(range(len(values)), key=lambda k: abs(values[k] - self.value()))
-        self.setValue(values[min(max(here + steps, 0), len(values) - 1)])
+        step = self._sizes[1] - self._sizes[0] if len(self._sizes) > 1 else 1
+        with self.changed.blocked():
+            self.max = self._sizes[-1]
+            self.min = self._sizes[0] - step
+            self.step = step
+            if auto:
+                self.value = self.min
+        self._snap(self.value)
 
-    def _snap(self) -> None:
-        value = self.value()
-        if value == 0 or not self._sizes or value in self._sizes:
+    def _snap(self, value: float) -> None:
+        if not self._sizes or value <= self.min or int(round(value)) in self._sizes:
             return
-        self.setValue(min(self._sizes, key=lambda s: (abs(s - value), s)))
+        self.value = min(self._sizes, key=lambda s: (abs(s - value), s))
 
 
-class SegmentWidget(JobWidget, ModelChoice):
+class SegmentWidget(JobWidget):
     """Segment an image layer with a built-in, fine-tuned or file model.
 
     The result is a Labels layer ``"<image> segmentation"`` (an Image layer
@@ -90,18 +93,16 @@ class SegmentWidget(JobWidget, ModelChoice):
     overwritten. A store is deleted when its result is replaced by a new run or its layer
     is removed from the viewer.
 
-    The parameters, ``napari_viewer`` and ``use_thread``, are those of :class:`~._common.JobWidget`.
+    The parameters, ``napari_viewer`` and ``use_thread``, are those of :class:`~._jobs.JobWidget`.
     """
+
+    failure = "Segmentation failed"
+    unchanged = "no layer was changed"
 
     def __init__(self, napari_viewer: napari.Viewer, *, use_thread: bool = True) -> None:
         super().__init__(napari_viewer, use_thread=use_thread)
         from napari.layers import Image
 
-        self._init_model_choice(
-            napari_viewer,
-            tooltip="Built-in model, the model fine-tuned in this session, or a file",
-            no_current="No fine-tuned model yet: use the Fine-tune widget first.",
-        )
         self._run_started = 0.0
         self._last_image_name: str | None = None
         self._pending_store: str | None = None  # the cache folder a running blockwise job may fill
@@ -109,75 +110,79 @@ class SegmentWidget(JobWidget, ModelChoice):
         self.last_result: SegmentResult | None = None
         self.last_seconds_to_layer: float | None = None
 
-        self.image_combo = self._layer_choice(
-            Image, tooltip="Image layer to segment (2D, RGB, multichannel or a stack)"
+        self.image_combo = LayerComboBox(
+            napari_viewer,
+            Image,
+            label="Image",
+            tooltip="Image layer to segment (2D, RGB, multichannel or a stack)",
         )
-        self.output_combo = QComboBox()
-        self.output_combo.addItems(list(OUTPUTS))
-        self.output_combo.setToolTip(
-            "instances: one id per object; semantic: one id per class; probabilities: per-class maps"
+        self.model_combo = ModelComboBox(
+            napari_viewer,
+            label="Model",
+            tooltip="Built-in model, the model fine-tuned in this session, or a file",
+            no_current="No fine-tuned model yet: use the Fine-tune widget first.",
         )
-        self.tile_spin = TileSpinBox()
-        self.tile_spin.setToolTip(
-            "Input tile edge in pixels: only the model's usable sizes (typed values snap to the "
-            "nearest); auto picks one that fits the memory"
+        self.output_combo = ComboBox(
+            label="Output",
+            choices=list(OUTPUTS),
+            tooltip="instances: one id per object; semantic: one id per class; probabilities: per-class maps",
         )
-        self.min_size_spin = QSpinBox()
-        self.min_size_spin.setRange(-1, 1_000_000)  # -1 reads "model default"; 0 keeps every object
-        self.min_size_spin.setValue(-1)
-        self.min_size_spin.setSpecialValueText("model default")
-        self.min_size_spin.setToolTip("Objects smaller than this many pixels are removed (instances)")
-
-        self.min_peak_spin = QDoubleSpinBox()
-        self.min_peak_spin.setRange(-0.05, 0.99)  # -0.05 reads "model default"
-        self.min_peak_spin.setValue(-0.05)
-        self.min_peak_spin.setSingleStep(0.05)
-        self.min_peak_spin.setDecimals(2)
-        self.min_peak_spin.setSpecialValueText("model default")
-        self.min_peak_spin.setToolTip(
-            "Objects whose highest object probability is below this are removed (instances). "
-            "Lower it to keep faint objects; 0.5 or less keeps every object"
+        self.tile_spin = TileSizeBox(
+            label="Tile size",
+            tooltip="Input tile edge in pixels: only the model's usable sizes (typed values snap to the "
+            "nearest); auto picks one that fits the memory",
         )
-        self.tta_check = QCheckBox("Average with 180\N{DEGREE SIGN} rotation (2x time)")
-        self.tta_check.setToolTip(
-            "Test-time augmentation: also predict the image rotated by 180 degrees and average; "
-            "fewer false objects, twice the time"
+        self.min_size_spin = number_box(  # -1 reads "model default"; 0 keeps every object
+            minimum=-1,
+            maximum=1_000_000,
+            value=-1,
+            special="model default",
+            label="Min object size",
+            tooltip="Objects smaller than this many pixels are removed (instances)",
         )
-
-        form = QFormLayout()
-        form.addRow("Image", self.image_combo.native)
-        form.addRow("Model", self.model_combo)
-        form.addRow("Device", self.device_combo)
-        form.addRow("Output", self.output_combo)
-        form.addRow("Tile size", self.tile_spin)
-        form.addRow("Min object size", self.min_size_spin)
-        form.addRow("Min peak probability", self.min_peak_spin)
-        form.addRow("Test-time aug.", self.tta_check)
-
-        self.run_button = QPushButton("Run")
-        self.run_button.clicked.connect(self.run)
-        self._lay_out(form, [self.run_button, self.cancel_button])
-        self.refresh_models()
-        self.model_combo.currentTextChanged.connect(lambda _text: self._update_tile_sizes())
+        self.min_peak_spin = number_box(  # -0.05 reads "model default"
+            minimum=-0.05,
+            maximum=0.99,
+            value=-0.05,
+            step=0.05,
+            decimals=2,
+            special="model default",
+            label="Min peak probability",
+            tooltip="Objects whose highest object probability is below this are removed (instances). "
+            "Lower it to keep faint objects; 0.5 or less keeps every object",
+        )
+        self.tta_check = CheckBox(
+            text="Average with 180\N{DEGREE SIGN} rotation (2x time)",
+            tooltip="Test-time augmentation: also predict the image rotated by 180 degrees and average; "
+            "fewer false objects, twice the time",
+        )
+        self._lay_out(
+            [
+                self.image_combo,
+                self.model_combo,
+                self.device_combo,
+                self.output_combo,
+                self.tile_spin,
+                self.min_size_spin,
+                self.min_peak_spin,
+                self.tta_check,
+            ]
+        )
+        self.model_combo.session.connect(self._on_session_model)
+        self.model_combo.changed.connect(lambda _value: self._update_tile_sizes())
         self._warm_up()
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
 
     # ------------------------------------------------------------------ model choice
 
-    def _on_session_model(self, session: ModelSession) -> None:
+    def _on_session_model(self, _session: ModelSession) -> None:
         """A fine-tune finished: use the new model and refresh the last segmentation."""
-        self.refresh_models(select=CURRENT_MODEL)
+        self.model_combo.refresh(select=CURRENT_MODEL)
         if self._worker is None and self._last_image_name is not None:
             named = [layer for layer in self.viewer.layers if layer.name == self._last_image_name]
             if named:
                 self.image_combo.set_layer(named[0])
                 self.run()
-
-    def refresh_models(self, select: str | None = None) -> None:
-        """Re-list the models (see :class:`~._model_choice.ModelChoice`) and their tile sizes."""
-        super().refresh_models(select)
-        if hasattr(self, "tile_spin"):  # the first listing comes before the controls exist and torch
-            self._update_tile_sizes()
 
     def _on_warm(self) -> None:
         self._update_tile_sizes()
@@ -193,7 +198,7 @@ class SegmentWidget(JobWidget, ModelChoice):
         from tiled_unet.core.tiling import valid_tile_sizes
 
         try:
-            model, _ = self._model_value()
+            model, _ = self.model_combo.chosen()
             config = resolve_model(model).config
         except ValueError:  # no model chosen yet, or an unreadable file: said at Run
             return
@@ -203,37 +208,29 @@ class SegmentWidget(JobWidget, ModelChoice):
 
     def request(self) -> SegmentRequest:
         """The settings of the next run, from the controls."""
-        model, label = self._model_value()
-
+        model, label = self.model_combo.chosen()
         options = PredictOptions(
-            output=self.output_combo.currentText(),  # type: ignore[arg-type]
+            output=self.output_combo.value,
             tile=spin_value(self.tile_spin),
-            device=self.device_combo.currentText(),
+            device=self.device_combo.value,
             min_size=spin_value(self.min_size_spin),
             min_peak=spin_value(self.min_peak_spin),
-            tta=self.tta_check.isChecked(),
+            tta=bool(self.tta_check.value),
         )
         return SegmentRequest(model=model, options=options, model_label=label)
 
-    def run(self) -> None:
-        """Start segmenting the chosen image (ignored while a run is in progress)."""
-        if self._worker is not None:
-            return
-        try:
-            image = image_input_from_layer(self.image_combo.layer())
-            request = self.request()
-        except ValueError as exc:
-            notify_error(str(exc))
-            return
+    def _job(self) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+        """The chosen image and settings as a Segment job (see :class:`~._jobs.JobWidget`)."""
+        image = image_input_from_layer(self.image_combo.layer())
+        request = self.request()
         self._warn_about_tile(request)
         self._last_image_name = image.name
         self._run_started = time.perf_counter()
         # a lazy image may take the blockwise path: give the job a cache folder (removed
         # again in _on_finish if the run does not deliver a result that uses it)
         self._pending_store = str(new_result_store()) if is_lazy(image.data) else None
-        self._set_running(True)
-        self.status.setText(f"Segmenting {image.name}…")
-        self._start(segment_job, image, request, store=self._pending_store)
+        self.status.value = f"Segmenting {image.name}…"
+        return segment_job, (image, request), {"store": self._pending_store}
 
     def _warn_about_tile(self, request: SegmentRequest) -> None:
         """A tile that spends most of its work on context is allowed, but said (it is slow)."""
@@ -249,32 +246,15 @@ class SegmentWidget(JobWidget, ModelChoice):
         if warning:
             notify_warning(warning)
 
-    def cancel(self) -> None:
-        """Stop the run at the next tile batch (or block); no layer is added or changed."""
-        if self._worker is not None:
-            self._worker.quit()
-            self.status.setText("Cancelling…")
-
-    def _set_running(self, running: bool) -> None:
-        self.run_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
-        if running:
-            self.progress.setRange(0, 0)  # busy until the first progress report
-            self.progress.setFormat("")
-
     def _on_progress(self, progress: Any) -> None:
-        total = int(progress.total)
-        if total:
-            self.progress.setRange(0, total)
-            self.progress.setValue(min(int(progress.done), total))
-        self.progress.setFormat(progress_text(progress))
+        self._show_progress(progress.done, progress.total, progress_text(progress))
 
     def _on_result(self, result: SegmentResult) -> None:
         """Add or update the result layer (GUI thread)."""
         self.add_result(result)
         self.last_result = result
         self.last_seconds_to_layer = time.perf_counter() - self._run_started
-        self.status.setText(summary_text(result))
+        self.status.value = summary_text(result)
 
     def add_result(self, result: SegmentResult) -> Any:
         """Put ``result`` in the viewer: update our unedited layer, else add a new one.
@@ -327,12 +307,6 @@ class SegmentWidget(JobWidget, ModelChoice):
         if store and store != self._pending_store:
             if not any(result_store(layer) == store for layer in self.viewer.layers):
                 remove_result_store(store)
-
-    def _on_error(self, exc: BaseException) -> None:
-        self.status.setText(self._report(exc, "Segmentation failed"))
-
-    def _on_abort(self) -> None:
-        self.status.setText("Cancelled; no layer was changed.")
 
 
 def _on_paint(event: Any) -> None:

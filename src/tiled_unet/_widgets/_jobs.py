@@ -1,0 +1,303 @@
+"""The job lifecycle the dock widgets share: a worker thread, progress, Cancel, status."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
+
+from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton, Widget
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QSizePolicy
+
+from tiled_unet.core.progress import drain
+
+from ._common import notify_error, report_exception
+
+
+def start_job(
+    func: Callable[..., Generator[Any, None, Any]],
+    *args: Any,
+    use_thread: bool,
+    on_yield: Callable[[Any], None],
+    on_return: Callable[[Any], None],
+    on_error: Callable[[BaseException], None],
+    on_finish: Callable[[], None],
+    on_abort: Callable[[], None] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Run the generator function ``func(*args, **kwargs)`` in a napari thread worker.
+
+    The callbacks run on the GUI thread (Qt queued signals). Errors go to ``on_error`` only:
+    napari's own error relay, which would show a traceback for expected problems, is not used.
+    With ``use_thread=False`` the generator runs inline (tests, debugging) and None is returned.
+
+    Returns
+    -------
+    GeneratorWorker or None
+        The started worker (``worker.quit()`` cancels at the next yield).
+    """
+    if not use_thread:
+        try:
+            on_return(drain(func(*args, **kwargs), on_yield))
+        except Exception as exc:  # reported to the user by on_error
+            on_error(exc)
+        finally:
+            on_finish()
+        return None
+
+    from napari.qt.threading import create_worker
+    from superqt.utils import GeneratorWorker  # napari's subclass would relay errors with a traceback
+
+    worker = create_worker(func, *args, _worker_class=GeneratorWorker, _ignore_errors=True, **kwargs)
+    worker.yielded.connect(on_yield)
+    worker.returned.connect(on_return)
+    worker.errored.connect(on_error)
+    if on_abort is not None:
+        worker.aborted.connect(on_abort)
+    worker.finished.connect(on_finish)
+    worker.start()
+    return worker
+
+
+def _devices() -> list[str]:
+    from tiled_unet.core.devices import available_devices
+
+    return list(available_devices())
+
+
+#: Set once torch has been imported by a warm-up job (a half-imported torch is in sys.modules
+#: already, and touching it would wait for the import on the GUI thread).
+_TORCH_READY = threading.Event()
+
+
+def _warm_job() -> Generator[None, None, list[str]]:
+    """Import torch (a worker thread) and list the devices."""
+    yield from ()
+    devices = _devices()
+    _TORCH_READY.set()
+    return devices
+
+
+class _OnClose(QObject):
+    """Calls ``callback`` when the watched Qt widget closes."""
+
+    def __init__(self, watched: Any, callback: Callable[[], None]) -> None:
+        super().__init__(watched)
+        self._callback = callback
+        watched.installEventFilter(self)
+
+    def eventFilter(self, _obj: Any, event: Any) -> bool:  # noqa: N802 (Qt naming)
+        if event.type() == QEvent.Type.Close:
+            self._callback()
+        return False
+
+
+class JobWidget(Container):
+    """Base of the dock widgets: a magicgui container that runs one background job at a time.
+
+    It holds the viewer and the lifecycle every such widget shares: :meth:`run` reads the
+    controls (:meth:`_job`, which may refuse with a ``ValueError``, said in one notification),
+    disables what must not change during the run, starts the job in a worker thread and shows
+    its progress; Cancel stops it at its next yield; errors and cancels end with a status line
+    that says what was left unchanged. It also holds the controls every such widget has: a
+    device choice (accelerators appear once torch is loaded, see :meth:`_warm_up`), the run and
+    Cancel buttons, a progress bar and a status line.
+
+    Subclasses build their controls, call :meth:`_lay_out`, and implement :meth:`_job`,
+    :meth:`_on_progress` and :meth:`_on_result`.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer (injected by napari).
+    use_thread : bool
+        Run jobs in a napari thread worker (default). ``False`` runs them inline, for tests.
+    run_text : str
+        The run button's text.
+    """
+
+    #: Prefix of the status line when a job fails ("Segmentation failed: …").
+    failure = "Failed"
+    #: What a cancelled or failed job left as it was.
+    unchanged = "nothing was changed"
+    #: The progress bar's text until the job's first report.
+    starting = ""
+
+    def __init__(self, napari_viewer: Any, *, use_thread: bool = True, run_text: str = "Run") -> None:
+        super().__init__(labels=False)
+        self.viewer = napari_viewer
+        self.use_thread = use_thread
+        self._worker: Any = None
+        #: Set by Cancel; jobs that poll it (training) stop at their next step.
+        self._cancel = threading.Event()
+        self._devices = ["cpu"]
+        #: Whether torch is loaded and the device list complete (see :meth:`_warm_up`).
+        self.warm = False
+        #: Controls disabled while a job runs (besides the run button).
+        self._busy_controls: list[Widget] = []
+
+        self.device_combo = ComboBox(
+            label="Device", choices=self._device_choices, tooltip="auto: a GPU if there is one, else the CPU"
+        )
+        self.run_button = PushButton(text=run_text)
+        self.run_button.changed.connect(lambda _value: self.run())
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.cancel_button.changed.connect(lambda _value: self.cancel())
+        self.progress = ProgressBar(min=0, max=1, value=0)
+        self.progress.native.setTextVisible(True)
+        self._reset_progress()
+        self.status = Label(value="")
+        self.status.native.setWordWrap(True)
+        self.status.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self._close_watch = _OnClose(self.native, self.cancel)
+
+    def _lay_out(
+        self, form: Sequence[Widget], buttons: Sequence[Widget] = (), below: Sequence[Any] = ()
+    ) -> None:
+        """Stack the labelled ``form``, the row of buttons (run, Cancel, ``buttons``), the
+        progress bar, ``below`` (magicgui widgets, or Qt widgets where magicgui has none) and the
+        status line."""
+        self.append(Container(widgets=list(form), labels=True))
+        row = [self.run_button, self.cancel_button, *buttons]
+        self.append(Container(widgets=row, layout="horizontal", labels=False))
+        self.append(self.progress)
+        for widget in below:
+            if isinstance(widget, Widget):
+                self.append(widget)
+            else:  # a native Qt widget, in a container of its own (magicgui's list stays exact)
+                holder = Container(labels=False)
+                holder.native.layout().addWidget(widget)
+                self.append(holder)
+        self.append(self.status)
+        self.native.layout().addStretch(1)
+
+    # ------------------------------------------------------------------ devices
+
+    def _device_choices(self, _widget: Any = None) -> list[str]:
+        return ["auto", *self._devices]
+
+    def _warm_up(self) -> None:
+        """Load torch in a worker thread, then list the devices and call :meth:`_on_warm`.
+
+        Docking must not wait the seconds torch takes to import; the widget is usable at once
+        (auto and cpu), and the accelerators appear when the import is done. Inline (and
+        immediate) where torch is loaded already or jobs run without threads.
+        """
+        if _TORCH_READY.is_set() or not self.use_thread:
+            self._on_devices(_devices())
+            return
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(100, self._start_warm_job)  # after napari has finished docking us
+
+    def _start_warm_job(self) -> None:
+        self._warm_worker = start_job(
+            _warm_job,
+            use_thread=True,
+            on_yield=lambda _item: None,
+            on_return=self._on_devices,
+            on_error=lambda exc: notify_error(f"Could not load torch: {exc}"),
+            on_finish=lambda: None,
+        )
+
+    def _on_devices(self, devices: list[str]) -> None:
+        self._devices = list(devices)
+        self.device_combo.reset_choices()
+        self.warm = True
+        self._on_warm()
+
+    def _on_warm(self) -> None:
+        """Torch is loaded: fill what needs it (subclasses)."""
+
+    # ------------------------------------------------------------------ the job
+
+    @property
+    def running(self) -> bool:
+        """Whether a job is in progress."""
+        return self._worker is not None
+
+    def _job(self) -> tuple[Callable[..., Generator[Any, None, Any]], tuple[Any, ...], dict[str, Any]]:
+        """Read the controls and return the job to run: ``(func, args, kwargs)`` (subclasses).
+
+        Raises
+        ------
+        ValueError
+            If the job cannot run (said to the user; nothing starts).
+        """
+        raise NotImplementedError
+
+    def run(self) -> None:
+        """Start the job (ignored while one is running); a refused job is said in a notification."""
+        if self._worker is not None:
+            return
+        try:
+            func, args, kwargs = self._job()
+        except ValueError as exc:  # includes CheckpointError
+            notify_error(str(exc))
+            return
+        self._cancel.clear()
+        self._set_running(True)
+        self._worker = start_job(
+            func,
+            *args,
+            use_thread=self.use_thread,
+            on_yield=self._on_progress,
+            on_return=self._on_result,
+            on_error=self._on_error,
+            on_finish=self._on_finish,
+            on_abort=self._on_abort,
+            **kwargs,
+        )
+
+    def cancel(self) -> None:
+        """Stop the running job at its next yield (or training step)."""
+        if self._worker is not None:
+            self._cancel.set()
+            self._worker.quit()
+            self.status.value = "Cancelling…"
+
+    def _set_running(self, running: bool) -> None:
+        """Enable or disable the controls for a run."""
+        for widget in [self.run_button, *self._busy_controls]:
+            widget.enabled = not running
+        self.cancel_button.enabled = running
+        if running:
+            self.progress.min, self.progress.max = 0, 0  # busy until the first report
+            self.progress.native.setFormat(self.starting)
+
+    def _show_progress(self, done: float, total: float, text: str) -> None:
+        """Show ``done`` of ``total`` (no total: the bar stays as it is) and ``text`` on the bar."""
+        if total > 0:
+            self.progress.max = int(total)
+            self.progress.value = min(int(done), int(total))
+        self.progress.native.setFormat(text)
+
+    def _reset_progress(self) -> None:
+        self.progress.min, self.progress.max = 0, 1
+        self.progress.value = 0
+        self.progress.native.setFormat("")
+
+    def _report(self, exc: BaseException, context: str) -> str:
+        """Notify the user of a job's error (see :func:`report_exception`); returns the message."""
+        return report_exception(exc, device=self.device_combo.value, context=context)
+
+    # The job's callbacks (GUI thread).
+
+    def _on_progress(self, progress: Any) -> None:
+        raise NotImplementedError
+
+    def _on_result(self, result: Any) -> None:
+        raise NotImplementedError
+
+    def _on_error(self, exc: BaseException) -> None:
+        message = self._report(exc, self.failure)
+        self.status.value = f"{message.rstrip('.')}. {self.unchanged[0].upper()}{self.unchanged[1:]}."
+
+    def _on_abort(self) -> None:
+        self.status.value = f"Cancelled; {self.unchanged}."
+
+    def _on_finish(self) -> None:
+        self._worker = None
+        self._set_running(False)
+        self._reset_progress()
