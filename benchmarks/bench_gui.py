@@ -249,6 +249,9 @@ def main() -> None:
     _, widget = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
     QApplication.processEvents()
     widget.image_combo.set_layer(viewer.layers["nuclei"])
+    while not widget.warm:  # accelerators are listed once torch is loaded (a worker thread)
+        QApplication.processEvents()
+        time.sleep(0.01)
     widget.device_combo.value = args.device
     model = widget.model_combo.current_choice
     if model != "nuclei":

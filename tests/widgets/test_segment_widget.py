@@ -264,6 +264,7 @@ def test_controls_map_to_options_and_zero_is_a_value(make_napari_viewer, checkpo
     widget.min_peak_spin.value = 0.0
     options = widget.request().options
     assert options.min_size == 0 and options.min_peak == 0.0
+    assert isinstance(options.min_size, int) and isinstance(options.min_peak, float)
 
 
 def test_tile_box_offers_only_usable_sizes_and_warns_about_small_tiles(
@@ -383,3 +384,29 @@ def test_closing_the_widget_cancels_its_run(make_napari_viewer, qtbot, checkpoin
     gate.set()
     qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
     assert [layer.name for layer in viewer.layers] == ["noise"]
+
+
+def test_tile_sizes_follow_the_model_and_a_chosen_size_snaps(make_napari_viewer, checkpoint_file):
+    """Another architecture (a second fine-tune under the same entry): its sizes, the tile snapped."""
+    from tiled_unet._widgets._session import session_for
+    from tiled_unet.core.checkpoint import Checkpoint
+    from tiled_unet.core.model import UNet, UNetConfig
+    from tiled_unet.core.tiling import valid_tile_sizes
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64), np.float32), name="img")
+    widget = _segment_widget(viewer, checkpoint_file)  # never run: a new model does not re-run
+    small = UNetConfig(in_channels=1, n_classes=3, depth=2, base_features=4)
+    deep = UNetConfig(in_channels=1, n_classes=3, depth=4, base_features=4)
+    names = {"class_names": ("background", "object", "boundary"), "object_class": 1, "boundary_class": 2}
+    session = session_for(viewer)
+    session.set_current(Checkpoint.from_model(UNet(small), **names), "a")
+    assert widget.tile_spin.sizes == valid_tile_sizes(small)
+    widget.tile_spin.value = valid_tile_sizes(small)[3]
+    session.set_current(Checkpoint.from_model(UNet(deep), **names), "b")
+    sizes = valid_tile_sizes(deep)
+    assert widget.model_combo.current_choice == CURRENT_MODEL and widget.tile_spin.sizes == sizes
+    assert widget.request().options.tile in sizes  # snapped, not turned into auto
+    widget.tile_spin.native.setValue(widget.tile_spin.min)  # auto stays auto across models
+    session.set_current(Checkpoint.from_model(UNet(small), **names), "c")
+    assert widget.request().options.tile is None

@@ -48,6 +48,8 @@ class ModelComboBox(ComboBox):
         **kwargs: Any,
     ) -> None:
         self._files: list[str] = []
+        #: The last choice other than "Load from file…" (chosen again when the dialog is cancelled).
+        self._before_dialog = ""
         self._extras = extras
         self._prefer_current = prefer_current
         self._noun = noun
@@ -57,6 +59,7 @@ class ModelComboBox(ComboBox):
         self.session.connect(self._on_session_model)
         self.native.activated.connect(self._on_activated)
         self.changed.connect(self._remember)
+        self._before_dialog = self.current_choice
 
     def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
         from tiled_unet.core.catalog import builtin_models
@@ -83,7 +86,7 @@ class ModelComboBox(ComboBox):
         """
         from tiled_unet.core.catalog import builtin_models
 
-        before = self.current_choice
+        before, value = self.current_choice, self.value
         keep = select if select is not None else before
         with self.changed.blocked(), qt_signals_blocked(self.native):
             self.native.clear()  # re-listed in order (a new entry is not appended at the end)
@@ -97,7 +100,7 @@ class ModelComboBox(ComboBox):
         for k, label in enumerate(labels):
             if tips.get(label):
                 self.native.setItemData(k, tips[label], Qt.ItemDataRole.ToolTipRole)
-        if self.current_choice != before:
+        if (self.current_choice, self.value) != (before, value):  # e.g. another file of the same name
             self.changed.emit(self.value)
 
     def load_file(self, path: str | None = None) -> bool:
@@ -130,9 +133,6 @@ class ModelComboBox(ComboBox):
             self._files.append(path)
         self.refresh(select=f"file: {Path(path).name}")
         return True
-
-    #: The last choice other than "Load from file…" (chosen again when the dialog is cancelled).
-    _before_dialog = ""
 
     def _remember(self, _value: Any) -> None:
         if self.current_choice != LOAD_FROM_FILE:

@@ -208,12 +208,12 @@ class FinetuneWidget(JobWidget):
         self.preview.use_thread = self.use_thread
         first = self.images_list.layers()[0] if request.preview_every > 0 else None
         self.preview.begin(first, self.labels_combo.layer(), channels)
+        self.starting = "starting the training process…" if self.use_thread else "preparing…"
         if not self.use_thread:
             return finetune_job, (data, request), {"cancel": self._cancel.is_set}
         # in its own process: training never holds this interpreter's lock
         from tiled_unet.core.process import run_in_process
 
-        self.starting = "starting the training process…"
         return run_in_process, (_JOB, data, request), {"cancel": self._cancel.is_set}
 
     def cancel(self) -> None:

@@ -55,8 +55,8 @@ class TileSizeBox(FloatSpinBox):
         return list(self._sizes)
 
     def set_sizes(self, sizes: list[int]) -> None:
-        """Offer ``sizes`` (evenly spaced); the current value snaps to them (auto stays auto)."""
-        auto = self.value <= self.min
+        """Offer ``sizes`` (evenly spaced); a chosen size snaps to the nearest of them, auto stays auto."""
+        before, auto = self.value, self.value <= self.min
         self._sizes = sorted(int(s) for s in sizes)
         if not self._sizes:
             return
@@ -65,14 +65,19 @@ class TileSizeBox(FloatSpinBox):
             self.max = self._sizes[-1]
             self.min = self._sizes[0] - step
             self.step = step
-            if auto:
-                self.value = self.min
-        self._snap(self.value)
+            self.value = self.min if auto else _nearest(self._sizes, before)
+        if self.value != before:
+            self.changed.emit(self.value)
 
     def _snap(self, value: float) -> None:
         if not self._sizes or value <= self.min or int(round(value)) in self._sizes:
             return
-        self.value = min(self._sizes, key=lambda s: (abs(s - value), s))
+        self.value = _nearest(self._sizes, value)
+
+
+def _nearest(sizes: list[int], value: float) -> int:
+    """The size nearest to ``value`` (the smaller one of two as near)."""
+    return min(sizes, key=lambda s: (abs(s - value), s))
 
 
 class SegmentWidget(JobWidget):
@@ -178,6 +183,7 @@ class SegmentWidget(JobWidget):
     def _on_session_model(self, _session: ModelSession) -> None:
         """A fine-tune finished: use the new model and refresh the last segmentation."""
         self.model_combo.refresh(select=CURRENT_MODEL)
+        self._update_tile_sizes()  # the new model may be another architecture under the same entry
         if self._worker is None and self._last_image_name is not None:
             named = [layer for layer in self.viewer.layers if layer.name == self._last_image_name]
             if named:
