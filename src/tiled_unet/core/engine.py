@@ -23,6 +23,7 @@ region again; the smaller tile is kept for later regions.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -38,6 +39,7 @@ from .model import UNet, UNetConfig, eval_mode
 from .options import PredictOptions
 from .postprocess import InstanceSettings, to_instances, to_semantic
 from .progress import Progress
+from .scaling import ScaledPlane, back_weights, resample, scaled_length
 from .tiling import (
     TilePlan,
     activation_bytes_per_pixel,
@@ -215,8 +217,11 @@ class Predictor:
         plan = plan_tiles(shape_yx, out_tile=tile_output_size(tile, self.config), config=self.config)
         return plan, tile, self.batch_for(tile)
 
-    def n_batches(self, shape_yx: tuple[int, int]) -> int:
-        """Forward passes (both views with TTA) for a region of ``shape_yx`` output pixels."""
+    def n_batches(self, shape_yx: tuple[int, int], scale: float | None = None) -> int:
+        """Forward passes (both views with TTA) for a region of ``shape_yx`` output pixels
+        (predicted at ``scale``, see :meth:`region_iter`)."""
+        if scale is not None and scale != 1:
+            shape_yx = (scaled_length(shape_yx[0], scale), scaled_length(shape_yx[1], scale))
         plan, _, batch = self._plan(shape_yx)
         return math.ceil(plan.n_tiles / batch) * (2 if self.tta else 1)
 
@@ -240,8 +245,9 @@ class Predictor:
         region: Region | None = None,
         *,
         stats: tuple[np.ndarray, np.ndarray] | None = None,
+        scale: float | None = None,
     ) -> Generator[Progress, None, np.ndarray]:
-        """Exact class probabilities of an output region of a plane.
+        """Exact class probabilities of an output region of a plane, optionally at another scale.
 
         Parameters
         ----------
@@ -254,6 +260,10 @@ class Predictor:
         stats : (lo, hi), optional
             The plane's normalisation statistics (:meth:`Normalization.stats`, computed once
             per plane by the caller); None: the plane is normalised already.
+        scale : float, optional
+            Predict the plane resampled by this factor (its objects ``scale`` times their size,
+            see :mod:`.scaling`) and resample the probabilities back to the region's pixels;
+            None or 1: the plane as it is.
 
         Yields
         ------
@@ -272,6 +282,8 @@ class Predictor:
         y0, y1, x0, x1 = region
         if not (0 <= y0 < y1 <= ny and 0 <= x0 < x1 <= nx):
             raise ValueError(f"region {region} is outside the plane of shape ({ny}, {nx}) or empty")
+        if scale is not None and scale != 1:
+            return (yield from self._scaled_region(plane, region, stats, float(scale)))
         views: list[tuple[Region, bool]] = [(region, False)]
         if self.tta:
             views.append(self._rotated(region, ny, nx))
@@ -289,6 +301,17 @@ class Predictor:
         if len(views) > 1:
             acc /= len(views)
         return np.ascontiguousarray(acc)
+
+    def _scaled_region(
+        self, plane: Any, region: Region, stats: Any, scale: float
+    ) -> Generator[Progress, None, np.ndarray]:
+        """A region's probabilities predicted on the plane resampled by ``scale``, resampled back."""
+        _, ny, nx = (int(s) for s in plane.shape)
+        span, rows, cols = back_weights(region, (ny, nx), scale)
+        step = self.step  # the scaled region starts where a whole scaled-plane pass puts its tiles
+        scaled = (span[0] - span[0] % step, span[1], span[2] - span[2] % step, span[3])
+        probs = yield from self.region_iter(ScaledPlane(plane, scale), scaled, stats=stats)
+        return resample(probs[:, span[0] - scaled[0] :, span[2] - scaled[2] :], rows, cols)
 
     def _rotated(self, region: Region, ny: int, nx: int) -> tuple[Region, bool]:
         """The region in the 180-degree rotated plane, its start moved down to a multiple of step."""
@@ -358,15 +381,27 @@ class Predictor:
 
     # ------------------------------------------------------------------ labels
 
-    def labels(self, probs: np.ndarray, options: PredictOptions) -> np.ndarray:
-        """Labels of a region's probabilities: instances (uint16/uint32) or classes (uint8)."""
+    def labels(self, probs: np.ndarray, options: PredictOptions, scale: float | None = None) -> np.ndarray:
+        """Labels of a region's probabilities: instances (uint16/uint32) or classes (uint8).
+
+        Probabilities predicted at ``scale`` (:meth:`region_iter`) are post-processed in the
+        image's pixels with the model's sizes (minimum object size, seed growth) converted to
+        them; a ``min_size`` given in ``options`` is in the image's pixels already.
+        """
         if options.output == "semantic":
             return to_semantic(probs)
         if options.output != "instances":
             raise ValueError(f"no labels for output {options.output!r}")
         if self.object_class < 0:
             raise ValueError("this model has no object class; use output='semantic' or 'probabilities'")
-        settings = self.instances.overridden(min_size=options.min_size, min_peak=options.min_peak)
+        settings = self.instances
+        if scale is not None and scale != 1:
+            settings = dataclasses.replace(
+                settings,
+                min_size=int(round(settings.min_size / scale**2)),
+                expand=settings.expand / scale,
+            )
+        settings = settings.overridden(min_size=options.min_size, min_peak=options.min_peak)
         return to_instances(
             probs, object_class=self.object_class, boundary_class=self.boundary_class, **settings.to_dict()
         )
