@@ -17,6 +17,7 @@ import numpy as np
 
 from tiled_unet.core.options import OutputKind as Output
 from tiled_unet.core.options import PredictOptions
+from tiled_unet.core.progress import relay
 
 from ._layers import (
     ImageInput,
@@ -68,6 +69,8 @@ class SegmentResult:
     #: The folder holding the Zarr result of a blockwise run (``data`` then is a dask array
     #: reading it), or None for an in-memory (numpy) result.
     store: str | None = None
+    #: How the object size was handled (``"objects ~48 px: image scaled 0.42x"``), or "".
+    size_note: str = ""
 
     @property
     def kind(self) -> Literal["labels", "image"]:
@@ -98,13 +101,22 @@ def segment_job(
 
     predictor = shared_predictor(request.model, request.options)  # built once per model and device
     axes = image_axes(image, predictor.config.in_channels)
+    notes: list[str] = []
+
+    def note_size(progress: Any) -> Any:  # the core says the object size it used in one stage
+        if progress.metrics and "scale" in progress.metrics:
+            notes.append(progress.message)
+        return progress
+
     if blockwise_for(image, axes, request.options):
-        data, n_objects, folder = yield from _blockwise(image, request, predictor, axes, store)
+        job = _blockwise(image, request, predictor, axes, store)
+        data, n_objects, folder = yield from relay(job, note_size)
     else:
-        data, n_objects = yield from _in_memory(image, request, predictor, axes)
+        data, n_objects = yield from relay(_in_memory(image, request, predictor, axes), note_size)
         folder = None
     seconds = time.perf_counter() - start
-    return SegmentResult(image, request, data, axes, seconds, n_objects, store=folder)
+    note = notes[-1] if notes else ""
+    return SegmentResult(image, request, data, axes, seconds, n_objects, store=folder, size_note=note)
 
 
 def _in_memory(
@@ -165,4 +177,5 @@ def summary_text(result: SegmentResult) -> str:
     }[result.request.output]
     model = f" (model {result.request.model_label})" if result.request.model_label else ""
     where = ", block by block into Zarr" if result.store else ""
-    return f"{result.image.name}: {what} in {result.seconds:.1f} s{where}{model}"
+    size = f"; {result.size_note}" if result.size_note else ""
+    return f"{result.image.name}: {what} in {result.seconds:.1f} s{where}{model}{size}"

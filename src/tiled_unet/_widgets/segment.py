@@ -102,6 +102,11 @@ class SegmentWidget(JobWidget):
     """
 
     failure = "Segmentation failed"
+    _diameter_tip = (
+        "The objects' diameter in pixels: the image is rescaled so that they have the size the model "
+        "segments best, and the result scaled back. auto measures it (the status says what was "
+        "found); the model's own size segments the image as it is"
+    )
     unchanged = "no layer was changed"
 
     def __init__(self, napari_viewer: napari.Viewer, *, use_thread: bool = True) -> None:
@@ -156,6 +161,15 @@ class SegmentWidget(JobWidget):
             tooltip="Objects whose highest object probability is below this are removed (instances). "
             "Lower it to keep faint objects; 0.5 or less keeps every object",
         )
+        self.diameter_spin = number_box(  # 0 reads "auto"
+            minimum=0,
+            maximum=10_000,
+            value=0,
+            special="auto",
+            suffix=" px",
+            label="Object diameter",
+            tooltip=self._diameter_tip,
+        )
         self.tta_check = CheckBox(
             text="Average with 180\N{DEGREE SIGN} rotation (2x time)",
             tooltip="Test-time augmentation: also predict the image rotated by 180 degrees and average; "
@@ -167,6 +181,7 @@ class SegmentWidget(JobWidget):
                 self.model_combo,
                 self.device_combo,
                 self.output_combo,
+                self.diameter_spin,
                 self.tile_spin,
                 self.min_size_spin,
                 self.min_peak_spin,
@@ -174,7 +189,7 @@ class SegmentWidget(JobWidget):
             ]
         )
         self.model_combo.session.connect(self._on_session_model)
-        self.model_combo.changed.connect(lambda _value: self._update_tile_sizes())
+        self.model_combo.changed.connect(lambda _value: self._follow_model())
         self._warm_up()
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
 
@@ -183,7 +198,7 @@ class SegmentWidget(JobWidget):
     def _on_session_model(self, _session: ModelSession) -> None:
         """A fine-tune finished: use the new model and refresh the last segmentation."""
         self.model_combo.refresh(select=CURRENT_MODEL)
-        self._update_tile_sizes()  # the new model may be another architecture under the same entry
+        self._follow_model()  # the new model may be another architecture under the same entry
         if self._worker is None and self._last_image_name is not None:
             named = [layer for layer in self.viewer.layers if layer.name == self._last_image_name]
             if named:
@@ -191,12 +206,13 @@ class SegmentWidget(JobWidget):
                 self.run()
 
     def _on_warm(self) -> None:
-        self._update_tile_sizes()
+        self._follow_model()
 
-    def _update_tile_sizes(self) -> None:
-        """Offer the tile sizes of the chosen model (all its usable sizes up to 2048 output).
+    def _follow_model(self) -> None:
+        """Offer the tile sizes of the chosen model (all its usable sizes up to 2048 output) and
+        its object size (the diameter box is off for models that record none).
 
-        Reading a model needs torch: until it is loaded (:meth:`_warm_up`) the box offers auto.
+        Reading a model needs torch: until it is loaded (:meth:`_warm_up`) the boxes offer auto.
         """
         if not self.warm:
             return
@@ -205,10 +221,19 @@ class SegmentWidget(JobWidget):
 
         try:
             model, _ = self.model_combo.chosen()
-            config = resolve_model(model).config
+            ckpt = resolve_model(model)
         except ValueError:  # no model chosen yet, or an unreadable file: said at Run
             return
-        self.tile_spin.set_sizes(valid_tile_sizes(config))
+        self.tile_spin.set_sizes(valid_tile_sizes(ckpt.config))
+        size = ckpt.object_diameter
+        self.diameter_spin.enabled = size is not None and ckpt.object_class >= 0
+        if not self.diameter_spin.enabled:
+            self.diameter_spin.value = self.diameter_spin.min  # auto: the image as it is
+        self.diameter_spin.tooltip = (
+            f"{self._diameter_tip} ({size:.0f} px for this model)"
+            if size
+            else "This model has no object size"
+        )
 
     # ------------------------------------------------------------------ running
 
@@ -222,6 +247,7 @@ class SegmentWidget(JobWidget):
             min_size=spin_value(self.min_size_spin),
             min_peak=spin_value(self.min_peak_spin),
             tta=bool(self.tta_check.value),
+            diameter=spin_value(self.diameter_spin),
         )
         return SegmentRequest(model=model, options=options, model_label=label)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import error
+from .predict import diameter_arg
 
 DESCRIPTION = """\
 Segment IMAGES with MODEL and compare with LABELS (paired by file stem), with the metric code
@@ -58,6 +59,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--optimize",
         metavar="OUT.pt",
         help="tune the post-processing on these images and write the tuned model here",
+    )
+    parser.add_argument(
+        "--diameter",
+        type=diameter_arg,
+        metavar="auto|off|PX",
+        help="the objects' diameter in pixels, 'auto' to measure it (default for models with an "
+        "object size), or 'off' to segment the images as they are",
     )
     parser.add_argument("--overwrite", action="store_true", help="with --optimize: replace OUT.pt")
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON object")
@@ -141,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
             min_size=args.min_size,
             tta=args.tta,
             on_image=show,
+            diameter=args.diameter,
         )
     except (ValueError, OSError) as exc:
         error(str(exc))

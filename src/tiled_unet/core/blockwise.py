@@ -47,6 +47,7 @@ from .merge import bands, compact_tables, match_strip
 from .model import UNet
 from .options import DEFAULT_BLOCK, DEFAULT_MARGIN, PredictOptions
 from .progress import Progress, drain
+from .sizing import size_iter, size_mode
 from .tasks import client, run_tasks
 from .tiling import tile_step
 
@@ -126,7 +127,8 @@ def _predict_block(
     predictor = network.value if isinstance(network, _Opaque) else _predictor(s, network)
     y0, y1, x0, x1 = s["block"]
     gy0, _, gx0, _ = s["grown"]
-    probs = drain(predictor.region_iter(source.value[s["plane"]], s["grown"], stats=s["stats"]))
+    scale = s["scale"]
+    probs = drain(predictor.region_iter(source.value[s["plane"]], s["grown"], stats=s["stats"], scale=scale))
     core = (slice(y0 - gy0, y1 - gy0), slice(x0 - gx0, x1 - gx0))
     lead = () if s["plane_index"] is None else (s["plane_index"],)
     array = out.value
@@ -134,9 +136,11 @@ def _predict_block(
         array[(*lead, slice(None), slice(y0, y1), slice(x0, x1))] = probs[(slice(None), *core)]
         return {}
     if options.output == "semantic":
-        array[(*lead, slice(y0, y1), slice(x0, x1))] = predictor.labels(probs[(slice(None), *core)], options)
+        array[(*lead, slice(y0, y1), slice(x0, x1))] = predictor.labels(
+            probs[(slice(None), *core)], options, scale
+        )
         return {}
-    labels = predictor.labels(probs, options).astype(np.uint32, copy=False)
+    labels = predictor.labels(probs, options, scale).astype(np.uint32, copy=False)
     array[(*lead, slice(y0, y1), slice(x0, x1))] = labels[core]
     return {
         "n": int(labels.max()),
@@ -223,6 +227,8 @@ class _Run:
         self.total = n_planes * len(self.ys) * len(self.xs) * passes
         self.done = 0
         self.key = uuid.uuid4().hex
+        #: The factor the image is resampled by for the model's object size (None: not at all).
+        self.scale: float | None = None
 
     def blocks(self) -> list[tuple[tuple[int, int], tuple[int, int, int, int], tuple[int, int, int, int]]]:
         """``((i, j), block, grown block)`` of every block of a plane."""
@@ -258,6 +264,7 @@ def _segment_plane(
         spec = {
             "key": run.key, "options": run.options, "norm": norm, "stats": stats, "plane": p,
             "plane_index": p if run.stack else None, "block": block, "grown": grown, "margin": run.margin,
+            "scale": run.scale,
         }  # fmt: skip
         specs.append(spec)
     tasks = [dask.delayed(_predict_block, pure=False)(source, spec, network, sink) for spec in specs]
@@ -366,6 +373,13 @@ def segment_blockwise_iter(
         source, sink = _Opaque(planes), _Opaque(array)
         n_objects = 0
         with predictor.ready():
+            mode = size_mode(predictor, options)
+            if mode is not None:  # measured once, on the middle plane (only a window is read)
+                middle = planes[run.n_planes // 2]
+                size = yield from size_iter(predictor, middle, mode, norm.stats(middle))
+                if size is not None:
+                    run.scale = size.scale
+                    array.attrs.update(size.metrics())
             for p in range(run.n_planes):
                 stats = norm.stats(planes[p])
                 n_objects += yield from _segment_plane(run, p, stats, norm, source, sink, network)

@@ -102,8 +102,13 @@ class Checkpoint:
     boundary_class: int = -1
     provenance: dict[str, Any] = field(default_factory=dict)
     instances: InstanceSettings = field(default_factory=InstanceSettings)
+    #: The object diameter (pixels) the model segments best, measured on its training data;
+    #: None: the model has no object size (no rescaling, see :mod:`.sizing`).
+    object_diameter: float | None = None
 
     def __post_init__(self) -> None:
+        if self.object_diameter is not None and not self.object_diameter > 0:
+            raise CheckpointError(f"object_diameter must be > 0 pixels, got {self.object_diameter}")
         if len(self.class_names) != self.config.n_classes:
             raise CheckpointError(
                 f"{len(self.class_names)} class names for a model with {self.config.n_classes} classes"
@@ -145,6 +150,7 @@ class Checkpoint:
             "object_class": int(self.object_class),
             "boundary_class": int(self.boundary_class),
             "instances": self.instances.to_dict(),
+            "object_diameter": None if self.object_diameter is None else float(self.object_diameter),
             "provenance": _plain(self.provenance),
         }
 
@@ -242,6 +248,7 @@ def checkpoint_from_dict(data: Any, *, source: str = "checkpoint") -> Checkpoint
             boundary_class=int(data.get("boundary_class", -1)),
             provenance=dict(data.get("provenance", {})),
             instances=InstanceSettings(**data.get("instances", {})),
+            object_diameter=data.get("object_diameter"),
         )
     except CheckpointError as exc:
         raise CheckpointError(f"{source}: {exc}") from None

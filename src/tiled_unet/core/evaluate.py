@@ -72,6 +72,7 @@ def evaluate(
     min_size: int | None = None,
     tta: bool = False,
     on_image: Callable[[str, dict[str, float]], None] | None = None,
+    diameter: float | str | None = None,
 ) -> dict[str, Any]:
     """Segment each image and score it against its labels.
 
@@ -88,6 +89,8 @@ def evaluate(
         Test-time augmentation (see :func:`.predict.segment_iter`).
     on_image : callable, optional
         Called with each image's name and scores.
+    diameter : float or "auto" or "off", optional
+        The objects' size (see :class:`~.options.PredictOptions`; default: the model's).
 
     Returns
     -------
@@ -107,7 +110,14 @@ def evaluate(
     for name, image, labels in pairs:
         if instance:
             pred = segment(
-                checkpoint, image, output="instances", device=device, tile=tile, min_size=min_size, tta=tta
+                checkpoint,
+                image,
+                output="instances",
+                device=device,
+                tile=tile,
+                min_size=min_size,
+                tta=tta,
+                diameter=diameter,
             )
             matchings = match_thresholds(labels, pred, THRESHOLDS)
             f1 = scores["all"].add(matchings)
@@ -179,7 +189,8 @@ def optimize_instance_settings(
 
     def scored() -> Iterable[tuple[np.ndarray, Callable[[np.ndarray], Matching]]]:
         for name, image, labels in pairs:
-            probs = segment(checkpoint, image, output="probabilities", device=device, tta=tta)
+            # the settings are the model's, in its own pixels: images as they are
+            probs = segment(checkpoint, image, output="probabilities", device=device, tta=tta, diameter="off")
             yield probs, lambda pred, truth=labels: match_instances(truth, pred, 0.5)
             if on_image is not None:
                 on_image(name)

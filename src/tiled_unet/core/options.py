@@ -56,6 +56,11 @@ class PredictOptions:
     block : int, optional
         Output block edge of block-wise prediction, rounded up to a multiple of ``2 ** depth``
         (default :data:`DEFAULT_BLOCK`).
+    diameter : float or "auto" or "off", optional
+        The objects' diameter in the image (pixels): the image is rescaled so that they have
+        the model's object size (:mod:`.sizing`). ``"auto"`` estimates it; ``"off"`` predicts
+        the image as it is; None (default): ``"auto"`` for models that record an object size,
+        else ``"off"``.
     """
 
     output: OutputKind = "instances"
@@ -67,6 +72,7 @@ class PredictOptions:
     tta: bool = False
     blockwise: bool | None = None
     block: int | None = None
+    diameter: float | Literal["auto", "off"] | None = None
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -83,6 +89,11 @@ class PredictOptions:
             raise ValueError(f"min_peak must be a probability between 0 and 1, got {self.min_peak}")
         if self.block is not None and int(self.block) < 1:
             raise ValueError(f"block must be a positive edge in pixels, got {self.block}")
+        if isinstance(self.diameter, str):
+            if self.diameter not in ("auto", "off"):
+                raise ValueError(f"diameter must be 'auto', 'off' or pixels, got {self.diameter!r}")
+        elif self.diameter is not None and not float(self.diameter) > 0:
+            raise ValueError(f"diameter must be > 0 pixels, got {self.diameter}")
 
     @property
     def block_edge(self) -> int:

@@ -30,6 +30,7 @@ from .image import from_planes, to_planes
 from .model import UNet
 from .options import OutputKind, PredictOptions
 from .progress import Progress, drain, relay
+from .sizing import size_iter, size_mode
 
 __all__ = [
     "OutputKind",
@@ -188,7 +189,14 @@ def segment_iter(
         raise ValueError("this model has no object class; use output='semantic' or 'probabilities'")
     planes, used_axes = to_planes(image, axes=axes, in_channels=predictor.config.in_channels)
     n_planes, _, ny, nx = (int(s) for s in planes.shape)
-    per_plane = predictor.n_batches((ny, nx))
+    scale = None
+    mode = size_mode(predictor, options)
+    if mode is not None:
+        with predictor.ready():
+            middle = np.asarray(planes[n_planes // 2])  # the object size is measured on one plane
+            size = yield from size_iter(predictor, middle, mode, predictor.normalization.stats(middle))
+        scale = size.scale if size is not None else None
+    per_plane = predictor.n_batches((ny, nx), scale)
     done = 0
 
     def progress(p: int, item: Progress) -> Progress:
@@ -200,12 +208,12 @@ def segment_iter(
 
     with predictor.ready():
         yield Progress(0, n_planes * per_plane, "starting", unit="tile batch")
-        results = yield from _segment_planes(predictor, planes, options, progress)
+        results = yield from _segment_planes(predictor, planes, options, progress, scale)
     return from_planes(results, used_axes, (ny, nx))
 
 
 def _segment_planes(
-    predictor: Predictor, planes: Any, options: PredictOptions, progress: Any
+    predictor: Predictor, planes: Any, options: PredictOptions, progress: Any, scale: float | None
 ) -> Generator[Progress, None, np.ndarray]:
     """Labels (or probabilities) of every plane, stacked."""
     n_planes = int(planes.shape[0])
@@ -215,14 +223,14 @@ def _segment_planes(
         plane = np.asarray(planes[p])
         stats = predictor.normalization.stats(plane)
         probs = yield from relay(
-            predictor.region_iter(plane, stats=stats), lambda item, p=p: progress(p, item)
+            predictor.region_iter(plane, stats=stats, scale=scale), lambda item, p=p: progress(p, item)
         )
         if options.output == "probabilities":
             if prob_stack is None:
                 prob_stack = np.empty((n_planes, *probs.shape), np.float32)
             prob_stack[p] = probs
         else:
-            labels.append(predictor.labels(probs, options))
+            labels.append(predictor.labels(probs, options, scale))
     return prob_stack if prob_stack is not None else np.stack(labels)  # np.stack promotes dtypes
 
 

@@ -1,0 +1,126 @@
+"""Object size: what a diameter means for a model, the automatic estimate, scaled segmentation."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tiled_unet.core.options import PredictOptions
+from tiled_unet.core.progress import drain
+from tiled_unet.core.sizing import TOLERANCE, scale_for, size_mode
+
+DSB = Path(__file__).resolve().parents[3] / "shared" / "data" / "dsb2018"
+
+
+def _blobs(radius: int = 12) -> np.ndarray:
+    yy, xx = np.mgrid[:200, :240]
+    img = np.zeros((200, 240), np.float32)
+    for cy, cx in ((40, 40), (50, 130), (140, 70), (150, 190), (100, 200)):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = 1.0
+    return img
+
+
+@pytest.fixture
+def sized(intensity_checkpoint):
+    """The tiny intensity model, recording a 20-pixel object size."""
+    return dataclasses.replace(intensity_checkpoint, object_diameter=20.0)
+
+
+def test_what_a_diameter_means(intensity_checkpoint, sized):
+    from tiled_unet.core.engine import Predictor
+
+    plain, with_size = Predictor(intensity_checkpoint, device="cpu"), Predictor(sized, device="cpu")
+    assert size_mode(plain, PredictOptions()) is None  # no object size: the image as it is
+    assert size_mode(plain, PredictOptions(diameter="off")) is None
+    with pytest.raises(ValueError, match="no object size"):
+        size_mode(plain, PredictOptions(diameter=30))
+    assert size_mode(with_size, PredictOptions()) == "auto"
+    assert size_mode(with_size, PredictOptions(diameter="off")) is None
+    assert size_mode(with_size, PredictOptions(diameter=30.0)) == 30.0
+    with pytest.raises(ValueError, match="diameter"):
+        PredictOptions(diameter=-3)
+    with pytest.raises(ValueError, match="diameter"):
+        PredictOptions(diameter="big")
+
+
+def test_an_estimate_near_the_model_size_keeps_the_image_a_given_one_is_followed():
+    assert scale_for(20 * TOLERANCE * 0.99, 20, estimated=True) == 1.0
+    assert scale_for(20 * TOLERANCE * 1.01, 20, estimated=True) == pytest.approx(1 / (TOLERANCE * 1.01))
+    assert scale_for(25, 20, estimated=False) == pytest.approx(0.8)
+
+
+def test_a_given_diameter_rescales_and_the_labels_keep_the_image_shape(sized):
+    from tiled_unet.core.predict import segment_iter
+
+    img = _blobs(radius=20)  # 40-pixel objects for a 20-pixel model: predicted at half size
+    seen = []
+    labels = drain(segment_iter(sized, img, device="cpu", diameter=40), seen.append)
+    assert labels.shape == img.shape and labels.max() == 5
+    stage = [p for p in seen if p.metrics and "scale" in p.metrics]
+    assert len(stage) == 1 and stage[0].metrics["scale"] == pytest.approx(0.5)
+    assert stage[0].message == "objects 40 px: image scaled 0.50x"
+    inside = labels[(img > 0)]
+    assert (inside > 0).mean() > 0.95  # the objects fill their discs at the image's resolution
+
+
+def test_blockwise_at_a_scale_equals_whole_plane(sized):
+    import dask.array as da
+
+    from tiled_unet.core.blockwise import segment_blockwise
+    from tiled_unet.core.predict import segment
+
+    img = np.tile(_blobs(radius=20), (2, 2))
+    whole = segment(sized, img, device="cpu", output="probabilities", diameter=40)
+    bw = segment_blockwise(
+        sized, da.from_array(img, chunks=128), device="cpu", output="probabilities", diameter=40, block=128
+    )
+    assert bw.attrs["scale"] == pytest.approx(0.5)
+    np.testing.assert_allclose(np.asarray(bw[:]), whole, atol=1e-4)
+    labels = segment_blockwise(sized, da.from_array(img, chunks=128), device="cpu", diameter=40, block=128)
+    assert labels.attrs["n_objects"] == segment(sized, img, device="cpu", diameter=40).max() == 20
+
+
+def test_auto_estimate_follows_a_zoom_of_the_sample():
+    """The built-in model measures the packaged sample's nuclei, and twice their size when zoomed 2x."""
+    from skimage.transform import rescale
+
+    from tiled_unet._sample_data import nuclei
+    from tiled_unet.core.engine import Predictor
+    from tiled_unet.core.image import to_planes
+    from tiled_unet.core.sizing import estimate_diameter_iter
+
+    predictor = Predictor("nuclei", device="cpu")
+    img = nuclei()[0][0].astype(np.float32)
+    found = []
+    for zoom in (1.0, 2.0):
+        zoomed = rescale(img, zoom, preserve_range=True) if zoom != 1 else img
+        plane = np.asarray(to_planes(zoomed, in_channels=predictor.config.in_channels)[0][0])
+        found.append(drain(estimate_diameter_iter(predictor, plane, predictor.normalization.stats(plane))))
+    assert 25 < found[0] < 80
+    assert found[1] / found[0] == pytest.approx(2.0, rel=0.2)
+
+
+@pytest.mark.skipif(not DSB.exists(), reason="../shared/data/dsb2018 is not here (real data)")
+def test_auto_estimate_on_real_nuclei_at_several_zooms():
+    import imageio.v3 as iio
+    import tifffile
+    from skimage.transform import rescale
+
+    from tiled_unet.core.engine import Predictor
+    from tiled_unet.core.image import to_planes
+    from tiled_unet.core.sizing import estimate_diameter_iter
+
+    predictor = Predictor("nuclei", device="cpu")
+    image_id = sorted((DSB / "val.txt").read_text().split())[0]
+    img = iio.imread(DSB / "images" / f"{image_id}.png")[..., :3].astype(np.float32)
+    lab = tifffile.imread(DSB / "labels" / f"{image_id}.tif")
+    areas = np.bincount(lab.ravel())[1:]
+    true_d = float(np.median(np.sqrt(4 * areas[areas > 0] / np.pi)))
+    for zoom in (0.5, 3.0):
+        zoomed = rescale(img, zoom, channel_axis=-1, anti_aliasing=zoom < 1, preserve_range=True)
+        plane = np.asarray(to_planes(zoomed, in_channels=3)[0][0])
+        est = drain(estimate_diameter_iter(predictor, plane, predictor.normalization.stats(plane)))
+        assert est == pytest.approx(true_d * zoom, rel=0.35), (zoom, est, true_d)
