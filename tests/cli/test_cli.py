@@ -151,7 +151,7 @@ def test_progress_bar_counts_batches(capsys: pytest.CaptureFixture, monkeypatch:
             yield Progress(done, 3, "", unit="tile batch")
         return "result"
 
-    assert predict_cli._drain_with_progress(gen(), "x.tif", disable=False) == "result"
+    assert predict_cli._drain_with_progress(gen(), "x.tif", disable=False, quiet=False) == "result"
     assert bars[0] == (3, 3, False)  # tqdm may close twice (exit, then __del__)
     assert "x.tif" in capsys.readouterr().err
 
@@ -533,17 +533,28 @@ def test_predict_reads_the_axes_from_the_file_and_names_an_ambiguous_shape(
     tifffile.imwrite(tmp_path / "colour.tif", planes, photometric="rgb", planarconfig="separate")
     np.save(tmp_path / "bare.npy", planes)
     out = tmp_path / "out"
+    off = ("--diameter", "off")  # noise has no objects to measure: said in a line of its own
     code, _, err = run_cli(
-        capsys, "predict", tmp_path / "grey.tif", tmp_path / "colour.tif", "-m", "nuclei", "-o", out
+        capsys, "predict", tmp_path / "grey.tif", tmp_path / "colour.tif", "-m", "nuclei", "-o", out, *off
     )
     assert code == 0 and not err
     assert tifffile.imread(out / "grey.tif").shape == (3, 64, 72)  # one result per plane
     assert tifffile.imread(out / "colour.tif").shape == (64, 72)  # one colour image
-    code, _, err = run_cli(capsys, "predict", tmp_path / "bare.npy", "-m", "nuclei", "-o", out)
+    code, _, err = run_cli(capsys, "predict", tmp_path / "bare.npy", "-m", "nuclei", "-o", out, *off)
     assert code == 0 and len(err) == 1
     assert "bare.npy" in err[0] and "(CYX)" in err[0] and "--axes" in err[0]
     code, _, err = run_cli(
-        capsys, "predict", tmp_path / "bare.npy", "-m", "nuclei", "-o", out, "--axes", "ZYX", "--overwrite"
+        capsys,
+        "predict",
+        tmp_path / "bare.npy",
+        "-m",
+        "nuclei",
+        "-o",
+        out,
+        "--axes",
+        "ZYX",
+        "--overwrite",
+        *off,
     )
     assert code == 0 and not err and tifffile.imread(out / "bare.tif").shape == (3, 64, 72)
 
@@ -570,3 +581,32 @@ def test_predict_accepts_a_folder_like_train(
     empty.mkdir()
     code, _, err = run_cli(capsys, "predict", empty, "-m", model_path, "-o", tmp_path / "out2")
     assert code == 2 and len(err) == 1 and "empty" in err[0] and "no image" in err[0]
+
+
+def test_predict_diameter(capsys: pytest.CaptureFixture, tmp_path: Path, model_path: Path) -> None:
+    """--diameter rescales for a model with an object size, and says so; bad values are usage errors."""
+    import dataclasses
+
+    sized = save_checkpoint(
+        dataclasses.replace(load_checkpoint(model_path), object_diameter=20.0), tmp_path / "sized.pt"
+    )
+    img = np.zeros((96, 120), np.uint8)
+    img[20:60, 30:70] = 200
+    tifffile.imwrite(tmp_path / "a.tif", img)
+    code, _, err = run_cli(
+        capsys, "predict", tmp_path / "a.tif", "-m", sized, "-o", tmp_path / "o", "--diameter", "40"
+    )
+    assert code == 0 and "a.tif: objects 40 px: image scaled 0.50x" in err
+    assert tifffile.imread(tmp_path / "o" / "a.tif").shape == img.shape
+    code, _, err = run_cli(
+        capsys, "predict", tmp_path / "a.tif", "-m", model_path, "-o", tmp_path / "p", "--diameter", "40"
+    )
+    assert code == 2 and any("--diameter: this model records no object size" in line for line in err)
+    code, _, err = run_cli(
+        capsys, "predict", tmp_path / "a.tif", "-m", sized, "-o", tmp_path / "q", "--diameter", "-2"
+    )
+    assert code == 2 and any("--diameter" in line for line in err)
+    code, _, err = run_cli(
+        capsys, "predict", tmp_path / "a.tif", "-m", sized, "-o", tmp_path / "r", "--diameter", "off"
+    )
+    assert code == 0 and not any("scaled" in line for line in err)

@@ -124,3 +124,14 @@ def test_auto_estimate_on_real_nuclei_at_several_zooms():
         plane = np.asarray(to_planes(zoomed, in_channels=3)[0][0])
         est = drain(estimate_diameter_iter(predictor, plane, predictor.normalization.stats(plane)))
         assert est == pytest.approx(true_d * zoom, rel=0.35), (zoom, est, true_d)
+
+
+def test_noise_has_no_objects_to_measure():
+    from tiled_unet.core.engine import Predictor
+    from tiled_unet.core.predict import segment_iter
+
+    noise = (np.random.default_rng(0).random((96, 110)) * 255).astype(np.uint8)
+    seen = []
+    drain(segment_iter(Predictor("nuclei", device="cpu"), noise), seen.append)
+    said = [p for p in seen if p.metrics and "scale" in p.metrics]
+    assert [p.message for p in said] == ["no objects to measure: image used as it is"]

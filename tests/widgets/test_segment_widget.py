@@ -410,3 +410,33 @@ def test_tile_sizes_follow_the_model_and_a_chosen_size_snaps(make_napari_viewer,
     widget.tile_spin.native.setValue(widget.tile_spin.min)  # auto stays auto across models
     session.set_current(Checkpoint.from_model(UNet(small), **names), "c")
     assert widget.request().options.tile is None
+
+
+def test_object_diameter_box_follows_the_model_and_the_status_says_the_scale(
+    make_napari_viewer, qtbot, checkpoint_file, intensity_checkpoint, tmp_path
+):
+    import dataclasses
+
+    from tiled_unet.core.checkpoint import save_checkpoint
+
+    sized = save_checkpoint(
+        dataclasses.replace(intensity_checkpoint, object_diameter=20.0), tmp_path / "sized.pt"
+    )
+    viewer = make_napari_viewer()
+    yy, xx = np.mgrid[:160, :200]
+    discs = (((yy - 60) ** 2 + (xx - 60) ** 2) < 400) | (((yy - 100) ** 2 + (xx - 150) ** 2) < 400)
+    viewer.add_image(discs.astype(np.float32), name="discs")
+    widget = _segment_widget(viewer, checkpoint_file)
+    widget.use_thread = False
+    qtbot.waitUntil(lambda: widget.warm, timeout=30_000)  # models are read once torch is loaded
+    assert not widget.diameter_spin.enabled  # the tiny model records no object size
+    assert widget.request().options.diameter is None
+    assert widget.model_combo.load_file(str(sized))
+    assert widget.diameter_spin.enabled and "20 px for this model" in widget.diameter_spin.tooltip
+    assert widget.diameter_spin.native.text() == "auto"
+    widget.diameter_spin.value = 40
+    assert widget.request().options.diameter == 40
+    widget.run()
+    assert "objects 40 px: image scaled 0.50x" in widget.status.value
+    labels = viewer.layers["discs segmentation"].data
+    assert labels.shape == discs.shape and labels.max() == 2

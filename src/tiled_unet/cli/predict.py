@@ -177,6 +177,7 @@ def _model_and_options(args: argparse.Namespace) -> tuple[Any, PredictOptions]:
     from tiled_unet.core.checkpoint import CheckpointError, resolve_model
     from tiled_unet.core.devices import resolve_device
     from tiled_unet.core.engine import Predictor
+    from tiled_unet.core.sizing import size_mode
     from tiled_unet.core.tiling import check_tile_size, tile_waste_warning
 
     try:
@@ -204,7 +205,12 @@ def _model_and_options(args: argparse.Namespace) -> tuple[Any, PredictOptions]:
         diameter=args.diameter,
     )
     log.debug("model %s on %s, output %s", args.model, device, args.output)
-    return Predictor.from_options(checkpoint, options), options
+    predictor = Predictor.from_options(checkpoint, options)
+    try:
+        size_mode(predictor, options)
+    except ValueError as exc:
+        raise _Usage(f"--diameter: {exc}") from None
+    return predictor, options
 
 
 def _inputs_and_out(args: argparse.Namespace) -> tuple[list[Path], Path, bool]:

@@ -47,7 +47,7 @@ from .merge import bands, compact_tables, match_strip
 from .model import UNet
 from .options import DEFAULT_BLOCK, DEFAULT_MARGIN, PredictOptions
 from .progress import Progress, drain
-from .sizing import size_iter, size_mode
+from .sizing import image_size_iter
 from .tasks import client, run_tasks
 from .tiling import tile_step
 
@@ -71,9 +71,6 @@ class _Opaque:
         self.value = value
 
 
-# --------------------------------------------------------------------------- input
-
-
 def _as_array(image: Any) -> Any:
     """A zarr array becomes a dask array; numpy and dask arrays are returned as they are."""
     if isinstance(image, np.ndarray) or hasattr(image, "dask"):
@@ -83,9 +80,6 @@ def _as_array(image: Any) -> Any:
     return da.from_zarr(image) if type(image).__module__.startswith("zarr") else np.asarray(image)
 
 
-# --------------------------------------------------------------------------- geometry
-
-
 def block_edges(n: int, block: int) -> list[tuple[int, int]]:
     """``(start, stop)`` of the blocks along an axis of ``n`` pixels."""
     return [(s, min(n, s + block)) for s in range(0, n, block)]
@@ -93,9 +87,6 @@ def block_edges(n: int, block: int) -> list[tuple[int, int]]:
 
 def _grown(start: int, stop: int, n: int, margin: int) -> tuple[int, int]:
     return max(0, start - margin), min(n, stop + margin)
-
-
-# --------------------------------------------------------------------------- per-block work
 
 
 def _predictor(spec: dict[str, Any], checkpoint: Checkpoint) -> Predictor:
@@ -373,13 +364,10 @@ def segment_blockwise_iter(
         source, sink = _Opaque(planes), _Opaque(array)
         n_objects = 0
         with predictor.ready():
-            mode = size_mode(predictor, options)
-            if mode is not None:  # measured once, on the middle plane (only a window is read)
-                middle = planes[run.n_planes // 2]
-                size = yield from size_iter(predictor, middle, mode, norm.stats(middle))
-                if size is not None:
-                    run.scale = size.scale
-                    array.attrs.update(size.metrics())
+            size = yield from image_size_iter(predictor, planes, options)
+            if size is not None:
+                run.scale = size.scale
+                array.attrs.update(size.metrics())
             for p in range(run.n_planes):
                 stats = norm.stats(planes[p])
                 n_objects += yield from _segment_plane(run, p, stats, norm, source, sink, network)

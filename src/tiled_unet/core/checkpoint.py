@@ -354,3 +354,21 @@ def resolve_model(model: str | os.PathLike | Checkpoint) -> Checkpoint:
             names = ", ".join(builtin_models()) or "none installed"
             raise CheckpointError(f"{text}: no built-in model or file of that name (built-in: {names})")
     return _load_cached(Path(text))
+
+
+def network_on(model: Any, device: torch.device | None) -> tuple[UNet, Checkpoint | None, torch.device]:
+    """The network, its checkpoint (None for a bare network) and the device it runs on.
+
+    ``device`` None keeps a bare network where it is (a checkpoint goes to the CPU).
+    """
+    if isinstance(model, UNet):
+        if device is None:
+            param = next(model.parameters(), None)
+            return model, None, param.device if param is not None else torch.device("cpu")
+        return model.to(device), None, device
+    if isinstance(model, (str, os.PathLike)):
+        model = resolve_model(model)
+    if isinstance(model, Checkpoint):
+        dev = device if device is not None else torch.device("cpu")
+        return model.build_model(dev), model, dev
+    raise TypeError(f"expected a UNet, a Checkpoint or a model name/path, got {type(model).__name__}")

@@ -16,6 +16,8 @@ predicts the region also from the plane rotated by 180 degrees, its origin moved
 multiple of ``2 ** depth`` of the rotated plane (where a whole-plane pass of the rotated plane
 puts its tiles), and averages the two.
 
+Scale. With ``scale`` the region is predicted on the plane resampled by that factor
+(:class:`.scaling.ScaledPlane`, any region exactly as the whole) and resampled back.
 Robustness. With an automatic tile, an out-of-memory error halves the tile and predicts the
 region again; the smaller tile is kept for later regions.
 """
@@ -23,7 +25,6 @@ region again; the smaller tile is kept for later regions.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import os
@@ -33,12 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, Normalization, resolve_model
+from .checkpoint import Checkpoint, Normalization, network_on
 from .devices import autocast_for, is_out_of_memory, resolve_device
 from .model import UNet, UNetConfig, eval_mode
 from .options import PredictOptions
 from .postprocess import InstanceSettings, to_instances, to_semantic
-from .progress import Progress
+from .progress import BatchCounter, Progress
 from .scaling import ScaledPlane, back_weights, resample, scaled_length
 from .tiling import (
     TilePlan,
@@ -60,24 +61,6 @@ _MAX_AUTO_BATCH = 8
 
 #: A region of a plane's output: ``(y0, y1, x0, x1)``.
 Region = tuple[int, int, int, int]
-
-
-def _resolve(model: Any, device: torch.device | None) -> tuple[UNet, Checkpoint | None, torch.device]:
-    """The network, its checkpoint (None for a bare network) and the device it runs on.
-
-    ``device`` None keeps a bare network where it is (a checkpoint goes to the CPU).
-    """
-    if isinstance(model, UNet):
-        if device is None:
-            param = next(model.parameters(), None)
-            return model, None, param.device if param is not None else torch.device("cpu")
-        return model.to(device), None, device
-    if isinstance(model, (str, os.PathLike)):
-        model = resolve_model(model)
-    if isinstance(model, Checkpoint):
-        dev = device if device is not None else torch.device("cpu")
-        return model.build_model(dev), model, dev
-    raise TypeError(f"expected a UNet, a Checkpoint or a model name/path, got {type(model).__name__}")
 
 
 class Predictor:
@@ -125,7 +108,7 @@ class Predictor:
     ) -> None:
         self.cpu_bf16 = bool(cpu_bf16)
         dev = resolve_device(device) if device is not None else None
-        self.model, self.checkpoint, self.device = _resolve(model, dev)
+        self.model, self.checkpoint, self.device = network_on(model, dev)
         self.config: UNetConfig = self.model.config
         ckpt = self.checkpoint
         n = self.config.n_classes
@@ -287,7 +270,7 @@ class Predictor:
         views: list[tuple[Region, bool]] = [(region, False)]
         if self.tta:
             views.append(self._rotated(region, ny, nx))
-        progress = _Counter()
+        progress = BatchCounter()
         acc: np.ndarray | None = None
         with self.ready():
             for k, (view, rotated) in enumerate(views):
@@ -304,7 +287,7 @@ class Predictor:
 
     def _scaled_region(
         self, plane: Any, region: Region, stats: Any, scale: float
-    ) -> Generator[Progress, None, np.ndarray]:
+    ) -> Generator[Progress, None, Any]:
         """A region's probabilities predicted on the plane resampled by ``scale``, resampled back."""
         _, ny, nx = (int(s) for s in plane.shape)
         span, rows, cols = back_weights(region, (ny, nx), scale)
@@ -321,7 +304,7 @@ class Predictor:
         return (ry0 - ry0 % step, ny - y0, rx0 - rx0 % step, nx - x0), True
 
     def _view(
-        self, plane: Any, region: Region, stats: Any, rotated: bool, progress: _Counter
+        self, plane: Any, region: Region, stats: Any, rotated: bool, progress: BatchCounter
     ) -> Generator[Progress, None, np.ndarray]:
         """One view of a region, halving an automatic tile after out-of-memory errors."""
         while True:
@@ -352,7 +335,7 @@ class Predictor:
         return self.normalization.apply(padded, *stats)
 
     def _run(
-        self, plane: Any, region: Region, stats: Any, rotated: bool, progress: _Counter
+        self, plane: Any, region: Region, stats: Any, rotated: bool, progress: BatchCounter
     ) -> Generator[Progress, None, np.ndarray]:
         """The probabilities of one view of a region, batch by batch."""
         y0, y1, x0, x1 = region
@@ -394,30 +377,9 @@ class Predictor:
             raise ValueError(f"no labels for output {options.output!r}")
         if self.object_class < 0:
             raise ValueError("this model has no object class; use output='semantic' or 'probabilities'")
-        settings = self.instances
-        if scale is not None and scale != 1:
-            settings = dataclasses.replace(
-                settings,
-                min_size=int(round(settings.min_size / scale**2)),
-                expand=settings.expand / scale,
-            )
-        settings = settings.overridden(min_size=options.min_size, min_peak=options.min_peak)
+        settings = self.instances.at_scale(scale).overridden(
+            min_size=options.min_size, min_peak=options.min_peak
+        )
         return to_instances(
             probs, object_class=self.object_class, boundary_class=self.boundary_class, **settings.to_dict()
         )
-
-
-class _Counter:
-    """Batches done over the views of a region, and the batches still planned."""
-
-    def __init__(self) -> None:
-        self.done = self.total = 0
-        self.views_after = 0  # views of the region still to run after the current one
-
-    def restart(self, n_batches: int, views_after: int) -> None:
-        """A view starts (or restarts with a smaller tile): plan its batches and the later views'."""
-        self.total = self.done + n_batches * (1 + views_after)
-
-    def step(self) -> Progress:
-        self.done += 1
-        return Progress(self.done, self.total, f"tile batch {self.done}/{self.total}", unit="tile batch")

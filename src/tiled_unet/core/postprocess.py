@@ -65,6 +65,15 @@ class InstanceSettings:
         if self.expand < 0 or self.min_size < 0:
             raise ValueError(f"expand and min_size must be >= 0, got {self.expand} and {self.min_size}")
 
+    def at_scale(self, scale: float | None) -> InstanceSettings:
+        """These settings, given in the pixels of an image resampled by ``scale``, in the
+        original image's pixels (minimum size and seed growth; None or 1: unchanged)."""
+        if scale is None or scale == 1:
+            return self
+        return dataclasses.replace(
+            self, min_size=int(round(self.min_size / scale**2)), expand=self.expand / scale
+        )
+
     def overridden(self, *, min_size: int | None = None, min_peak: float | None = None) -> InstanceSettings:
         """These settings with the given (not None) values replaced."""
         changes = {k: v for k, v in (("min_size", min_size), ("min_peak", min_peak)) if v is not None}

@@ -30,7 +30,7 @@ from .image import from_planes, to_planes
 from .model import UNet
 from .options import OutputKind, PredictOptions
 from .progress import Progress, drain, relay
-from .sizing import size_iter, size_mode
+from .sizing import image_size_iter
 
 __all__ = [
     "OutputKind",
@@ -189,15 +189,8 @@ def segment_iter(
         raise ValueError("this model has no object class; use output='semantic' or 'probabilities'")
     planes, used_axes = to_planes(image, axes=axes, in_channels=predictor.config.in_channels)
     n_planes, _, ny, nx = (int(s) for s in planes.shape)
-    scale = None
-    mode = size_mode(predictor, options)
-    if mode is not None:
-        with predictor.ready():
-            middle = np.asarray(planes[n_planes // 2])  # the object size is measured on one plane
-            size = yield from size_iter(predictor, middle, mode, predictor.normalization.stats(middle))
-        scale = size.scale if size is not None else None
-    per_plane = predictor.n_batches((ny, nx), scale)
     done = 0
+    per_plane = 0
 
     def progress(p: int, item: Progress) -> Progress:
         nonlocal done
@@ -207,6 +200,9 @@ def segment_iter(
         return Progress(done, total, f"{where}tile batch {done}/{total}", unit="tile batch")
 
     with predictor.ready():
+        size = yield from image_size_iter(predictor, planes, options)
+        scale = size.scale if size is not None else None
+        per_plane = predictor.n_batches((ny, nx), scale)
         yield Progress(0, n_planes * per_plane, "starting", unit="tile batch")
         results = yield from _segment_planes(predictor, planes, options, progress, scale)
     return from_planes(results, used_axes, (ny, nx))

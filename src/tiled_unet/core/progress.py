@@ -68,3 +68,21 @@ class Progress:
     loss: float | None = None
     metrics: dict[str, float] | None = None
     checkpoint: Any = None
+
+
+class BatchCounter:
+    """Tile batches done over the views of a region (two with test-time augmentation), and
+    the batches still planned: the engine's progress count."""
+
+    def __init__(self) -> None:
+        self.done = self.total = 0
+        self.views_after = 0  # views of the region still to run after the current one
+
+    def restart(self, n_batches: int, views_after: int) -> None:
+        """A view starts (or restarts with a smaller tile): plan its batches and the later views'."""
+        self.total = self.done + n_batches * (1 + views_after)
+
+    def step(self) -> Progress:
+        """One more batch done."""
+        self.done += 1
+        return Progress(self.done, self.total, f"tile batch {self.done}/{self.total}", unit="tile batch")
