@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import error
-from .predict import diameter_arg
+from .predict import channel_arg, diameter_arg
 
 DESCRIPTION = """\
 Segment IMAGES with MODEL and compare with LABELS (paired by file stem), with the metric code
@@ -66,6 +66,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="auto|off|PX",
         help="the objects' diameter in pixels, 'auto' to measure it (default for models with an "
         "object size), or 'off' to segment the images as they are",
+    )
+    parser.add_argument(
+        "--channel",
+        type=channel_arg,
+        metavar="auto|all|N",
+        help="which channel feeds the model (default auto: the only channel with signal, else all)",
     )
     parser.add_argument("--overwrite", action="store_true", help="with --optimize: replace OUT.pt")
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON object")
@@ -150,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
             tta=args.tta,
             on_image=show,
             diameter=args.diameter,
+            channel=args.channel,
         )
     except (ValueError, OSError) as exc:
         error(str(exc))

@@ -91,6 +91,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "'auto' (default for models with an object size) measures it, 'off' segments the image as it is",
     )
     parser.add_argument(
+        "--channel",
+        type=channel_arg,
+        metavar="auto|all|N",
+        help="which channel of a multichannel image feeds the model: a number from 0 (or red, green, "
+        "blue), 'all', or 'auto' (default: the only channel with signal if there is one, else all)",
+    )
+    parser.add_argument(
         "--axes", metavar="AXES", help="axis order of the inputs, e.g. YX, YXC, CYX, ZYX (default: inferred)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -112,6 +119,20 @@ def diameter_arg(text: str) -> float | str:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be 'auto', 'off' or a diameter in pixels, got {text}")
     return value
+
+
+def channel_arg(text: str) -> int | str:
+    """``--channel``: "auto", "all", a channel number from 0, or red, green, blue."""
+    names = {"red": 0, "green": 1, "blue": 2}
+    if text in ("auto", "all"):
+        return text
+    if text.lower() in names:
+        return names[text.lower()]
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(
+        f"must be 'auto', 'all', a channel number from 0 or red/green/blue, got {text}"
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -203,6 +224,7 @@ def _model_and_options(args: argparse.Namespace) -> tuple[Any, PredictOptions]:
         min_peak=args.min_peak,
         tta=args.tta,
         diameter=args.diameter,
+        channel=args.channel,
     )
     log.debug("model %s on %s, output %s", args.model, device, args.output)
     predictor = Predictor.from_options(checkpoint, options)
@@ -372,7 +394,8 @@ def _segment_blockwise(
 
 def _drain_with_progress(gen: Any, label: str, *, disable: bool, quiet: bool) -> Any:
     """Run a core generator to its end with a tqdm bar over its units (tile batches, blocks);
-    the object size used is said in a line (``nuclei.png: objects ~48 px: image scaled 0.42x``)."""
+    the channel and object size used are said in a line each (``nuclei.png: objects ~48 px:
+    image scaled 0.42x``)."""
     from tqdm import tqdm
 
     from tiled_unet.core.progress import drain
@@ -380,7 +403,11 @@ def _drain_with_progress(gen: Any, label: str, *, disable: bool, quiet: bool) ->
     with tqdm(desc=label, unit="batch", file=sys.stderr, disable=disable or quiet, leave=False) as bar:
 
         def show(progress: Any) -> None:
-            if progress.metrics and "scale" in progress.metrics and not quiet:
+            if (
+                progress.metrics
+                and ("scale" in progress.metrics or "channel" in progress.metrics)
+                and not quiet
+            ):
                 tqdm.write(f"{label}: {progress.message}", file=sys.stderr)
             if progress.total and bar.total != progress.total:
                 bar.total = progress.total

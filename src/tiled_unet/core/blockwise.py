@@ -40,9 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from .channels import planes_for
 from .checkpoint import Checkpoint, Normalization
 from .engine import Predictor
-from .image import has_plane_axis, to_planes
+from .image import has_plane_axis
 from .merge import bands, compact_tables, match_strip
 from .model import UNet
 from .options import DEFAULT_BLOCK, DEFAULT_MARGIN, PredictOptions
@@ -349,7 +350,9 @@ def segment_blockwise_iter(
         device=str(predictor.device), block=max(step, math.ceil(options.block_edge / step) * step)
     )
     margin = math.ceil(max(0, int(margin)) / step) * step if options.output == "instances" else 0
-    planes, used_axes = to_planes(_as_array(image), axes=axes, in_channels=config.in_channels)
+    planes, used_axes, choice = planes_for(
+        _as_array(image), axes=axes, in_channels=config.in_channels, channel=options.channel
+    )
     stack = has_plane_axis(used_axes)
     run = _Run(planes, stack, options, margin, n_workers)
     shape, chunks, dtype = _layout(
@@ -364,6 +367,8 @@ def segment_blockwise_iter(
         source, sink = _Opaque(planes), _Opaque(array)
         n_objects = 0
         with predictor.ready():
+            if choice is not None:
+                yield Progress(0, 0, choice.message, metrics=choice.metrics())
             size = yield from image_size_iter(predictor, planes, options)
             if size is not None:
                 run.scale = size.scale

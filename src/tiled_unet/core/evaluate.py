@@ -73,6 +73,7 @@ def evaluate(
     tta: bool = False,
     on_image: Callable[[str, dict[str, float]], None] | None = None,
     diameter: float | str | None = None,
+    channel: int | str | None = None,
 ) -> dict[str, Any]:
     """Segment each image and score it against its labels.
 
@@ -91,6 +92,8 @@ def evaluate(
         Called with each image's name and scores.
     diameter : float or "auto" or "off", optional
         The objects' size (see :class:`~.options.PredictOptions`; default: the model's).
+    channel : int or "auto" or "all", optional
+        The channel that feeds the model (see :class:`~.options.PredictOptions`).
 
     Returns
     -------
@@ -118,6 +121,7 @@ def evaluate(
                 min_size=min_size,
                 tta=tta,
                 diameter=diameter,
+                channel=channel,
             )
             matchings = match_thresholds(labels, pred, THRESHOLDS)
             f1 = scores["all"].add(matchings)
@@ -126,7 +130,9 @@ def evaluate(
                     scores[g].add(matchings)
             per = {"f1_0.5": f1, "n_true": int(len(np.unique(labels)) - 1), "n_pred": int(pred.max())}
         else:
-            pred = segment(checkpoint, image, output="semantic", device=device, tile=tile, tta=tta)
+            pred = segment(
+                checkpoint, image, output="semantic", device=device, tile=tile, tta=tta, channel=channel
+            )
             true_cls = (np.asarray(labels) > 0).astype(np.uint8) * checkpoint.object_class
             pe = pixel_error(true_cls, pred)
             # the challenge's Rand error compares 2-D connected components of the cell class

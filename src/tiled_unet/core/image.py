@@ -209,7 +209,9 @@ def _map_channels(planes: Any, n: int, in_channels: int, shape: Sequence[int]) -
     )
 
 
-def to_planes(image: Any, *, axes: str | None = None, in_channels: int) -> tuple[Any, str]:
+def to_planes(
+    image: Any, *, axes: str | None = None, in_channels: int, channel: int | None = None
+) -> tuple[Any, str]:
     """Rearrange an image into model-ready planes ``(P, C, Y, X)``.
 
     Parameters
@@ -220,6 +222,9 @@ def to_planes(image: Any, *, axes: str | None = None, in_channels: int) -> tuple
         Axis letters (e.g. ``"ZYX"``, ``"YXC"``, ``"CYX"``); overrides :func:`infer_axes`.
     in_channels : int
         Input channels of the model.
+    channel : int, optional
+        Feed only this channel of the image (0-based; an image without channels has only
+        channel 0) to the model, as a grey image; None: all channels.
 
     Returns
     -------
@@ -255,6 +260,13 @@ def to_planes(image: Any, *, axes: str | None = None, in_channels: int) -> tuple
         work, letters = work[..., None], letters + "Z"
     plane_axis = next(a for a in letters if a in PLANE_AXES)
     work = work.transpose([letters.index(a) for a in (plane_axis, "C", "Y", "X")])
+    if channel is not None:
+        if not 0 <= int(channel) < int(work.shape[1]):
+            raise ValueError(
+                f"channel {channel} does not exist: the image of shape {_shape_text(shape)} has "
+                f"{int(work.shape[1])} channel(s), numbered from 0"
+            )
+        work = work[:, int(channel) : int(channel) + 1]
     planes = _map_channels(work, int(work.shape[1]), in_channels, shape)
     return planes, axes
 

@@ -61,6 +61,10 @@ class PredictOptions:
         the model's object size (:mod:`.sizing`). ``"auto"`` estimates it; ``"off"`` predicts
         the image as it is; None (default): ``"auto"`` for models that record an object size,
         else ``"off"``.
+    channel : int or "auto" or "all", optional
+        Which channel of a multichannel image feeds the model (0-based), or all of them;
+        None/``"auto"``: the only channel with signal if there is one, else all
+        (:mod:`.channels`).
     """
 
     output: OutputKind = "instances"
@@ -73,6 +77,7 @@ class PredictOptions:
     blockwise: bool | None = None
     block: int | None = None
     diameter: float | Literal["auto", "off"] | None = None
+    channel: int | Literal["auto", "all"] | None = None
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -94,6 +99,10 @@ class PredictOptions:
                 raise ValueError(f"diameter must be 'auto', 'off' or pixels, got {self.diameter!r}")
         elif self.diameter is not None and not float(self.diameter) > 0:
             raise ValueError(f"diameter must be > 0 pixels, got {self.diameter}")
+        if isinstance(self.channel, str) and self.channel not in ("auto", "all"):
+            raise ValueError(f"channel must be 'auto', 'all' or a channel number, got {self.channel!r}")
+        if isinstance(self.channel, int) and self.channel < 0:
+            raise ValueError(f"channel must be 0 or more (0-based), got {self.channel}")
 
     @property
     def block_edge(self) -> int:

@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .channels import planes_for
 from .checkpoint import Checkpoint, Normalization, resolve_model
 from .engine import Predictor
-from .image import from_planes, to_planes
+from .image import from_planes
 from .model import UNet
 from .options import OutputKind, PredictOptions
 from .progress import Progress, drain, relay
@@ -187,7 +188,9 @@ def segment_iter(
     predictor = predictor_for(model_or_checkpoint, options, normalization)
     if options.output == "instances" and predictor.object_class < 0:
         raise ValueError("this model has no object class; use output='semantic' or 'probabilities'")
-    planes, used_axes = to_planes(image, axes=axes, in_channels=predictor.config.in_channels)
+    planes, used_axes, choice = planes_for(
+        image, axes=axes, in_channels=predictor.config.in_channels, channel=options.channel
+    )
     n_planes, _, ny, nx = (int(s) for s in planes.shape)
     done = 0
     per_plane = 0
@@ -200,6 +203,8 @@ def segment_iter(
         return Progress(done, total, f"{where}tile batch {done}/{total}", unit="tile batch")
 
     with predictor.ready():
+        if choice is not None:
+            yield Progress(0, 0, choice.message, metrics=choice.metrics())
         size = yield from image_size_iter(predictor, planes, options)
         scale = size.scale if size is not None else None
         per_plane = predictor.n_batches((ny, nx), scale)
