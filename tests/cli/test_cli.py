@@ -610,3 +610,20 @@ def test_predict_diameter(capsys: pytest.CaptureFixture, tmp_path: Path, model_p
         capsys, "predict", tmp_path / "a.tif", "-m", sized, "-o", tmp_path / "r", "--diameter", "off"
     )
     assert code == 0 and not any("scaled" in line for line in err)
+
+
+def test_predict_channel(capsys: pytest.CaptureFixture, tmp_path: Path, model_path: Path) -> None:
+    """--channel picks a channel (names too); auto says which one it used."""
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[10:30, 10:40, 2] = 220
+    iio.imwrite(tmp_path / "dapi.png", rgb)
+    code, _, err = run_cli(capsys, "predict", tmp_path / "dapi.png", "-m", model_path, "-o", tmp_path / "a")
+    assert code == 0 and "dapi.png: channel: blue (the only one with signal)" in err
+    code, _, err = run_cli(
+        capsys, "predict", tmp_path / "dapi.png", "-m", model_path, "-o", tmp_path / "b", "--channel", "green"
+    )
+    assert code == 0 and "dapi.png: channel: green (chosen)" in err
+    code, _, err = run_cli(
+        capsys, "predict", tmp_path / "dapi.png", "-m", model_path, "-o", tmp_path / "c", "--channel", "x"
+    )
+    assert code == 2 and any("--channel" in line for line in err)

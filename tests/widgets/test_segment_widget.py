@@ -440,3 +440,21 @@ def test_object_diameter_box_follows_the_model_and_the_status_says_the_scale(
     assert "objects 40 px: image scaled 0.50x" in widget.status.value
     labels = viewer.layers["discs segmentation"].data
     assert labels.shape == discs.shape and labels.max() == 2
+
+
+def test_channel_choice_is_shown(make_napari_viewer, checkpoint_file):
+    """A single-stain RGB export feeds its one channel with signal, and the status says so."""
+    viewer = make_napari_viewer()
+    rgb = np.zeros((96, 120, 3), np.uint8)
+    rgb[20:60, 30:70, 2] = 200  # the stain in the blue channel only
+    viewer.add_image(rgb, name="dapi", rgb=True)
+    widget = _segment_widget(viewer, checkpoint_file)
+    widget.use_thread = False
+    assert widget.channel_combo.value == "auto" and widget.request().options.channel == "auto"
+    widget.run()
+    assert "channel: blue (the only one with signal)" in widget.status.value
+    assert viewer.layers["dapi segmentation"].data.max() == 1
+    widget.channel_combo.value = 0
+    assert widget.request().options.channel == 0
+    widget.run()
+    assert "channel: red (chosen)" in widget.status.value

@@ -69,8 +69,9 @@ class SegmentResult:
     #: The folder holding the Zarr result of a blockwise run (``data`` then is a dask array
     #: reading it), or None for an in-memory (numpy) result.
     store: str | None = None
-    #: How the object size was handled (``"objects ~48 px: image scaled 0.42x"``), or "".
-    size_note: str = ""
+    #: What the core chose for this image, in words (``"channel: blue (the only one with
+    #: signal)"``, ``"objects ~48 px: image scaled 0.42x"``).
+    notes: tuple[str, ...] = ()
 
     @property
     def kind(self) -> Literal["labels", "image"]:
@@ -103,20 +104,19 @@ def segment_job(
     axes = image_axes(image, predictor.config.in_channels)
     notes: list[str] = []
 
-    def note_size(progress: Any) -> Any:  # the core says the object size it used in one stage
-        if progress.metrics and "scale" in progress.metrics:
+    def note(progress: Any) -> Any:  # the core says the channel and object size it used in stages
+        if progress.metrics and ("scale" in progress.metrics or "channel" in progress.metrics):
             notes.append(progress.message)
         return progress
 
     if blockwise_for(image, axes, request.options):
         job = _blockwise(image, request, predictor, axes, store)
-        data, n_objects, folder = yield from relay(job, note_size)
+        data, n_objects, folder = yield from relay(job, note)
     else:
-        data, n_objects = yield from relay(_in_memory(image, request, predictor, axes), note_size)
+        data, n_objects = yield from relay(_in_memory(image, request, predictor, axes), note)
         folder = None
     seconds = time.perf_counter() - start
-    note = notes[-1] if notes else ""
-    return SegmentResult(image, request, data, axes, seconds, n_objects, store=folder, size_note=note)
+    return SegmentResult(image, request, data, axes, seconds, n_objects, store=folder, notes=tuple(notes))
 
 
 def _in_memory(
@@ -177,5 +177,5 @@ def summary_text(result: SegmentResult) -> str:
     }[result.request.output]
     model = f" (model {result.request.model_label})" if result.request.model_label else ""
     where = ", block by block into Zarr" if result.store else ""
-    size = f"; {result.size_note}" if result.size_note else ""
-    return f"{result.image.name}: {what} in {result.seconds:.1f} s{where}{model}{size}"
+    notes = "".join(f"; {note}" for note in result.notes)
+    return f"{result.image.name}: {what} in {result.seconds:.1f} s{where}{model}{notes}"

@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     import napari
 
 
+#: The Channel choices: (label, ``PredictOptions.channel``).
+CHANNELS = [("auto", "auto"), ("all", "all"), ("0 / red", 0), ("1 / green", 1), ("2 / blue", 2), ("3", 3)]
+
+
 class TileSizeBox(FloatSpinBox):
     """A tile-size box that offers only a model's usable sizes; its lowest value reads "auto".
 
@@ -161,6 +165,12 @@ class SegmentWidget(JobWidget):
             tooltip="Objects whose highest object probability is below this are removed (instances). "
             "Lower it to keep faint objects; 0.5 or less keeps every object",
         )
+        self.channel_combo = ComboBox(
+            label="Channel",
+            choices=CHANNELS,
+            tooltip="Which channel of a multichannel image feeds the model. auto: the only channel with "
+            "signal if there is one (a single-stain RGB export), else all; the status says which",
+        )
         self.diameter_spin = number_box(  # 0 reads "auto"
             minimum=0,
             maximum=10_000,
@@ -181,6 +191,7 @@ class SegmentWidget(JobWidget):
                 self.model_combo,
                 self.device_combo,
                 self.output_combo,
+                self.channel_combo,
                 self.diameter_spin,
                 self.tile_spin,
                 self.min_size_spin,
@@ -248,6 +259,7 @@ class SegmentWidget(JobWidget):
             min_peak=spin_value(self.min_peak_spin),
             tta=bool(self.tta_check.value),
             diameter=spin_value(self.diameter_spin),
+            channel=self.channel_combo.value,
         )
         return SegmentRequest(model=model, options=options, model_label=label)
 
