@@ -135,3 +135,22 @@ def test_noise_has_no_objects_to_measure():
     drain(segment_iter(Predictor("nuclei", device="cpu"), noise), seen.append)
     said = [p for p in seen if p.metrics and "scale" in p.metrics]
     assert [p.message for p in said] == ["no objects to measure: image used as it is"]
+
+
+def test_fine_tuning_data_goes_to_the_model_scale(sized, intensity_checkpoint):
+    from tiled_unet.core.sizing import at_model_scale
+
+    img = _blobs(radius=20)  # painted objects of 40 px for a 20-pixel model
+    yy, xx = np.mgrid[:200, :240]
+    lab = np.zeros((200, 240), np.uint16)
+    lab[(yy - 40) ** 2 + (xx - 40) ** 2 < 400] = 2
+    lab[(yy - 140) ** 2 + (xx - 70) ** 2 < 400] = 3
+    lab[180:, :] = 1  # painted background
+    images, labels, factor = at_model_scale([img], [lab], sized)
+    assert factor == pytest.approx(0.5, rel=0.02)
+    assert images[0].shape == labels[0].shape and abs(images[0].shape[0] - 100) <= 1
+    assert abs(images[0].shape[1] - 120) <= 1
+    assert set(np.unique(labels[0])) == {0, 1, 2, 3} and labels[0].dtype == lab.dtype
+    assert abs(float(images[0].mean()) - float(img.mean())) < 0.01  # area weights keep the mean
+    same, same_labels, none = at_model_scale([img], [lab], intensity_checkpoint)  # no object size
+    assert none is None and same[0] is img and same_labels[0] is lab

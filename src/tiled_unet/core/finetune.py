@@ -46,6 +46,7 @@ from .holdback import (
 from .metrics import Matching
 from .options import FINETUNE_MINUTES as DEFAULT_MINUTES
 from .progress import Progress
+from .sizing import at_model_scale
 
 #: Pixels where the base model's top class probability reaches this are held by the prior.
 PRIOR_CONFIDENCE = 0.9
@@ -249,6 +250,11 @@ def finetune_iter(
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} annotations")
     instance_model = base_ckpt.boundary_class >= 0
+    factor = None
+    if instance_model:  # training, the prior and the check at the model's object size
+        images, labels, factor = at_model_scale(images, labels, base_ckpt)
+    if factor is not None:
+        yield stage(f"Your objects resampled {factor:.2f}x to the model's object size…")
     fraction = hold_back_fraction if instance_model else 0.0
     train_labels, held = hold_back(labels, fraction=fraction, seed=int(settings.seed))
     painted = sum(int(np.count_nonzero(np.unique(lab) >= 2)) for lab in labels)
@@ -314,6 +320,7 @@ def finetune_iter(
     provenance = {
         **dict(ckpt.provenance),
         "finetune_check": check,
+        "finetune_scale": factor,
         "prior": {"weight": prior_weight, "confidence": confidence},
     }
     return dataclasses.replace(outcome, checkpoint=dataclasses.replace(ckpt, provenance=provenance))

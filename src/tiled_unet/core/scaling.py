@@ -123,3 +123,11 @@ def back_weights(
     a, wy = axis_weights(sy, ny, np.arange(y0, y1))
     b, wx = axis_weights(sx, nx, np.arange(x0, x1))
     return (a, a + wy.shape[1], b, b + wx.shape[1]), wy, wx
+
+
+def rescale_labels(labels: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
+    """Labels resampled to ``shape_yx`` by the nearest pixel centre (no new values)."""
+    ny, nx = labels.shape[-2:]
+    rows = np.minimum(((np.arange(shape_yx[0]) + 0.5) * ny / shape_yx[0]).astype(np.int64), ny - 1)
+    cols = np.minimum(((np.arange(shape_yx[1]) + 0.5) * nx / shape_yx[1]).astype(np.int64), nx - 1)
+    return np.ascontiguousarray(labels[..., rows[:, None], cols[None, :]])

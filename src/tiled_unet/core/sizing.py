@@ -20,7 +20,7 @@ those objects, divided by that scale. On 40 DSB2018 training images zoomed 0.25x
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,26 +102,32 @@ def object_measures(probs: np.ndarray, labels: np.ndarray, object_class: int) ->
 
 
 def estimate_diameter_iter(
-    predictor: Any, plane: Any, stats: Any = None
+    predictor: Any,
+    plane: Any,
+    stats: Any = None,
+    *,
+    scales: tuple[float, ...] = SCALES,
+    window: int = WINDOW,
 ) -> Generator[Progress, None, float | None]:
     """The objects' median diameter (pixels) in a ``(C, Y, X)`` plane, or None if none are found.
 
-    See the module notes. Only a window around the centre is read (lazy planes stay lazy).
-    Yields a stage :class:`Progress` per scale tried.
+    See the module notes (``scales`` and ``window``: :data:`SCALES`, :data:`WINDOW`). Only a
+    window around the centre is read (lazy planes stay lazy). Yields a stage
+    :class:`Progress` per scale tried.
     """
     _, ny, nx = (int(s) for s in plane.shape)
     best: tuple[float, float] | None = None  # (peak, diameter in the image)
     settings = PredictOptions(min_size=4)
-    for k, scale in enumerate(SCALES):
-        h, w = min(ny, int(WINDOW / scale)), min(nx, int(WINDOW / scale))
+    for k, scale in enumerate(scales):
+        h, w = min(ny, int(window / scale)), min(nx, int(window / scale))
         if min(h, w) * scale < 32:  # too few pixels to see anything at this scale
             continue
         y0, x0 = (ny - h) // 2, (nx - w) // 2
-        window = np.asarray(plane[:, y0 : y0 + h, x0 : x0 + w])
-        message = f"measuring object size ({k + 1}/{len(SCALES)})"
+        crop = np.asarray(plane[:, y0 : y0 + h, x0 : x0 + w])
+        message = f"measuring object size ({k + 1}/{len(scales)})"
         probs = yield from relay(
-            predictor.region_iter(ScaledPlane(window, scale), stats=stats),
-            lambda _item, m=message, k=k: Progress(k, len(SCALES), m),
+            predictor.region_iter(ScaledPlane(crop, scale), stats=stats),
+            lambda _item, m=message, k=k: Progress(k, len(scales), m),
         )
         n, diameter, peak = object_measures(probs, predictor.labels(probs, settings), predictor.object_class)
         if n >= MIN_OBJECTS and peak >= MIN_CERTAINTY and (best is None or peak > best[0]):
@@ -183,3 +189,33 @@ def image_size_iter(
         return None
     middle = planes[int(planes.shape[0]) // 2]  # lazy planes stay lazy: a window and a subsample
     return (yield from size_iter(predictor, middle, mode, predictor.normalization.stats(middle)))
+
+
+def at_model_scale(
+    images: Sequence[np.ndarray], labels: Sequence[np.ndarray], ckpt: Any
+) -> tuple[list[np.ndarray], list[np.ndarray], float | None]:
+    """Images and annotations resampled so that the painted objects have the model's object size.
+
+    The objects' size is known from the annotations (median equivalent diameter of the painted
+    objects); training, the base prior and the held-back check all run at the model's scale,
+    where Segment predicts. None: no resampling (the model records no size, no
+    object is painted, or they are within :data:`TOLERANCE` of it).
+    """
+    from .image import to_planes
+    from .scaling import ScaledPlane, rescale_labels
+
+    ids = [np.unique(lab[lab >= 2], return_counts=True)[1] for lab in labels]
+    areas = np.concatenate(ids) if ids else np.zeros(0)
+    if ckpt.object_diameter is None or not len(areas):
+        return list(images), list(labels), None
+    diameter = float(np.median(np.sqrt(4 * areas / np.pi)))
+    factor = scale_for(diameter, float(ckpt.object_diameter), estimated=True)
+    if factor == 1:
+        return list(images), list(labels), None
+    out_images, out_labels = [], []
+    for im, lab in zip(images, labels, strict=True):
+        planes, _ = to_planes(np.asarray(im), in_channels=ckpt.config.in_channels)
+        scaled = ScaledPlane(np.asarray(planes[0], np.float32), factor)[:, :, :]
+        out_images.append(scaled[0] if scaled.shape[0] == 1 else np.moveaxis(scaled, 0, -1))
+        out_labels.append(rescale_labels(np.asarray(lab), scaled.shape[1:]))
+    return out_images, out_labels, factor

@@ -115,6 +115,7 @@ class _Setup:
             boundary_class=self.boundary_class,
             provenance=provenance,
             instances=self.instances,
+            object_diameter=self.base.object_diameter if self.base is not None else None,
         )
 
 

@@ -1,0 +1,73 @@
+"""Choosing the auto-diameter estimate's scales and window on DSB2018 *training* images.
+
+Runs :func:`tiled_unet.core.sizing.estimate_diameter_iter` with several settings on training
+images (never the validation list) zoomed 0.25x-4x; prints the median error, the share within
+25 % and the seconds per estimate::
+
+    python scripts/experiments/estimate_settings.py --images 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import imageio.v3 as iio
+import numpy as np
+import tifffile
+from diameter_probe import DATA, median_diameter
+from skimage.transform import rescale
+
+from tiled_unet.core.engine import Predictor
+from tiled_unet.core.image import to_planes
+from tiled_unet.core.progress import drain
+from tiled_unet.core.sizing import SCALES, estimate_diameter_iter
+
+SETTINGS = {
+    "9 scales, 384": (SCALES, 384),
+    "5 scales, 384": (SCALES[::2], 384),
+    "5 scales, 256": (SCALES[::2], 256),
+    "9 scales, 256": (SCALES, 256),
+}
+ZOOMS = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=2)
+    args = ap.parse_args()
+    val = set((DATA / "val.txt").read_text().split())
+    ids = sorted(p.stem for p in (DATA / "labels").glob("*.tif") if p.stem not in val)
+    random.Random(args.seed).shuffle(ids)
+    predictor = Predictor("nuclei", device="cpu")
+    err = {(name, z): [] for name in SETTINGS for z in ZOOMS}
+    secs = dict.fromkeys(SETTINGS, 0.0)
+    for image_id in ids[: args.images]:
+        img = iio.imread(DATA / "images" / f"{image_id}.png")[..., :3].astype(np.float32)
+        true_d = median_diameter(tifffile.imread(DATA / "labels" / f"{image_id}.tif"))[0]
+        for z in ZOOMS:
+            zi = rescale(img, z, channel_axis=-1, anti_aliasing=z < 1, preserve_range=True) if z != 1 else img
+            plane = np.asarray(to_planes(zi, in_channels=3)[0][0])
+            stats = predictor.normalization.stats(plane)
+            for name, (scales, window) in SETTINGS.items():
+                t = time.perf_counter()
+                est = drain(estimate_diameter_iter(predictor, plane, stats, scales=scales, window=window))
+                secs[name] += time.perf_counter() - t
+                err[(name, z)].append(np.nan if est is None else est / (true_d * z) - 1)
+        print(image_id[:10], flush=True)
+    n = args.images * len(ZOOMS)
+    print("| setting | " + " | ".join(f"{z}x" for z in ZOOMS) + " | s per estimate |")
+    print("|---|" + "---|" * len(ZOOMS) + "---|")
+    for name in SETTINGS:
+        cells = []
+        for z in ZOOMS:
+            a = np.array(err[(name, z)])
+            ok = a[~np.isnan(a)]
+            cells.append(f"{np.median(np.abs(ok)):.0%} ({np.mean(np.abs(ok) <= 0.25):.0%}, {np.isnan(a).sum()} none)")
+        print(f"| {name} | " + " | ".join(cells) + f" | {secs[name] / n:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
