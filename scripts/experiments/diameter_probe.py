@@ -66,22 +66,33 @@ def measures(probs: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
+def training_images(n: int, seed: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``n`` training images of DSB2018 (never the validation list), shuffled by ``seed``:
+    (id, RGB float image, instance labels)."""
+    val = set((DATA / "val.txt").read_text().split())
+    ids = sorted(p.stem for p in (DATA / "labels").glob("*.tif") if p.stem not in val)
+    random.Random(seed).shuffle(ids)
+    return [
+        (
+            i,
+            iio.imread(DATA / "images" / f"{i}.png")[..., :3].astype(np.float32),
+            tifffile.imread(DATA / "labels" / f"{i}.tif"),
+        )
+        for i in ids[:n]
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="/tmp/diameter_probe.jsonl")
     args = ap.parse_args()
-    val = set((DATA / "val.txt").read_text().split())
-    ids = sorted(p.stem for p in (DATA / "labels").glob("*.tif") if p.stem not in val)
-    random.Random(args.seed).shuffle(ids)
     ck = resolve_model("nuclei")
     predictor = Predictor.from_options(ck, PredictOptions(device="cpu"))
     opts = PredictOptions(device="cpu", min_size=4)
     with open(args.out, "w") as out:
-        for image_id in ids[: args.images]:
-            img = iio.imread(DATA / "images" / f"{image_id}.png")[..., :3].astype(np.float32)
-            lab = tifffile.imread(DATA / "labels" / f"{image_id}.tif")
+        for image_id, img, lab in training_images(args.images, args.seed):
             true_d, true_n = median_diameter(lab)
             t0 = time.perf_counter()
             for zoom in ZOOMS:
@@ -96,7 +107,13 @@ def main() -> None:
                         continue
                     probs = segment(predictor, simg, opts, output="probabilities")
                     labels = predictor.labels(probs, opts)
-                    rec = {"id": image_id, "zoom": zoom, "scale": s, "true_d": true_d * zoom, "true_n": true_n}
+                    rec = {
+                        "id": image_id,
+                        "zoom": zoom,
+                        "scale": s,
+                        "true_d": true_d * zoom,
+                        "true_n": true_n,
+                    }
                     rec.update(measures(probs, labels))
                     out.write(json.dumps(rec) + "\n")
             out.flush()

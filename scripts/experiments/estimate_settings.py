@@ -10,13 +10,10 @@ images (never the validation list) zoomed 0.25x-4x; prints the median error, the
 from __future__ import annotations
 
 import argparse
-import random
 import time
 
-import imageio.v3 as iio
 import numpy as np
-import tifffile
-from diameter_probe import DATA, median_diameter
+from diameter_probe import median_diameter, training_images
 from skimage.transform import rescale
 
 from tiled_unet.core.engine import Predictor
@@ -38,15 +35,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=30)
     ap.add_argument("--seed", type=int, default=2)
     args = ap.parse_args()
-    val = set((DATA / "val.txt").read_text().split())
-    ids = sorted(p.stem for p in (DATA / "labels").glob("*.tif") if p.stem not in val)
-    random.Random(args.seed).shuffle(ids)
     predictor = Predictor("nuclei", device="cpu")
     err = {(name, z): [] for name in SETTINGS for z in ZOOMS}
     secs = dict.fromkeys(SETTINGS, 0.0)
-    for image_id in ids[: args.images]:
-        img = iio.imread(DATA / "images" / f"{image_id}.png")[..., :3].astype(np.float32)
-        true_d = median_diameter(tifffile.imread(DATA / "labels" / f"{image_id}.tif"))[0]
+    for image_id, img, lab in training_images(args.images, args.seed):
+        true_d = median_diameter(lab)[0]
         for z in ZOOMS:
             zi = rescale(img, z, channel_axis=-1, anti_aliasing=z < 1, preserve_range=True) if z != 1 else img
             plane = np.asarray(to_planes(zi, in_channels=3)[0][0])
@@ -65,7 +58,9 @@ def main() -> None:
         for z in ZOOMS:
             a = np.array(err[(name, z)])
             ok = a[~np.isnan(a)]
-            cells.append(f"{np.median(np.abs(ok)):.0%} ({np.mean(np.abs(ok) <= 0.25):.0%}, {np.isnan(a).sum()} none)")
+            cells.append(
+                f"{np.median(np.abs(ok)):.0%} ({np.mean(np.abs(ok) <= 0.25):.0%}, {np.isnan(a).sum()} none)"
+            )
         print(f"| {name} | " + " | ".join(cells) + f" | {secs[name] / n:.2f} |")
 
 

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 
-import imageio.v3 as iio
 import numpy as np
-import tifffile
+from diameter_probe import median_diameter, training_images  # noqa: E402  (this folder)
 from skimage.transform import rescale, resize
 
 from tiled_unet.core.checkpoint import resolve_model
@@ -24,8 +22,6 @@ from tiled_unet.core.engine import Predictor
 from tiled_unet.core.metrics import match_instances
 from tiled_unet.core.options import PredictOptions
 from tiled_unet.core.predict import segment
-
-from diameter_probe import DATA, median_diameter  # noqa: E402  (this folder)
 
 SCALES = (0.25, 0.35, 0.5, 0.71, 1.0, 1.41, 2.0, 2.83, 4.0)
 
@@ -36,14 +32,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="/tmp/size_response.jsonl")
     args = ap.parse_args()
-    val = set((DATA / "val.txt").read_text().split())
-    ids = sorted(p.stem for p in (DATA / "labels").glob("*.tif") if p.stem not in val)
-    random.Random(args.seed).shuffle(ids)
     predictor = Predictor.from_options(resolve_model("nuclei"), PredictOptions(device="cpu"))
     with open(args.out, "w") as out:
-        for image_id in ids[: args.images]:
-            img = iio.imread(DATA / "images" / f"{image_id}.png")[..., :3].astype(np.float32)
-            lab = tifffile.imread(DATA / "labels" / f"{image_id}.tif")
+        for image_id, img, lab in training_images(args.images, args.seed):
             true_d, true_n = median_diameter(lab)
             t0 = time.perf_counter()
             for s in SCALES:
@@ -52,9 +43,18 @@ def main() -> None:
                 simg = rescale(img, s, channel_axis=-1, anti_aliasing=s < 1, preserve_range=True)
                 min_size = max(1, int(round(32 * min(1.0, s) ** 2)))  # keep what the native default keeps
                 pred = segment(predictor, simg, PredictOptions(device="cpu", min_size=min_size))
-                back = resize(pred, lab.shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.int64)
+                back = resize(pred, lab.shape, order=0, preserve_range=True, anti_aliasing=False).astype(
+                    np.int64
+                )
                 m = match_instances(lab, back)
-                rec = {"id": image_id, "scale": s, "true_d": true_d, "size": true_d * s, "f1": m.f1, "n": true_n}
+                rec = {
+                    "id": image_id,
+                    "scale": s,
+                    "true_d": true_d,
+                    "size": true_d * s,
+                    "f1": m.f1,
+                    "n": true_n,
+                }
                 out.write(json.dumps(rec) + "\n")
             out.flush()
             print(image_id[:10], f"{time.perf_counter() - t0:.1f} s", flush=True)
