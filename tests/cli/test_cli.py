@@ -627,3 +627,10 @@ def test_predict_channel(capsys: pytest.CaptureFixture, tmp_path: Path, model_pa
         capsys, "predict", tmp_path / "dapi.png", "-m", model_path, "-o", tmp_path / "c", "--channel", "x"
     )
     assert code == 2 and any("--channel" in line for line in err)
+
+
+def test_info_states_the_object_size(capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run_cli(capsys, "info", "nuclei")
+    assert code == 0 and "object size      20 px diameter" in out
+    code, out, _ = run_cli(capsys, "info", "nuclei", "--json")
+    assert code == 0 and json.loads(out)["object_diameter"] == 20.0

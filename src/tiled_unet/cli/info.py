@@ -73,6 +73,7 @@ def describe(model: str) -> dict[str, Any]:
         "boundary_class": ckpt.boundary_class,
         "normalization": dataclasses.asdict(ckpt.normalization),
         "instances": ckpt.instances.to_dict(),
+        "object_diameter": ckpt.object_diameter,
         "provenance": ckpt.provenance,
         "model_card": model_card(model) if builtin else "",
     }
@@ -124,6 +125,11 @@ def format_text(info: dict[str, Any]) -> str:
         lines.append(
             f"instances        threshold {inst['threshold']:g}, seeds grown {inst['expand']:g} px, "
             f"min size {inst['min_size']} px, min peak probability {inst['min_peak']:g}"
+        )
+    if info.get("object_diameter"):
+        lines.append(
+            f"object size      {info['object_diameter']:g} px diameter: images are rescaled to it "
+            "(--diameter auto measures their objects; off keeps them as they are)"
         )
     if info["provenance"]:
         lines.append("provenance")
