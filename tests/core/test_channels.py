@@ -26,11 +26,11 @@ def test_single_stain_rgb_feeds_its_channel():
 
 
 def test_colour_feeds_all_channels_and_requests_are_followed():
-    assert choose_channel(_rgb(0, 1, 2), "YXC", "auto").channel is None
+    assert choose_channel(_rgb(0, 1, 2), "YXC", "auto") is None
     assert choose_channel(_rgb(2), "YXC", "all").channel is None
     assert choose_channel(_rgb(0, 1, 2), "YXC", 1).message == "channel: green (chosen)"
     stack = np.stack([_rgb(0)[..., 0], _rgb(1)[..., 1]])  # two fluorescence channels, CYX
-    assert choose_channel(stack, "CYX", None).message == "channels: all 2 (2 with signal)"
+    assert choose_channel(stack, "CYX", None) is None  # both carry signal: all, as they are
     assert choose_channel(stack, "CYX", 1).message == "channel: channel 1 (chosen)"
     planes, _, _ = planes_for(stack, axes="CYX", in_channels=1, channel=1)
     np.testing.assert_array_equal(planes[0, 0], stack[1])

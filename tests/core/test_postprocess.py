@@ -43,12 +43,19 @@ def test_touching_discs_with_a_boundary_class_get_two_labels():
         assert overlap.max() >= 0.9 * (truth == k).sum()
 
 
-def test_touching_discs_without_a_boundary_class_are_split_by_distance():
+def test_without_a_boundary_class_objects_are_what_the_background_separates():
+    """Two-class models (cells between membranes): connected components, never cut by a line."""
     truth = touching_discs()
     classes = (truth > 0).astype(int)
     labels = to_instances(one_hot(classes, 2), object_class=1)
-    assert labels.max() == 2
-    assert ((labels > 0) == (truth > 0)).all()
+    assert labels.max() == 1 and ((labels > 0) == (truth > 0)).all()  # touching: one region
+    cell = np.zeros((40, 120), int)
+    cell[10:30, 5:115] = 1  # a long cell, with a bulge: a distance watershed cut it in two
+    cell[5:35, 20:40] = 1
+    cell[5:35, 80:100] = 1
+    assert to_instances(one_hot(cell, 2), object_class=1).max() == 1
+    classes[:, truth.shape[1] // 2] = 0  # a membrane between the discs separates them
+    assert to_instances(one_hot(classes, 2), object_class=1).max() == 2
 
 
 def test_min_size_removes_small_objects_and_relabels():

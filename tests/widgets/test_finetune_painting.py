@@ -185,7 +185,8 @@ def test_cancel_while_preparing_says_cancelled(make_napari_viewer, qtbot, checkp
     not DATA.is_dir(), reason="../shared/data/dsb2018 is not present (a clone has no ../shared)"
 )
 def test_finetune_on_real_nuclei_raises_f1_on_held_back_objects(make_napari_viewer):
-    """Nuclei 2.5x larger than the built-in model knows, all painted: 30 steps help, and it is said."""
+    """Nuclei 2.5x larger than the built-in model knows, all painted: resampled to its object size,
+    30 steps keep or raise the held-back score, the model is accepted, and it is said."""
     from scipy import ndimage as ndi
 
     from tiled_unet.core.data import read_array
@@ -208,5 +209,6 @@ def test_finetune_on_real_nuclei_raises_f1_on_held_back_objects(make_napari_view
     text = ft.status.value
     match = re.search(r"F1 on your (\d+) held-back objects (\d\.\d+) -> (\d\.\d+)", text)
     assert match, text
-    assert int(match[1]) >= 2 and float(match[3]) > float(match[2])
+    assert int(match[1]) >= 2 and float(match[3]) >= float(match[2]) >= 0.5  # at the model's size
+    assert ft.last_result.checkpoint.provenance["finetune_scale"] < 0.6
     assert "now uses this model" in text and session_for(viewer).current is ft.last_result.checkpoint

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import error
-from .predict import channel_arg, diameter_arg
+from ._args import channel_arg, diameter_arg
 
 DESCRIPTION = """\
 Segment IMAGES with MODEL and compare with LABELS (paired by file stem), with the metric code

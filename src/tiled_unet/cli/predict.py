@@ -12,6 +12,7 @@ from typing import Any
 from tiled_unet.core.options import OUTPUTS, PredictOptions
 
 from . import error, warn
+from ._args import channel_arg, diameter_arg, non_negative_int, positive_int, probability
 
 log = logging.getLogger(__name__)
 
@@ -54,26 +55,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tile",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="input tile edge in pixels, a valid input size (see `tiled-unet info`); "
         "default: from free memory",
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, metavar="N", help="tiles per batch (default: auto)"
+        "--batch-size", type=positive_int, metavar="N", help="tiles per batch (default: auto)"
     )
     parser.add_argument(
         "--device", choices=DEVICES, default="auto", help="compute device (default: %(default)s)"
     )
     parser.add_argument(
         "--min-size",
-        type=_non_negative_int,
+        type=non_negative_int,
         metavar="PX",
         help="drop objects smaller than PX pixels (instances)",
     )
     parser.add_argument(
         "--min-peak",
-        type=_probability,
+        type=probability,
         metavar="P",
         help="drop objects whose highest object probability is below P (instances; default: the model's)",
     )
@@ -106,57 +107,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.set_defaults(func=run)
     return parser
-
-
-def diameter_arg(text: str) -> float | str:
-    """``--diameter``: "auto", "off" or a positive number of pixels."""
-    if text in ("auto", "off"):
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be 'auto', 'off' or a diameter in pixels, got {text}")
-    return value
-
-
-def channel_arg(text: str) -> int | str:
-    """``--channel``: "auto", "all", a channel number from 0, or red, green, blue."""
-    names = {"red": 0, "green": 1, "blue": 2}
-    if text in ("auto", "all"):
-        return text
-    if text.lower() in names:
-        return names[text.lower()]
-    if text.isdigit():
-        return int(text)
-    raise argparse.ArgumentTypeError(
-        f"must be 'auto', 'all', a channel number from 0 or red/green/blue, got {text}"
-    )
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
 
 
 def output_stem(path: Path) -> str:

@@ -26,25 +26,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._args import positive_float, positive_int
+
 PROG = "tiled-unet"
 
 
 def _error(message: str) -> None:
     sys.stderr.write(f"{PROG}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -64,7 +52,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     start.add_argument("--config", metavar="JSON", help="train from scratch with this UNetConfig (JSON file)")
     parser.add_argument(
         "--widen",
-        type=_positive_int,
+        type=positive_int,
         metavar="FEATURES",
         help="with --init: first widen that model to this many base features (same function, Net2Net)",
     )
@@ -78,8 +66,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--class-names", metavar="A,B,..", help="class names for a model trained from scratch"
     )
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=_positive_int, help="optimisation steps (default 1000)")
-    budget.add_argument("--minutes", type=_positive_float, help="time budget instead of a step count")
+    budget.add_argument("--steps", type=positive_int, help="optimisation steps (default 1000)")
+    budget.add_argument("--minutes", type=positive_float, help="time budget instead of a step count")
     parser.add_argument(
         "--sparse",
         action="store_true",
@@ -105,7 +93,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         metavar="FILE",
         help="file of image stems (one per line) taken from --images/--labels for validation",
     )
-    parser.add_argument("--val-every", type=_positive_int, default=100, help="validate every N steps")
+    parser.add_argument("--val-every", type=positive_int, default=100, help="validate every N steps")
     parser.add_argument(
         "--schedule",
         choices=("constant", "cosine"),
@@ -120,30 +108,30 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     parser.add_argument(
         "--lr",
-        type=_positive_float,
+        type=positive_float,
         help="learning rate (default: adam 1e-4, sgd 1e-3; 2e-4 for --sparse --init)",
     )
     parser.add_argument(
         "--patch",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="network input size of a patch (default 572; --sparse --init: sized for the device)",
     )
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="default 1 (--sparse --init: 4 on a CPU, 8 on a GPU)",
     )
     parser.add_argument("--w0", type=float, default=10.0, help="border weight amplitude (paper: 10)")
     parser.add_argument(
-        "--sigma", type=_positive_float, default=5.0, help="border weight width in px (paper: 5)"
+        "--sigma", type=positive_float, default=5.0, help="border weight width in px (paper: 5)"
     )
     parser.add_argument("--no-augment", action="store_true", help="switch data augmentation off")
     parser.add_argument(
         "--zoom",
         nargs=2,
-        type=_positive_float,
+        type=positive_float,
         default=(1.0, 1.0),
         metavar=("LOW", "HIGH"),
         help="random magnification range of the patches, e.g. 0.7 1.4 (default 1 1: off)",

@@ -59,7 +59,8 @@ def signal_ranges(image: Any, axes: str) -> np.ndarray:
 
 
 def choose_channel(image: Any, axes: str, option: int | str | None) -> ChannelChoice | None:
-    """Which channel of ``image`` (with ``axes``) feeds the model; None: nothing to choose.
+    """Which channel of ``image`` (with ``axes``) feeds the model; None: all of them, as they
+    are, unasked (nothing to say).
 
     ``option`` is a channel index, ``"all"``, or ``"auto"``/None (see the module notes).
 
@@ -84,7 +85,7 @@ def choose_channel(image: Any, axes: str, option: int | str | None) -> ChannelCh
     if len(strong) == 1:
         k = int(strong[0])
         return ChannelChoice(k, f"channel: {channel_name(k, n, axes)} (the only one with signal)")
-    return ChannelChoice(None, f"channels: all {n} ({len(strong)} with signal)")
+    return None  # all channels, as the image is: nothing to say
 
 
 def planes_for(

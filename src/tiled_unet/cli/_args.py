@@ -1,0 +1,67 @@
+"""Argument types shared by the subcommands: one clear message for a bad value."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def diameter_arg(text: str) -> float | str:
+    """``--diameter``: "auto", "off" or a positive number of pixels."""
+    if text in ("auto", "off"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be 'auto', 'off' or a diameter in pixels, got {text}")
+    return value
+
+
+def channel_arg(text: str) -> int | str:
+    """``--channel``: "auto", "all", a channel number from 0, or red, green, blue."""
+    names = {"red": 0, "green": 1, "blue": 2}
+    if text in ("auto", "all"):
+        return text
+    if text.lower() in names:
+        return names[text.lower()]
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(
+        f"must be 'auto', 'all', a channel number from 0 or red/green/blue, got {text}"
+    )
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A number > 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
