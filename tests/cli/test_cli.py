@@ -23,7 +23,6 @@ import zarr
 from tiled_unet import __version__
 from tiled_unet.cli import main
 from tiled_unet.cli import models as models_cli
-from tiled_unet.cli import predict as predict_cli
 from tiled_unet.core import catalog as catalog_mod
 from tiled_unet.core.checkpoint import Checkpoint, Normalization, load_checkpoint, save_checkpoint
 from tiled_unet.core.model import UNet, UNetConfig, count_parameters, flops_per_output_pixel, receptive_field
@@ -151,7 +150,9 @@ def test_progress_bar_counts_batches(capsys: pytest.CaptureFixture, monkeypatch:
             yield Progress(done, 3, "", unit="tile batch")
         return "result"
 
-    assert predict_cli._drain_with_progress(gen(), "x.tif", disable=False, quiet=False) == "result"
+    from tiled_unet.cli._bars import drain_batches
+
+    assert drain_batches(gen(), "x.tif", disable=False, quiet=False) == "result"
     assert bars[0] == (3, 3, False)  # tqdm may close twice (exit, then __del__)
     assert "x.tif" in capsys.readouterr().err
 

@@ -192,3 +192,25 @@ def test_sparse_background_only_is_refused(tmp_path, disc_grid, checkpoint_file,
     )
     assert code == 2 and "only background (1) is painted" in capsys.readouterr().err
     assert not (d / "m.pt").exists()
+
+
+def test_train_resume_goes_on_and_the_state_goes_when_the_model_is_written(data, capsys):
+    """--save-every writes OUT.resume.pt; an interrupted run goes on with --resume; done: removed."""
+    import torch
+
+    from tiled_unet.core.train import TrainHooks
+
+    out, state = data / "m.pt", data / "m.resume.pt"
+    argv = args(data, "--steps", "6", "--save-every", "0.00001")
+
+    def stop_at_4(progress):
+        if progress.done == 4:
+            raise KeyboardInterrupt
+
+    assert main(argv, hooks=TrainHooks(callbacks=(stop_at_4,))) == 130
+    assert not out.exists() and torch.load(state, weights_only=False)["step"] == 3
+    assert "--resume goes on" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0
+    assert load_checkpoint(out).provenance["steps"] == 6 and not state.exists()
+    assert main([*argv, "--resume", "--overwrite"]) == 2  # nothing left to resume
+    assert "no saved training state" in capsys.readouterr().err

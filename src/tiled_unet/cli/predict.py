@@ -13,6 +13,7 @@ from tiled_unet.core.options import OUTPUTS, PredictOptions
 
 from . import error, warn
 from ._args import channel_arg, diameter_arg, non_negative_int, positive_int, probability
+from ._bars import drain_batches
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +279,7 @@ def _segment_one(
 
     image = validate_image(read_image(path), name=str(path))
     gen = segment_iter(predictor, image, options, axes=_axes(path, image, args, predictor))
-    result = _drain_with_progress(gen, path.name, disable=not sys.stderr.isatty(), quiet=args.quiet)
+    result = drain_batches(gen, path.name, disable=not sys.stderr.isatty(), quiet=args.quiet)
     write_tiff_atomic(
         target, result, axes=_tiff_axes(result, args.output, args.axes), overwrite=args.overwrite
     )
@@ -339,30 +340,4 @@ def _segment_blockwise(
     image = validate_image(open_lazy(path), name=str(path))
     axes = _axes(path, image, args, predictor)
     gen = segment_blockwise_iter(predictor, image, options, out=target, axes=axes, overwrite=args.overwrite)
-    _drain_with_progress(gen, path.name, disable=not sys.stderr.isatty(), quiet=args.quiet)
-
-
-def _drain_with_progress(gen: Any, label: str, *, disable: bool, quiet: bool) -> Any:
-    """Run a core generator to its end with a tqdm bar over its units (tile batches, blocks);
-    the channel and object size used are said in a line each (``nuclei.png: objects ~48 px:
-    image scaled 0.42x``)."""
-    from tqdm import tqdm
-
-    from tiled_unet.core.progress import drain
-
-    with tqdm(desc=label, unit="batch", file=sys.stderr, disable=disable or quiet, leave=False) as bar:
-
-        def show(progress: Any) -> None:
-            if (
-                progress.metrics
-                and ("scale" in progress.metrics or "channel" in progress.metrics)
-                and not quiet
-            ):
-                tqdm.write(f"{label}: {progress.message}", file=sys.stderr)
-            if progress.total and bar.total != progress.total:
-                bar.total = progress.total
-                bar.refresh()
-            if progress.done > bar.n:
-                bar.update(progress.done - bar.n)
-
-        return drain(gen, show)
+    drain_batches(gen, path.name, disable=not sys.stderr.isatty(), quiet=args.quiet)

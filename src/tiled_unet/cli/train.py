@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ._args import positive_float, positive_int
+from ._bars import drain_steps
 
 PROG = "tiled-unet"
 
@@ -47,6 +48,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     )
     parser.add_argument("--out", required=True, metavar="MODEL.pt", help="where to write the trained model")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.add_argument(
+        "--save-every",
+        type=positive_float,
+        default=5.0,
+        metavar="MIN",
+        help="save the run's state (OUT.resume.pt) every MIN minutes (default 5)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="go on from OUT.resume.pt (the same command, interrupted)"
+    )
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--init", metavar="MODEL", help="fine-tune this model (built-in name or .pt file)")
     start.add_argument("--config", metavar="JSON", help="train from scratch with this UNetConfig (JSON file)")
@@ -265,6 +276,7 @@ def _starting_point(args: argparse.Namespace) -> tuple[Any, Any, bool]:
 
 def _training(args: argparse.Namespace, hooks: Any) -> tuple[Any, Any, bool]:
     """The training generator of the arguments, its settings, and whether it is a fine-tune."""
+    from tiled_unet.core.resume import state_path_for
     from tiled_unet.core.train import train_iter
 
     init, config, painted = _starting_point(args)
@@ -278,6 +290,8 @@ def _training(args: argparse.Namespace, hooks: Any) -> tuple[Any, Any, bool]:
             raise ValueError(
                 "--sparse --init checks on held-back painted objects: leave out the validation data"
             )
+        if args.resume:
+            raise ValueError("--resume is for training runs; a --sparse --init fine-tune starts again")
         from tiled_unet.core.finetune import HOLD_BACK, finetune_iter
 
         hold = HOLD_BACK if args.hold_back is None else args.hold_back
@@ -285,36 +299,15 @@ def _training(args: argparse.Namespace, hooks: Any) -> tuple[Any, Any, bool]:
     if args.hold_back is not None or args.keep_worse:
         raise ValueError("--hold-back and --keep-worse need --sparse --init")
     class_names = tuple(args.class_names.split(",")) if args.class_names else None
-    gen = train_iter(init=init, config=config, sparse=args.sparse, class_names=class_names, **common, **val)
+    state = {
+        "state_path": state_path_for(args.out),
+        "state_every": args.save_every * 60,
+        "resume": args.resume,
+    }
+    gen = train_iter(
+        init=init, config=config, sparse=args.sparse, class_names=class_names, **common, **val, **state
+    )
     return gen, settings, False
-
-
-def _drain_with_bar(gen: Any, total: int | None, disable: bool) -> Any:
-    """Run a training generator with a tqdm bar over steps; stages and metrics as lines."""
-    from tqdm import tqdm
-
-    from tiled_unet.core.progress import drain
-
-    bar = tqdm(total=total, disable=disable, unit="step", file=sys.stderr)
-
-    def show(p: Any) -> None:
-        if p.unit != "step":  # a stage of a fine-tune
-            bar.write(str(p.message))
-            return
-        post = {"loss": f"{p.loss:.4f}"}
-        if p.metrics:
-            bar.write(
-                f"step {p.done} ({p.seconds:.0f} s): loss {p.loss:.4f}, "
-                + ", ".join(f"{k} {v:.4f}" for k, v in p.metrics.items())
-            )
-            post.update({k: f"{v:.3f}" for k, v in p.metrics.items() if k in ("f1", "pixel_error")})
-        bar.set_postfix(post, refresh=False)
-        bar.update(1)
-
-    try:
-        return drain(gen, show)
-    finally:
-        bar.close()
 
 
 def run(args: argparse.Namespace, *, hooks: Any = None) -> int:
@@ -324,6 +317,7 @@ def run(args: argparse.Namespace, *, hooks: Any = None) -> int:
     callbacks, for experiments that reuse this command (``scripts/experiments``).
     """
     from tiled_unet.core.checkpoint import CheckpointError, save_checkpoint
+    from tiled_unet.core.resume import state_path_for
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -332,12 +326,19 @@ def run(args: argparse.Namespace, *, hooks: Any = None) -> int:
     if (args.val_images is None) != (args.val_labels is None):
         _error("give both --val-images and --val-labels, or neither")
         return 2
+    state = state_path_for(out)
     try:
         gen, settings, painted = _training(args, hooks)
-        ckpt = _drain_with_bar(gen, settings.steps, args.no_progress)
+        ckpt = drain_steps(gen, settings.steps, args.no_progress)
     except (ValueError, CheckpointError, FileNotFoundError, FloatingPointError) as exc:
         _error(str(exc).strip().splitlines()[0])
         return 2
+    except KeyboardInterrupt:
+        if state.exists():
+            sys.stderr.write(
+                f"{PROG}: the run so far is in {state}: the same command with --resume goes on\n"
+            )
+        raise
     if painted:
         outcome, ckpt = ckpt, ckpt.checkpoint
         sys.stderr.write(f"{PROG}: {outcome.summary()}\n")
@@ -355,6 +356,7 @@ def run(args: argparse.Namespace, *, hooks: Any = None) -> int:
     except (FileExistsError, OSError) as exc:
         _error(str(exc))
         return 2
+    state.unlink(missing_ok=True)  # the model is written: its run is over
     sys.stderr.write(f"{PROG}: wrote {out} ({ckpt.provenance['steps']} steps)\n")
     return 0
 

@@ -352,6 +352,12 @@ class BatchStream:
             self._pool.join()
             self._pool = None
 
+    def skip_to(self, step: int) -> None:
+        """Go on with batch ``step`` (a resumed run draws the batches it would have drawn)."""
+        if self._pending:
+            raise RuntimeError("skip_to must come before the first batch")
+        self._step = int(step)
+
     def next(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The next batch: images ``(N, C, in, in)``, classes and weights ``(N, out, out)``."""
         step = self._step

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from .model import UNetConfig, check_input_size, output_size
 from .optimisation import Optimisation, TrainSettings, finished, weighted_cross_entropy
 from .postprocess import InstanceSettings
 from .progress import Progress
+from .resume import load_state, save_state
 from .targets import INSTANCE_CLASSES, SEMANTIC_CLASSES, make_targets
 from .validation import Validation
 
@@ -199,6 +201,9 @@ def train_iter(
     priors: Sequence[np.ndarray | None] | None = None,
     prior_weight: float = 0.5,
     hooks: TrainHooks | None = None,
+    state_path: str | os.PathLike | None = None,
+    state_every: float = 300.0,
+    resume: bool = False,
 ) -> Generator[Progress, None, Checkpoint | None]:
     """Train a U-Net, yielding progress after every step; return the trained checkpoint.
 
@@ -237,6 +242,11 @@ def train_iter(
         Weight of prior pixels relative to painted pixels of the same class.
     hooks : TrainHooks, optional
         Extension points: another loss, other targets, callbacks after each step.
+    state_path : path, optional
+        Save the run's state here every ``state_every`` seconds and when it is cancelled
+        (:mod:`.resume`).
+    resume : bool
+        Go on from the state at ``state_path`` towards the same budget.
 
     Yields
     ------
@@ -300,8 +310,14 @@ def train_iter(
     run = Optimisation(setup, settings, device, hooks.loss)
     validation = Validation(setup, val_items, device)
     n_steps = settings.steps or 0
-    step, value = 0, float("nan")
-    t0 = time.perf_counter()
+    step, value, offset = 0, float("nan"), 0.0
+    saved = {"setup": setup, "settings": settings, "names": names, "run": run, "validation": validation}
+    if resume:
+        if state_path is None:
+            raise ValueError("resume needs the state_path of the interrupted run")
+        step, offset = load_state(state_path, **saved)
+        stream.skip_to(step)
+    t0 = last_save = time.perf_counter() - offset
     try:
         while cancel is None or not cancel():
             loss = run.step(stream.next(), step, time.perf_counter() - t0)
@@ -330,12 +346,17 @@ def train_iter(
             )
             for callback in hooks.callbacks:
                 callback(progress)
+            if state_path is not None and not done and time.perf_counter() - last_save >= state_every:
+                save_state(state_path, step=step, seconds=seconds, **saved)
+                last_save = time.perf_counter()
             yield progress
             if done:
                 break
         else:
+            if state_path is not None and step:
+                save_state(state_path, step=step, seconds=time.perf_counter() - t0, **saved)
             return None  # cancelled
-    finally:
+    finally:  # an interrupt may come mid-step: the last state saved between steps stays
         stream.close()
 
     provenance: dict[str, Any] = {
