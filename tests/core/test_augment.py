@@ -138,3 +138,48 @@ def test_zoom_off_draws_nothing_and_bad_ranges_are_refused():
     for bad in ((0.0, 1.0), (0.4, 1.0), (1.4, 0.7), (1.0, 5.0)):
         with pytest.raises(ValueError, match="zoom range"):
             AugmentSettings(zoom=bad)
+
+
+def test_blur_colour_and_grey_change_only_the_image_and_are_off_by_default():
+    from tiled_unet.core.augment import appearance
+
+    rng = np.random.default_rng(0)
+    patch = rng.random((3, 40, 40)).astype(np.float32)
+    plain = appearance(patch, rng=np.random.default_rng(1), settings=AugmentSettings())
+    np.testing.assert_array_equal(plain, patch)  # default: nothing drawn, nothing changed
+    blurred = appearance(patch, rng=np.random.default_rng(1), settings=AugmentSettings(blur=3.0))
+    assert blurred.std() < 0.8 * patch.std() and abs(blurred.mean() - patch.mean()) < 0.02
+    gains = appearance(patch, rng=np.random.default_rng(1), settings=AugmentSettings(colour=0.3))
+    ratio = gains.reshape(3, -1).mean(1) / patch.reshape(3, -1).mean(1)
+    assert np.all((ratio > np.exp(-0.3) - 1e-6) & (ratio < np.exp(0.3) + 1e-6)) and np.ptp(ratio) > 0
+    grey = appearance(patch, rng=np.random.default_rng(1), settings=AugmentSettings(grey=1.0))
+    np.testing.assert_allclose(grey[0], patch.mean(0), rtol=1e-6)
+    np.testing.assert_array_equal(grey[0], grey[2])
+    one = patch[:1]
+    np.testing.assert_array_equal(
+        appearance(one, rng=rng, settings=AugmentSettings(colour=0.3, grey=1.0)), one
+    )
+    lab = label_image()
+    img = np.stack([lab.astype(np.float32)] * 3)
+    settings = AugmentSettings(blur=2.0, colour=0.2, grey=0.5)
+    _, cls, wts = extract_patch(
+        img, lab, np.ones(lab.shape, np.float32), center=(40, 48), in_size=40, out_size=20,
+        rng=np.random.default_rng(2), settings=settings,
+    )  # fmt: skip
+    _, cls0, _ = extract_patch(
+        img, lab, np.ones(lab.shape, np.float32), center=(40, 48), in_size=40, out_size=20,
+        rng=np.random.default_rng(2), settings=AugmentSettings(),
+    )  # fmt: skip
+    np.testing.assert_array_equal(cls, cls0)  # targets: geometry only, the same draws
+    for bad in ({"blur": -1}, {"colour": 2.0}, {"grey": 1.5}):
+        with pytest.raises(ValueError, match="blur must be"):
+            AugmentSettings(**bad)
+
+
+def test_train_settings_carry_the_appearance_augmentation():
+    from tiled_unet.core.train import TrainSettings
+
+    s = TrainSettings(blur=1.5, colour=0.1, grey=0.2)
+    assert s.augment_settings() == AugmentSettings(blur=1.5, colour=0.1, grey=0.2)
+    with pytest.raises(ValueError, match="blur must be"):
+        TrainSettings(grey=3.0)

@@ -12,8 +12,8 @@ painted objects is held back, and the model is written only if it scores at leas
 its base on them (``--keep-worse`` writes it anyway; exit code 1 when it is not written).
 
 Every problem with the inputs (missing partner, shape mismatch, labels without annotated
-pixels, an existing ``--out``) is reported as one line before training starts. The model file
-is written atomically at the end; an interrupted run writes nothing.
+pixels, an existing ``--out``) is one line before training starts. The model is written
+atomically at the end; an interrupted run leaves its state (``--resume`` goes on from it).
 """
 
 from __future__ import annotations
@@ -147,6 +147,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         metavar=("LOW", "HIGH"),
         help="random magnification range of the patches, e.g. 0.7 1.4 (default 1 1: off)",
     )
+    parser.add_argument(
+        "--blur", type=float, default=0.0, metavar="PX", help="random Gaussian blur up to PX (default 0: off)"
+    )
+    parser.add_argument(
+        "--colour-jitter",
+        type=float,
+        default=0.0,
+        metavar="J",
+        help="random per-channel gain exp(U(-J, J)) of colour images (default 0: off)",
+    )
+    parser.add_argument("--grey", type=float, default=0.0, metavar="P", help="probability of a grey patch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -193,6 +204,9 @@ def _settings(args: argparse.Namespace, painted_base: Any) -> Any:
         "sigma": args.sigma,
         "augment": not args.no_augment,
         "zoom": tuple(args.zoom),
+        "blur": args.blur,
+        "colour": args.colour_jitter,
+        "grey": args.grey,
         "val_every": args.val_every,
         "seed": args.seed,
         "device": args.device,

@@ -56,6 +56,15 @@ class AugmentSettings:
         objects appear this many times larger in the patch. Targets are sampled by nearest
         neighbour, so the lower end must be at least 0.5: the two-pixel boundary band between
         touching instance objects then always survives the sampling (at most 4).
+    blur : float
+        Largest standard deviation (pixels) of a Gaussian blur, drawn uniformly in [0, blur]
+        per patch (0 = off, the default): images out of focus or upsampled from a lower
+        resolution, as the automatic object size does with small objects.
+    colour : float
+        Per-channel gain jitter of multichannel images, ``exp(U(-colour, colour))`` per channel
+        (0 = off): stain and white-balance variation.
+    grey : float
+        Probability that a multichannel patch is replaced by its mean over channels (0 = off).
     """
 
     elastic: bool = True
@@ -69,6 +78,9 @@ class AugmentSettings:
     brightness: float = 0.1
     image_order: int = 1
     zoom: tuple[float, float] = (1.0, 1.0)
+    blur: float = 0.0
+    colour: float = 0.0
+    grey: float = 0.0
 
     def __post_init__(self) -> None:
         if self.elastic_grid < 2:
@@ -83,6 +95,9 @@ class AugmentSettings:
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ValueError(f"{name} range must satisfy 0 < low <= high, got {(lo, hi)}")
+        if not (0 <= self.blur <= 10 and 0 <= self.colour <= 1 and 0 <= self.grey <= 1):
+            got = f"{self.blur}, {self.colour}, {self.grey}"
+            raise ValueError(f"blur must be 0-10 px, colour 0-1 and grey a probability, got {got}")
 
 
 NO_AUGMENTATION = AugmentSettings(
@@ -188,6 +203,24 @@ def grey_values(image: np.ndarray, *, rng: np.random.Generator, settings: Augmen
     return out.astype(np.float32, copy=False)
 
 
+def appearance(image: np.ndarray, *, rng: np.random.Generator, settings: AugmentSettings) -> np.ndarray:
+    """Random blur, channel gains and grey conversion of a ``(C, Y, X)`` patch (see the settings)."""
+    out = np.asarray(image, np.float32)
+    if settings.blur > 0:
+        from scipy import ndimage as ndi
+
+        sigma = rng.uniform(0.0, settings.blur)
+        if sigma > 0.3:
+            out = np.stack([ndi.gaussian_filter(c, sigma, mode="mirror") for c in out])
+    if out.shape[0] > 1:
+        if settings.colour > 0:
+            gains = np.exp(rng.uniform(-settings.colour, settings.colour, out.shape[0])).astype(np.float32)
+            out = out * gains[:, None, None]
+        if settings.grey > 0 and rng.random() < settings.grey:
+            out = np.repeat(out.mean(axis=0, keepdims=True), out.shape[0], axis=0)
+    return out.astype(np.float32, copy=False)
+
+
 def extract_patch(
     image: np.ndarray,
     classes: np.ndarray,
@@ -231,7 +264,7 @@ def extract_patch(
     inner = np.ascontiguousarray(coords[:, m : m + out_size, m : m + out_size])
     img = warp(np.asarray(image, np.float32), coords, order=s.image_order)
     if settings is not None:
-        img = grey_values(img, rng=rng, settings=s)
+        img = appearance(grey_values(img, rng=rng, settings=s), rng=rng, settings=s)
     cls = warp(classes, inner, order=0).astype(np.int64)
     wts = warp(np.asarray(weights, np.float32), inner, order=0)
     return img.astype(np.float32, copy=False), cls, wts
@@ -256,7 +289,9 @@ def augment(
         img = img[None]
     h, w = img.shape[-2:]
     coords = random_coordinates((h, w), center=((h - 1) / 2.0, (w - 1) / 2.0), rng=rng, settings=s)
-    out = grey_values(warp(img, coords, order=s.image_order), rng=rng, settings=s)
+    out = appearance(
+        grey_values(warp(img, coords, order=s.image_order), rng=rng, settings=s), rng=rng, settings=s
+    )
     cls = warp(np.asarray(classes), coords, order=0)
     wts = warp(np.asarray(weights, np.float32), coords, order=0)
     return (out[0] if squeeze else out), cls, wts

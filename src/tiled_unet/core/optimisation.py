@@ -57,6 +57,9 @@ class TrainSettings:
     zoom : tuple of float
         With ``augment``: range of a random magnification of each patch (log-uniform;
         ``(1, 1)``, the default, is off). Teaches a model objects at other sizes.
+    blur, colour, grey : float
+        With ``augment``: largest Gaussian blur (px), per-channel gain jitter and probability of
+        a grey patch (:class:`~.augment.AugmentSettings`; 0, the default, is off).
     val_every : int
         Validate every this many steps (and after the last one) when validation data is given.
     seed : int
@@ -86,12 +89,19 @@ class TrainSettings:
     sigma: float = 5.0
     augment: bool = True
     zoom: tuple[float, float] = (1.0, 1.0)
+    blur: float = 0.0
+    colour: float = 0.0
+    grey: float = 0.0
     val_every: int = 100
     seed: int = 0
     device: str = "auto"
     amp: bool = True
     schedule: Literal["constant", "cosine"] = "constant"
     workers: int = 0
+
+    def augment_settings(self) -> AugmentSettings:
+        """The augmentation of these settings (the paper's, with zoom, blur, colour and grey)."""
+        return AugmentSettings(zoom=self.zoom, blur=self.blur, colour=self.colour, grey=self.grey)
 
     def __post_init__(self) -> None:
         if self.optimizer not in DEFAULT_LR:
@@ -110,7 +120,7 @@ class TrainSettings:
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
-        AugmentSettings(zoom=self.zoom)  # checks the zoom range before any data is read
+        self.augment_settings()  # checks the ranges before any data is read
         if self.val_every < 1:
             raise ValueError(f"val_every must be >= 1, got {self.val_every}")
 

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .augment import AugmentSettings
 from .checkpoint import Checkpoint, Normalization, cpu_state_dict, now_iso, resolve_model
 from .data import BatchStream, PatchSampler, TrainingImage, prepare_image
 from .devices import resolve_device
@@ -301,7 +300,7 @@ def train_iter(
         in_size=settings.patch,
         out_size=output_size(settings.patch, setup.cfg),
         rng=np.random.default_rng(settings.seed),
-        augment=AugmentSettings(zoom=settings.zoom) if settings.augment else None,
+        augment=settings.augment_settings() if settings.augment else None,
     )
     # workers fork here, before the model touches an accelerator
     stream = BatchStream(
