@@ -52,24 +52,26 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="nuclei")
     ap.add_argument("--limit", type=int, default=0, help="first N validation images only")
+    ap.add_argument("--zooms", type=float, nargs="*", default=list(ZOOMS), help="zooms of the estimate part")
+    ap.add_argument("--scales", type=float, nargs="*", default=list(SCALES), help="scales of the F1 part")
     args = ap.parse_args()
     ids = (DATA / "val.txt").read_text().split()
     ids = ids[: args.limit] if args.limit else ids
     ck = resolve_model(args.model)
     predictor = Predictor.from_options(ck, PredictOptions(device="cpu"))
-    errors: dict[float, list[float]] = {z: [] for z in ZOOMS}
-    counts = {(s, d): [0, 0, 0] for s in SCALES for d in ("auto", "off")}
-    seconds = {(s, d): 0.0 for s in SCALES for d in ("auto", "off")}
+    errors: dict[float, list[float]] = {z: [] for z in args.zooms}
+    counts = {(s, d): [0, 0, 0] for s in args.scales for d in ("auto", "off")}
+    seconds = {(s, d): 0.0 for s in args.scales for d in ("auto", "off")}
     for image_id in ids:
         img = iio.imread(DATA / "images" / f"{image_id}.png")[..., :3].astype(np.float32)
         lab = tifffile.imread(DATA / "labels" / f"{image_id}.tif").astype(np.int32)
         true_d = median_diameter(lab)
-        for z in ZOOMS:
+        for z in args.zooms:
             zi, _ = zoomed(img, lab, z)
             plane = np.asarray(to_planes(zi, in_channels=ck.config.in_channels)[0][0])  # as segment sees it
             est = drain(estimate_diameter_iter(predictor, plane, ck.normalization.stats(plane)))
             errors[z].append(float("nan") if est is None else est / (true_d * z) - 1)
-        for s in SCALES:
+        for s in args.scales:
             si, sl = zoomed(img, lab, s)
             for d in ("auto", "off"):
                 t = time.perf_counter()
