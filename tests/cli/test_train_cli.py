@@ -214,3 +214,6 @@ def test_train_resume_goes_on_and_the_state_goes_when_the_model_is_written(data,
     assert load_checkpoint(out).provenance["steps"] == 6 and not state.exists()
     assert main([*argv, "--resume", "--overwrite"]) == 2  # nothing left to resume
     assert "no saved training state" in capsys.readouterr().err
+    state.write_bytes(b"an old run")  # a state left behind: a fresh run does not go over it
+    assert main([*argv, "--overwrite"]) == 2 and state.read_bytes() == b"an old run"
+    assert "--resume goes on with it, or remove it" in capsys.readouterr().err

@@ -54,3 +54,28 @@ def test_segment_says_the_channel(intensity_checkpoint):
     labels = drain(segment_iter(intensity_checkpoint, img, device="cpu"), seen.append)
     assert [p.message for p in seen if p.metrics] == ["channel: green (the only one with signal)"]
     assert labels.max() == 1
+
+
+class _Recorder:
+    """A lazy image that records what is read of it."""
+
+    def __init__(self, shape):
+        self.shape, self.dtype, self.reads = shape, np.dtype(np.uint8), []
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return np.zeros(self.shape, np.uint8)[key]
+
+
+def test_the_choice_reads_a_subsample_of_a_lazy_image_and_ignores_alpha():
+    from tiled_unet.core.channels import signal_ranges
+
+    lazy = _Recorder((6000, 5000, 3))
+    signal_ranges(lazy, "YXC")
+    (key,) = lazy.reads
+    assert key[0].step > 1 and key[1].step > 1  # never the whole plane
+    rgba = _rgb(2) // 8  # a dim stain in blue
+    alpha = np.full((64, 80), 255, np.uint8)
+    alpha[:, :20] = 0  # a transparent border: a strong "signal" that is no stain
+    image = np.dstack([rgba, alpha])
+    assert choose_channel(image, "YXC", None).channel == 2

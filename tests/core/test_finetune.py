@@ -224,7 +224,7 @@ def test_a_worse_model_is_not_accepted(disc_grid, intensity_checkpoint, make_che
 @pytest.mark.skipif(
     not DATA.is_dir(), reason="../shared/data/dsb2018 is not present (a clone has no ../shared)"
 )
-def test_short_finetune_on_real_nuclei_raises_held_back_f1():
+def test_short_finetune_on_real_nuclei_at_the_model_size_keeps_or_raises_held_back_scores():
     """Large nuclei (a DSB2018 training image upscaled 2.5x), which the built-in model cuts up as
     they are: fine-tuning resamples them to its object size, and improves on that."""
     from scipy import ndimage as ndi

@@ -154,3 +154,21 @@ def test_fine_tuning_data_goes_to_the_model_scale(sized, intensity_checkpoint):
     assert abs(float(images[0].mean()) - float(img.mean())) < 0.01  # area weights keep the mean
     same, same_labels, none = at_model_scale([img], [lab], intensity_checkpoint)  # no object size
     assert none is None and same[0] is img and same_labels[0] is lab
+
+
+def test_scales_are_bounded_and_progress_never_goes_back(sized):
+    from tiled_unet.core.predict import segment_iter
+    from tiled_unet.core.sizing import MAX_SCALE, MIN_SCALE, training_diameter
+
+    assert scale_for(1.0, 20.0, estimated=False) == MAX_SCALE
+    assert scale_for(1000.0, 20.0, estimated=False) == MIN_SCALE
+    seen = []
+    drain(segment_iter(sized, _blobs(radius=20), device="cpu"), seen.append)
+    counted = [p.done for p in seen if p.total]
+    assert counted == sorted(counted) and counted[-1] == seen[-1].total
+    dense = np.zeros((20, 20), np.int32)
+    dense[2:6, 2:6], dense[10:18, 10:18] = 1, 2  # 16 and 64 pixels
+    expected = np.median(np.sqrt(4 * np.array([16, 64]) / np.pi))  # median equivalent diameter
+    assert training_diameter([dense], sparse=False, base=None) == pytest.approx(expected)
+    assert training_diameter([dense + 1], sparse=True, base=sized) == 20.0  # a fine-tune keeps it
+    assert training_diameter([np.zeros((4, 4))], sparse=False, base=None) is None

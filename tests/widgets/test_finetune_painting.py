@@ -184,7 +184,7 @@ def test_cancel_while_preparing_says_cancelled(make_napari_viewer, qtbot, checkp
 @pytest.mark.skipif(
     not DATA.is_dir(), reason="../shared/data/dsb2018 is not present (a clone has no ../shared)"
 )
-def test_finetune_on_real_nuclei_raises_f1_on_held_back_objects(make_napari_viewer):
+def test_finetune_on_real_nuclei_at_the_model_size_is_accepted_and_said(make_napari_viewer):
     """Nuclei 2.5x larger than the built-in model knows, all painted: resampled to its object size,
     30 steps keep or raise the held-back score, the model is accepted, and it is said."""
     from scipy import ndimage as ndi

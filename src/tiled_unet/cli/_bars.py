@@ -52,7 +52,7 @@ def drain_steps(gen: Any, total: int | None, disable: bool) -> Any:
             )
             post.update({k: f"{v:.3f}" for k, v in p.metrics.items() if k in ("f1", "pixel_error")})
         bar.set_postfix(post, refresh=False)
-        bar.update(1)
+        bar.update(p.done - bar.n)  # a resumed run starts where it stopped
 
     try:
         return drain(gen, show)

@@ -150,13 +150,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument(
         "--blur", type=float, default=0.0, metavar="PX", help="random Gaussian blur up to PX (default 0: off)"
     )
-    parser.add_argument(
-        "--colour-jitter",
-        type=float,
-        default=0.0,
-        metavar="J",
-        help="random per-channel gain exp(U(-J, J)) of colour images (default 0: off)",
-    )
+    jitter = "random per-channel gain exp(U(-J, J)) of colour images (default 0: off)"
+    parser.add_argument("--colour-jitter", type=float, default=0.0, metavar="J", help=jitter)
     parser.add_argument("--grey", type=float, default=0.0, metavar="P", help="probability of a grey patch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -341,6 +336,9 @@ def run(args: argparse.Namespace, *, hooks: Any = None) -> int:
         _error("give both --val-images and --val-labels, or neither")
         return 2
     state = state_path_for(out)
+    if state.exists() and not args.resume:
+        _error(f"{state}: an interrupted run of {out}; --resume goes on with it, or remove it to start again")
+        return 2
     try:
         gen, settings, painted = _training(args, hooks)
         ckpt = drain_steps(gen, settings.steps, args.no_progress)

@@ -49,11 +49,13 @@ def signal_ranges(image: Any, axes: str) -> np.ndarray:
     index: list[Any] = []
     for a, n in zip(axes, image.shape, strict=True):
         index.append(int(n) // 2 if a in PLANE_AXES else slice(None))
-    plane = image[tuple(index)]
     rest = axes.replace("Z", "").replace("T", "")
-    data = np.moveaxis(np.asarray(plane), rest.index("C"), 0)
-    step = max(1, int(np.ceil(np.sqrt(data[0].size / 1_000_000))))
-    sample = np.asarray(data[:, ::step, ::step], np.float32).reshape(data.shape[0], -1)
+    ny, nx = (int(image.shape[axes.index(a)]) for a in "YX")
+    step = max(1, int(np.ceil(np.sqrt(ny * nx / 1_000_000))))
+    for a in "YX":  # subsample before reading: a lazy plane is never read whole
+        index[axes.index(a)] = slice(None, None, step)
+    data = np.moveaxis(np.asarray(image[tuple(index)]), rest.index("C"), 0)
+    sample = np.asarray(data, np.float32).reshape(data.shape[0], -1)
     lo, hi = np.percentile(sample, [1.0, 99.8], axis=1)
     return (hi - lo).astype(np.float32)
 
@@ -81,6 +83,8 @@ def choose_channel(image: Any, axes: str, option: int | str | None) -> ChannelCh
     if option == "all":
         return ChannelChoice(None, f"channels: all {n} (chosen)")
     ranges = signal_ranges(image, axes)
+    if channel_name(3, n, axes) == "alpha":
+        ranges = ranges[:3]  # a transparency mask is not a stain
     strong = np.flatnonzero(ranges >= SIGNAL * max(float(ranges.max()), 1e-12))
     if len(strong) == 1:
         k = int(strong[0])
@@ -104,3 +108,12 @@ def planes_for(
         image, axes=axes, in_channels=in_channels, channel=None if choice is None else choice.channel
     )
     return planes, used, choice
+
+
+def model_image(image: Any, *, in_channels: int, channel: int | str | None = None) -> np.ndarray:
+    """One image plane as the model sees it (the channel choice of :func:`planes_for` made):
+    ``(Y, X)`` for a one-channel model, ``(Y, X, C)`` otherwise. Fine-tuning trains on what
+    Segment predicts."""
+    planes, _, _ = planes_for(np.asarray(image), axes=None, in_channels=in_channels, channel=channel)
+    plane = np.asarray(planes[0])
+    return plane[0] if plane.shape[0] == 1 else np.ascontiguousarray(np.moveaxis(plane, 0, -1))

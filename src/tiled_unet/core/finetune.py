@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .channels import model_image
 from .checkpoint import Checkpoint, resolve_model
 from .holdback import (
     HOLD_BACK,
@@ -151,6 +152,14 @@ def base_prior(probs: np.ndarray, *, confidence: float = PRIOR_CONFIDENCE) -> np
     return np.where(probs.max(0) >= confidence, top, -1).astype(np.int64)
 
 
+def _as_model_sees(image: np.ndarray, name: str, ckpt: Checkpoint) -> np.ndarray:
+    """The image with the channel choice Segment makes (:func:`.channels.model_image`)."""
+    try:
+        return model_image(image, in_channels=ckpt.config.in_channels)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
 def _normalised_plane(image: np.ndarray, ckpt: Checkpoint) -> np.ndarray:
     from .image import to_planes
 
@@ -251,6 +260,7 @@ def finetune_iter(
         raise ValueError(f"{len(images)} images but {len(labels)} annotations")
     instance_model = base_ckpt.boundary_class >= 0
     factor = None
+    images = [_as_model_sees(im, nm, base_ckpt) for im, nm in zip(images, names, strict=True)]
     if instance_model:  # training, the prior and the check at the model's object size
         images, labels, factor = at_model_scale(images, labels, base_ckpt)
     if factor is not None:

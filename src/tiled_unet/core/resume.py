@@ -41,6 +41,7 @@ def _identity(setup: Any, settings: Any, names: list[str]) -> dict[str, Any]:
         "patch": settings.patch,
         "batch_size": settings.batch_size,
         "optimizer": settings.optimizer,
+        "seed": settings.seed,
     }
 
 
@@ -72,6 +73,7 @@ def save_state(
         "best_step": validation.best_step,
         "history": validation.history,
         "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -112,10 +114,13 @@ def load_state(
     if run.cpu:
         run.model.to(memory_format=torch.channels_last)
     run.opt.load_state_dict(data["optimizer"])
-    run.scaler.load_state_dict(data["scaler"])
+    if data["scaler"] and run.scaler.is_enabled():  # float16 loss scaling, when both runs use it
+        run.scaler.load_state_dict(data["scaler"])
     validation.best_state = data["best_state"]
     validation.best_metrics = data["best_metrics"]
     validation.best_step = int(data["best_step"])
     validation.history = list(data["history"])
     torch.set_rng_state(data["torch_rng"])  # drop-out goes on as it would have
+    if data.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(data["cuda_rng"])
     return int(data["step"]), float(data["seconds"])

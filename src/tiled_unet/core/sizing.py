@@ -40,6 +40,9 @@ WINDOW = 384
 #: With an estimated diameter, images whose objects are within this factor of the model's
 #: size are predicted as they are (resampling costs time and some sharpness).
 TOLERANCE = 1.5
+#: The factors an image is resampled by at most (memory grows with the square of the factor;
+#: objects a quarter of the model's size are upsampled 4x, larger ones shrunk at most 8x).
+MIN_SCALE, MAX_SCALE = 0.125, 4.0
 #: The fewest objects a scale must show for its estimate to count.
 MIN_OBJECTS = 3
 #: The least median peak object probability a scale's objects must have to count. On DSB2018
@@ -86,12 +89,12 @@ def scale_for(diameter: float, model_diameter: float, *, estimated: bool) -> flo
     """The factor that gives objects of ``diameter`` pixels the model's size.
 
     An estimated diameter within :data:`TOLERANCE` of the model's size gives 1 (no
-    resampling); a given one is followed exactly.
+    resampling); a given one is followed exactly, within :data:`MIN_SCALE` to :data:`MAX_SCALE`.
     """
     factor = model_diameter / diameter
     if estimated and abs(math.log(factor)) <= math.log(TOLERANCE):
         return 1.0
-    return float(factor)
+    return float(min(max(factor, MIN_SCALE), MAX_SCALE))
 
 
 def object_measures(probs: np.ndarray, labels: np.ndarray, object_class: int) -> tuple[int, float, float]:
@@ -129,7 +132,7 @@ def estimate_diameter_iter(
         message = f"measuring object size ({k + 1}/{len(scales)})"
         probs = yield from relay(
             predictor.region_iter(ScaledPlane(crop, scale), stats=stats),
-            lambda _item, m=message, k=k: Progress(k, len(scales), m),
+            lambda _item, m=message: Progress(0, 0, m),  # a stage: tile batches are counted after
         )
         n, diameter, peak = object_measures(probs, predictor.labels(probs, settings), predictor.object_class)
         if n >= MIN_OBJECTS and peak >= MIN_CERTAINTY and (best is None or peak > best[0]):
@@ -221,3 +224,19 @@ def at_model_scale(
         out_images.append(scaled[0] if scaled.shape[0] == 1 else np.moveaxis(scaled, 0, -1))
         out_labels.append(rescale_labels(np.asarray(lab), scaled.shape[1:]))
     return out_images, out_labels, factor
+
+
+def training_diameter(labels: Sequence[np.ndarray], *, sparse: bool, base: Any) -> float | None:
+    """The object size a model trained on ``labels`` records (``object_diameter``).
+
+    A fine-tune on painted objects (``sparse``, from a base with an object size) keeps the
+    base's: :func:`at_model_scale` brought its data to that size. Otherwise an instance model
+    records the median equivalent diameter of its training objects (ids 1.. of dense labels, 2..
+    of sparse ones), the size it learned; None if there are none.
+    """
+    if sparse and getattr(base, "object_diameter", None) is not None:
+        return float(base.object_diameter)
+    first = 2 if sparse else 1
+    counts = [np.unique(np.asarray(lab)[np.asarray(lab) >= first], return_counts=True)[1] for lab in labels]
+    areas = np.concatenate(counts) if counts else np.zeros(0)
+    return float(np.median(np.sqrt(4 * areas / np.pi))) if len(areas) else None

@@ -38,6 +38,7 @@ from .optimisation import Optimisation, TrainSettings, finished, weighted_cross_
 from .postprocess import InstanceSettings
 from .progress import Progress
 from .resume import load_state, save_state
+from .sizing import training_diameter
 from .targets import INSTANCE_CLASSES, SEMANTIC_CLASSES, make_targets
 from .validation import Validation
 
@@ -105,6 +106,7 @@ class _Setup:
     normalization: Normalization
     instances: InstanceSettings
     base: Checkpoint | None
+    object_diameter: float | None = None
 
     def checkpoint(self, state: dict[str, torch.Tensor], provenance: dict[str, Any]) -> Checkpoint:
         return Checkpoint(
@@ -116,7 +118,7 @@ class _Setup:
             boundary_class=self.boundary_class,
             provenance=provenance,
             instances=self.instances,
-            object_diameter=self.base.object_diameter if self.base is not None else None,
+            object_diameter=self.object_diameter,
         )
 
 
@@ -272,6 +274,8 @@ def train_iter(
         *_class_setup(base, config, class_names), base.instances if base else InstanceSettings(), base
     )
     check_input_size(settings.patch, setup.cfg)
+    if setup.object_class >= 0 and setup.boundary_class >= 0:  # instance models learn a size
+        setup.object_diameter = training_diameter(labels, sparse=sparse, base=base)
     names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
     train_items = _prepare(
         setup, settings, hooks, images, labels, names, sparse=sparse, priors=priors, prior_weight=prior_weight
@@ -316,7 +320,7 @@ def train_iter(
             raise ValueError("resume needs the state_path of the interrupted run")
         step, offset = load_state(state_path, **saved)
         stream.skip_to(step)
-    t0 = last_save = time.perf_counter() - offset
+    t0, last_save = time.perf_counter() - offset, time.perf_counter()
     try:
         while cancel is None or not cancel():
             loss = run.step(stream.next(), step, time.perf_counter() - t0)
