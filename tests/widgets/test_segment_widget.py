@@ -458,3 +458,14 @@ def test_channel_choice_is_shown(make_napari_viewer, checkpoint_file):
     assert widget.request().options.channel == 0
     widget.run()
     assert "channel: red (chosen)" in widget.status.value
+
+
+def test_a_widget_closed_before_torch_is_loaded_ignores_the_late_device_list(make_napari_viewer, qtbot):
+    """The warm-up worker may answer after the dock widget is gone: nothing is touched then."""
+    viewer = make_napari_viewer()
+    _, seg = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
+    seg.native.deleteLater()
+    qtbot.waitUntil(lambda: not seg.alive, timeout=5_000)
+    before = list(seg._devices)
+    seg._on_devices(["cpu", "late"])  # what a late worker result does: no error, no change
+    assert seg._devices == before

@@ -151,6 +151,9 @@ class JobWidget(Container):
         self.status.native.setWordWrap(True)
         self.status.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self._close_watch = _OnClose(self.native, self.cancel)
+        #: False once the Qt widget is gone (a late worker result then touches nothing).
+        self.alive = True
+        self.native.destroyed.connect(self._on_destroyed)
 
     def _lay_out(
         self, form: Sequence[Widget], buttons: Sequence[Widget] = (), below: Sequence[Any] = ()
@@ -191,7 +194,12 @@ class JobWidget(Container):
 
         QTimer.singleShot(100, self._start_warm_job)  # after napari has finished docking us
 
+    def _on_destroyed(self, *_: Any) -> None:
+        self.alive = False
+
     def _start_warm_job(self) -> None:
+        if not self.alive:
+            return
         self._warm_worker = start_job(
             _warm_job,
             use_thread=True,
@@ -202,6 +210,8 @@ class JobWidget(Container):
         )
 
     def _on_devices(self, devices: list[str]) -> None:
+        if not self.alive:  # closed before torch was loaded
+            return
         self._devices = list(devices)
         self.device_combo.reset_choices()
         self.warm = True
