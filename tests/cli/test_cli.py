@@ -635,3 +635,28 @@ def test_info_states_the_object_size(capsys: pytest.CaptureFixture) -> None:
     assert code == 0 and "object size      20 px diameter" in out
     code, out, _ = run_cli(capsys, "info", "nuclei", "--json")
     assert code == 0 and json.loads(out)["object_diameter"] == 20.0
+
+
+def test_evaluate_at_another_magnification(
+    capsys: pytest.CaptureFixture, tmp_path: Path, intensity_checkpoint: Checkpoint
+) -> None:
+    """--zoom resamples image and labels together: the intensity model finds the same discs."""
+    from skimage.draw import disk
+
+    model = save_checkpoint(intensity_checkpoint, tmp_path / "bright.pt")
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    truth = np.zeros((60, 64), np.uint16)
+    truth[disk((20, 20), 9)] = 1
+    truth[disk((40, 44), 9)] = 2
+    tifffile.imwrite(images / "a.tif", (truth > 0).astype(np.uint8) * 200 + 10)
+    tifffile.imwrite(labels / "a.tif", truth)
+    common = ("evaluate", "--model", model, "--images", images, "--labels", labels, "--json")
+    for zoom in ("1", "0.5", "2.5"):
+        code, out, err = run_cli(capsys, *common, "--zoom", zoom, "--min-size", "0")
+        assert code == 0, err
+        scores = json.loads(out)["all"]
+        assert scores["tp_0.5"] == 2 and scores["fp_0.5"] == 0, (zoom, scores)
+    code, _, err = run_cli(capsys, *common, "--zoom", "-1")
+    assert code == 2 and any("--zoom" in line for line in err)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import error
-from ._args import channel_arg, diameter_arg
+from ._args import channel_arg, diameter_arg, positive_float
 
 DESCRIPTION = """\
 Segment IMAGES with MODEL and compare with LABELS (paired by file stem), with the metric code
@@ -72,6 +72,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=channel_arg,
         metavar="auto|all|N",
         help="which channel feeds the model (default auto: the only channel with signal, else all)",
+    )
+    parser.add_argument(
+        "--zoom",
+        type=positive_float,
+        default=1.0,
+        metavar="F",
+        help="resample each image and its labels by F first (another magnification; default 1)",
     )
     parser.add_argument("--overwrite", action="store_true", help="with --optimize: replace OUT.pt")
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON object")
@@ -136,8 +143,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     def load() -> Any:
+        from tiled_unet.core.scaling import zoom_pair
+
         for img_path, lab_path in pairs:
-            yield file_stem(img_path), read_array(img_path), read_array(lab_path)
+            image, labels = read_array(img_path), read_array(lab_path)
+            if args.zoom != 1:
+                image, labels = zoom_pair(image, labels, args.zoom)
+            yield file_stem(img_path), image, labels
 
     def show(name: str, scores: dict[str, float]) -> None:
         if args.verbose:

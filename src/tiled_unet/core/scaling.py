@@ -131,3 +131,15 @@ def rescale_labels(labels: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
     rows = np.minimum(((np.arange(shape_yx[0]) + 0.5) * ny / shape_yx[0]).astype(np.int64), ny - 1)
     cols = np.minimum(((np.arange(shape_yx[1]) + 0.5) * nx / shape_yx[1]).astype(np.int64), nx - 1)
     return np.ascontiguousarray(labels[..., rows[:, None], cols[None, :]])
+
+
+def zoom_pair(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """A 2D image (``(Y, X)`` or colour ``(Y, X, C)``) and its labels resampled by ``factor``
+    (the image as :class:`ScaledPlane` does, the labels by the nearest pixel): an annotated image
+    at another magnification, to measure a model there."""
+    img = np.asarray(image, np.float32)
+    colour = img.ndim == 3
+    plane = np.moveaxis(img, -1, 0) if colour else img[None]
+    scaled = ScaledPlane(plane, factor)[:, :, :]
+    out = np.moveaxis(scaled, 0, -1) if colour else scaled[0]
+    return np.ascontiguousarray(out), rescale_labels(np.asarray(labels), scaled.shape[1:])
