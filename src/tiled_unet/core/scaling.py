@@ -13,10 +13,12 @@ whole-plane resample, so block-wise results equal whole-plane ones.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import sparse
+
+if TYPE_CHECKING:  # scipy.sparse is imported when first needed (it costs ~0.1 s at start-up)
+    from scipy import sparse
 
 
 def scaled_length(n: int, factor: float) -> int:
@@ -35,6 +37,8 @@ def axis_weights(n_in: int, n_out: int, index: np.ndarray) -> tuple[int, sparse.
         Row ``k`` weighs input pixels ``start .. start + window`` for output pixel ``index[k]``;
         each row sums to 1.
     """
+    from scipy import sparse
+
     index = np.asarray(index, dtype=np.int64)
     if index.size == 0 or index.min() < 0 or index.max() >= n_out:
         raise ValueError(f"output pixels {index.min()}..{index.max()} outside an axis of {n_out}")

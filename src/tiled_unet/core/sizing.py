@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from .options import PredictOptions
 from .progress import Progress, relay
@@ -99,6 +98,8 @@ def scale_for(diameter: float, model_diameter: float, *, estimated: bool) -> flo
 
 def object_measures(probs: np.ndarray, labels: np.ndarray, object_class: int) -> tuple[int, float, float]:
     """Number of objects, their median equivalent diameter and median peak object probability."""
+    from scipy import ndimage as ndi
+
     ids, areas = np.unique(labels[labels > 0], return_counts=True)
     if not len(ids):
         return 0, 0.0, 0.0
