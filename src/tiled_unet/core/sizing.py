@@ -96,15 +96,23 @@ def scale_for(diameter: float, model_diameter: float, *, estimated: bool) -> flo
     return float(min(max(factor, MIN_SCALE), MAX_SCALE))
 
 
+def median_diameter(labels: Sequence[np.ndarray], first: int = 1) -> float | None:
+    """The median equivalent diameter (``sqrt(4 area / pi)``) of the objects (ids ``first``..)
+    of label images, pooled; None if there are none."""
+    areas = [np.unique(lab[lab >= first], return_counts=True)[1] for lab in map(np.asarray, labels)]
+    pooled = np.concatenate(areas) if areas else np.zeros(0)
+    return float(np.median(np.sqrt(4 * pooled / np.pi))) if len(pooled) else None
+
+
 def object_measures(probs: np.ndarray, labels: np.ndarray, object_class: int) -> tuple[int, float, float]:
     """Number of objects, their median equivalent diameter and median peak object probability."""
     from scipy import ndimage as ndi
 
-    ids, areas = np.unique(labels[labels > 0], return_counts=True)
+    ids = np.unique(labels[labels > 0])
     if not len(ids):
         return 0, 0.0, 0.0
     peaks = ndi.maximum(probs[object_class], labels, index=ids)
-    return len(ids), float(np.median(np.sqrt(4 * areas / np.pi))), float(np.median(peaks))
+    return len(ids), float(median_diameter([labels])), float(np.median(peaks))
 
 
 def estimate_diameter_iter(
@@ -200,31 +208,24 @@ def image_size_iter(
 def at_model_scale(
     images: Sequence[np.ndarray], labels: Sequence[np.ndarray], ckpt: Any
 ) -> tuple[list[np.ndarray], list[np.ndarray], float | None]:
-    """Images and annotations resampled so that the painted objects have the model's object size.
+    """Images (``(Y, X)`` or ``(Y, X, C)``, as :func:`.channels.model_image` gives them) and
+    annotations resampled so that the painted objects have the model's object size.
 
     The objects' size is known from the annotations (median equivalent diameter of the painted
     objects); training, the base prior and the held-back check all run at the model's scale,
     where Segment predicts. None: no resampling (the model records no size, no
     object is painted, or they are within :data:`TOLERANCE` of it).
     """
-    from .image import to_planes
-    from .scaling import ScaledPlane, rescale_labels
+    from .scaling import zoom_pair
 
-    ids = [np.unique(lab[lab >= 2], return_counts=True)[1] for lab in labels]
-    areas = np.concatenate(ids) if ids else np.zeros(0)
-    if ckpt.object_diameter is None or not len(areas):
+    diameter = median_diameter(labels, first=2)
+    if ckpt.object_diameter is None or diameter is None:
         return list(images), list(labels), None
-    diameter = float(np.median(np.sqrt(4 * areas / np.pi)))
     factor = scale_for(diameter, float(ckpt.object_diameter), estimated=True)
     if factor == 1:
         return list(images), list(labels), None
-    out_images, out_labels = [], []
-    for im, lab in zip(images, labels, strict=True):
-        planes, _ = to_planes(np.asarray(im), in_channels=ckpt.config.in_channels)
-        scaled = ScaledPlane(np.asarray(planes[0], np.float32), factor)[:, :, :]
-        out_images.append(scaled[0] if scaled.shape[0] == 1 else np.moveaxis(scaled, 0, -1))
-        out_labels.append(rescale_labels(np.asarray(lab), scaled.shape[1:]))
-    return out_images, out_labels, factor
+    pairs = [zoom_pair(im, lab, factor) for im, lab in zip(images, labels, strict=True)]
+    return [im for im, _ in pairs], [lab for _, lab in pairs], factor
 
 
 def training_diameter(labels: Sequence[np.ndarray], *, sparse: bool, base: Any) -> float | None:
@@ -237,7 +238,4 @@ def training_diameter(labels: Sequence[np.ndarray], *, sparse: bool, base: Any) 
     """
     if sparse and getattr(base, "object_diameter", None) is not None:
         return float(base.object_diameter)
-    first = 2 if sparse else 1
-    counts = [np.unique(np.asarray(lab)[np.asarray(lab) >= first], return_counts=True)[1] for lab in labels]
-    areas = np.concatenate(counts) if counts else np.zeros(0)
-    return float(np.median(np.sqrt(4 * areas / np.pi))) if len(areas) else None
+    return median_diameter(labels, first=2 if sparse else 1)
