@@ -28,6 +28,7 @@ worker and cached there.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -369,13 +370,14 @@ def segment_blockwise_iter(
         with predictor.ready():
             if choice is not None:
                 yield Progress(0, 0, choice.message, metrics=choice.metrics())
-            size = yield from image_size_iter(predictor, planes, options)
+            stats_of = functools.cache(lambda p: norm.stats(planes[p]))  # a lazy plane's subsample: once
+
+            size = yield from image_size_iter(predictor, planes, options, stats_of)
             if size is not None:
                 run.scale = size.scale
                 array.attrs.update(size.metrics())
             for p in range(run.n_planes):
-                stats = norm.stats(planes[p])
-                n_objects += yield from _segment_plane(run, p, stats, norm, source, sink, network)
+                n_objects += yield from _segment_plane(run, p, stats_of(p), norm, source, sink, network)
         if options.output == "instances":
             array.attrs["n_objects"] = n_objects
     except BaseException:

@@ -16,6 +16,7 @@ error the tile is halved and the plane predicted again.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Generator
@@ -205,16 +206,22 @@ def segment_iter(
     with predictor.ready():
         if choice is not None:
             yield Progress(0, 0, choice.message, metrics=choice.metrics())
-        size = yield from image_size_iter(predictor, planes, options)
+        stats_of = functools.cache(lambda p: predictor.normalization.stats(planes[p]))  # once per plane
+        size = yield from image_size_iter(predictor, planes, options, stats_of)
         scale = size.scale if size is not None else None
         per_plane = predictor.n_batches((ny, nx), scale)
         yield Progress(0, n_planes * per_plane, "starting", unit="tile batch")
-        results = yield from _segment_planes(predictor, planes, options, progress, scale)
+        results = yield from _segment_planes(predictor, planes, options, progress, scale, stats_of)
     return from_planes(results, used_axes, (ny, nx))
 
 
 def _segment_planes(
-    predictor: Predictor, planes: Any, options: PredictOptions, progress: Any, scale: float | None
+    predictor: Predictor,
+    planes: Any,
+    options: PredictOptions,
+    progress: Any,
+    scale: float | None,
+    stats_of: Any,
 ) -> Generator[Progress, None, np.ndarray]:
     """Labels (or probabilities) of every plane, stacked."""
     n_planes = int(planes.shape[0])
@@ -222,9 +229,8 @@ def _segment_planes(
     prob_stack: np.ndarray | None = None
     for p in range(n_planes):
         plane = np.asarray(planes[p])
-        stats = predictor.normalization.stats(plane)
         probs = yield from relay(
-            predictor.region_iter(plane, stats=stats, scale=scale), lambda item, p=p: progress(p, item)
+            predictor.region_iter(plane, stats=stats_of(p), scale=scale), lambda item, p=p: progress(p, item)
         )
         if options.output == "probabilities":
             if prob_stack is None:

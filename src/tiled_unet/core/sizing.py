@@ -20,7 +20,7 @@ validation images).
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,15 +194,20 @@ def size_iter(
 
 
 def image_size_iter(
-    predictor: Any, planes: Any, options: PredictOptions
+    predictor: Any, planes: Any, options: PredictOptions, stats_of: Callable[[int], Any] | None = None
 ) -> Generator[Progress, None, SizeEstimate | None]:
     """How the ``(P, C, Y, X)`` planes of an image are scaled for ``options.diameter``
-    (:func:`size_mode`), measured once, on the middle plane; None: not at all."""
+    (:func:`size_mode`), measured once, on the middle plane; None: not at all.
+
+    ``stats_of(p)`` gives plane ``p``'s normalisation statistics (the caller's, computed once
+    per plane: a lazy plane's subsample is read once); default: computed here.
+    """
     mode = size_mode(predictor, options)
     if mode is None:
         return None
-    middle = planes[int(planes.shape[0]) // 2]  # lazy planes stay lazy: a window and a subsample
-    return (yield from size_iter(predictor, middle, mode, predictor.normalization.stats(middle)))
+    p = int(planes.shape[0]) // 2  # lazy planes stay lazy: only a window is read
+    stats = stats_of(p) if stats_of is not None else predictor.normalization.stats(planes[p])
+    return (yield from size_iter(predictor, planes[p], mode, stats))
 
 
 def at_model_scale(
