@@ -52,7 +52,7 @@ def test_segment_says_the_channel(intensity_checkpoint):
     img[10:40, 10:40, 1] = 250
     seen = []
     labels = drain(segment_iter(intensity_checkpoint, img, device="cpu"), seen.append)
-    assert [p.message for p in seen if p.metrics] == ["channel: green (the only one with signal)"]
+    assert [p.message for p in seen if p.is_choice] == ["channel: green (the only one with signal)"]
     assert labels.max() == 1
 
 

@@ -105,7 +105,7 @@ def segment_job(
     notes: list[str] = []
 
     def note(progress: Any) -> Any:  # the core says the channel and object size it used in stages
-        if progress.metrics and ("scale" in progress.metrics or "channel" in progress.metrics):
+        if progress.is_choice:
             notes.append(progress.message)
         return progress
 

@@ -17,11 +17,7 @@ def drain_batches(gen: Any, label: str, *, disable: bool, quiet: bool) -> Any:
     with tqdm(desc=label, unit="batch", file=sys.stderr, disable=disable or quiet, leave=False) as bar:
 
         def show(progress: Any) -> None:
-            if (
-                progress.metrics
-                and ("scale" in progress.metrics or "channel" in progress.metrics)
-                and not quiet
-            ):
+            if progress.is_choice and not quiet:
                 tqdm.write(f"{label}: {progress.message}", file=sys.stderr)
             if progress.total and bar.total != progress.total:
                 bar.total = progress.total

@@ -55,7 +55,9 @@ class Progress:
     loss : float, optional
         Training: the weighted cross entropy of this step's batch.
     metrics : dict, optional
-        Training: validation metrics if validation ran after this step.
+        Training: validation metrics if validation ran after this step. A stage with metrics is
+        a choice the core made for the user to read (:attr:`is_choice`: the channel, the
+        object size).
     checkpoint : Checkpoint, optional
         Training: a snapshot of the weights for a live preview (independent of later steps).
     """
@@ -68,6 +70,11 @@ class Progress:
     loss: float | None = None
     metrics: dict[str, float] | None = None
     checkpoint: Any = None
+
+    @property
+    def is_choice(self) -> bool:
+        """Whether this is a stage saying a choice the core made (shown to the user)."""
+        return self.unit == "" and bool(self.metrics)
 
 
 class BatchCounter:
