@@ -29,7 +29,8 @@ def _kwargs(intensity_checkpoint, steps=2):
     return {"images": [img], "labels": [paint], "base": intensity_checkpoint, "settings": settings}
 
 
-def test_progress_and_result_match_an_in_process_run(intensity_checkpoint):
+def test_progress_and_result_match_an_in_process_run(intensity_checkpoint, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as dask.distributed leaves it: the child uses ours
     kwargs = _kwargs(intensity_checkpoint)
     seen = []
     remote = drain(run_in_process(JOB, **kwargs), seen.append)

@@ -8,8 +8,8 @@ The child is a fresh ``python -m tiled_unet.core.process`` (it never re-runs the
 main script, as multiprocessing's "spawn" would). Messages are pickled over its standard
 input and output (the child's own prints go to its standard error):
 
-* parent -> child: ``(target, args, kwargs)``, then ``"stop"`` to ask the job to stop (the
-  job polls its ``cancel`` argument); end of input means stop as well;
+* parent -> child: ``(target, args, kwargs, nice, torch threads)``, then ``"stop"`` to ask the
+  job to stop (the job polls its ``cancel`` argument); end of input means stop as well;
 * child -> parent: ``("yield", item)`` for each item the job yields, then
   ``("return", value)`` or ``("error", exception)``.
 
@@ -43,7 +43,11 @@ def _child_main() -> None:
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not break the protocol
     inp = sys.stdin.buffer
-    target, args, kwargs, nice = pickle.load(inp)
+    target, args, kwargs, nice, threads = pickle.load(inp)
+    if threads:  # the caller's torch thread count, whatever OMP_NUM_THREADS says here
+        import torch
+
+        torch.set_num_threads(threads)
     if nice and hasattr(os, "nice"):
         try:
             os.nice(nice)
@@ -75,6 +79,16 @@ def _child_main() -> None:
             _send(out, ("error", exc))
         except Exception:  # an exception that does not pickle
             _send(out, ("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+
+def _torch_threads() -> int | None:
+    """The caller's torch thread count, when torch is imported here.
+
+    The child inherits the environment, and a library may have set ``OMP_NUM_THREADS=1`` in it
+    (dask.distributed does, for its workers); the job must run as it would here.
+    """
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
 
 
 def run_in_process(
@@ -143,7 +157,7 @@ def run_in_process(
                 pass
 
     try:
-        _send(proc.stdin, (target, args, kwargs, nice))
+        _send(proc.stdin, (target, args, kwargs, nice, _torch_threads()))
         reader.start()
         while True:
             if cancel is not None and cancel():
