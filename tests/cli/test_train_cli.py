@@ -135,11 +135,25 @@ def test_widen_starts_a_wider_model_from_init(data, capsys):
     # --widen needs a model to widen, and cannot narrow one
     assert main(args(data, "--widen", "6", "--out", str(data / "x.pt"))) == 2
     assert "--widen needs --init" in capsys.readouterr().err
+    assert main(args(data, "--deepen", "--out", str(data / "x.pt"))) == 2
+    assert "--deepen needs --init" in capsys.readouterr().err
     argv[argv.index("--widen") + 1] = "3"
     argv[argv.index("--out") + 1] = str(data / "narrow.pt")
     assert main(argv) == 2
     assert "base_features must be >= 4" in capsys.readouterr().err
     assert not (data / "narrow.pt").exists() and not (data / "x.pt").exists()
+
+
+def test_deepen_starts_a_deeper_model_from_init(data):
+    assert main(args(data)) == 0
+    argv = args(data, "--deepen")
+    argv[argv.index("--config") : argv.index("--config") + 2] = ["--init", str(data / "m.pt")]
+    argv[argv.index("--out") + 1] = str(data / "deep.pt")
+    argv[argv.index("--patch") + 1] = "92"  # the deeper net's smallest input
+    assert main(argv) == 0
+    base, deep = load_checkpoint(data / "m.pt"), load_checkpoint(data / "deep.pt")
+    assert deep.config.depth == base.config.depth + 1
+    assert deep.provenance["base_model"]["deepened_from"]["depth"] == base.config.depth
 
 
 def test_zoom_augmentation_is_recorded_and_checked(data, capsys):

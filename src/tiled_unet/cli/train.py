@@ -28,6 +28,7 @@ from typing import Any
 
 from ._args import positive_float, positive_int
 from ._bars import drain_steps
+from ._start import add_start_options, starting_point
 
 PROG = "tiled-unet"
 
@@ -58,21 +59,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument(
         "--resume", action="store_true", help="go on from OUT.resume.pt (the same command, interrupted)"
     )
-    start = parser.add_mutually_exclusive_group()
-    start.add_argument("--init", metavar="MODEL", help="fine-tune this model (built-in name or .pt file)")
-    start.add_argument("--config", metavar="JSON", help="train from scratch with this UNetConfig (JSON file)")
-    parser.add_argument(
-        "--widen",
-        type=positive_int,
-        metavar="FEATURES",
-        help="with --init: first widen that model to this many base features (same function, Net2Net)",
-    )
-    parser.add_argument(
-        "--targets",
-        choices=("instance", "semantic"),
-        default="instance",
-        help="from scratch without --config: instance (background/object/boundary) or semantic (2 classes)",
-    )
+    add_start_options(parser)
     parser.add_argument(
         "--class-names", metavar="A,B,..", help="class names for a model trained from scratch"
     )
@@ -259,36 +246,12 @@ def _validation_split(
     return val, (images, labels, names)
 
 
-def _starting_point(args: argparse.Namespace) -> tuple[Any, Any, bool]:
-    """``(init, config, painted)``: the model to start from (widened if asked) or the
-    architecture to train from scratch, and whether this is a fine-tune on sparse paint."""
-    from tiled_unet.core.checkpoint import resolve_model
-    from tiled_unet.core.model import UNetConfig
-
-    init = resolve_model(args.init) if args.init else None
-    painted = init is not None and args.sparse
-    if args.widen is not None:
-        if init is None:
-            raise ValueError("--widen needs --init (the model to widen)")
-        from tiled_unet.core.widen import widen_checkpoint
-
-        init = widen_checkpoint(init, args.widen)  # fixed copy choice and noise (seed 0)
-    config = None
-    if init is None:
-        config = (
-            UNetConfig.from_json(args.config)
-            if args.config
-            else UNetConfig(n_classes=3 if args.targets == "instance" else 2)
-        )
-    return init, config, painted
-
-
 def _training(args: argparse.Namespace, hooks: Any) -> tuple[Any, Any, bool]:
     """The training generator of the arguments, its settings, and whether it is a fine-tune."""
     from tiled_unet.core.resume import state_path_for
     from tiled_unet.core.train import train_iter
 
-    init, config, painted = _starting_point(args)
+    init, config, painted = starting_point(args)
     settings = _settings(args, init if painted else None)
     images, labels, names = _load_pairs(args.images, args.labels)
     val, (images, labels, names) = _validation_split(args, images, labels, names)

@@ -388,8 +388,9 @@ def _base_name(base: Checkpoint | None) -> Any:
         return "none (trained from scratch)"
     prov = copy.deepcopy(base.provenance)
     out = {"name": prov.get("name", "unnamed"), "date": prov.get("date"), "data": prov.get("data")}
-    if "widened_from" in prov:
-        out["widened_from"] = prov["widened_from"]
+    for grown in ("widened_from", "deepened_from"):
+        if grown in prov:
+            out[grown] = prov[grown]
     return out
 
 
