@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrain the built-in models from the shared data with the recorded commands.
 #
-#   scripts/train-builtin-models.sh [nuclei|nuclei-depth4|em-membranes ...]   (default: all)
+#   scripts/train-builtin-models.sh [nuclei|nuclei-depth4|nuclei-v2|em-membranes ...]   (default: all)
 #
 # Environment: DATA (default ../shared/data), OUT (default runs), DEVICE (default auto),
 # MINUTES (training budget per model, default 6), WORKERS (patch workers, default 4),
@@ -39,13 +39,13 @@ tune_nuclei() {  # $1 = name: pick the post-processing on 74 training images (ne
         --ids "$here/configs/nuclei-tune-ids.txt" --device "$DEVICE" --optimize "$OUT/$1-tuned.pt" --overwrite
 }
 
-finetune_nuclei() {  # second stage on the CPU: colour images weighted up (3 links each)
-    local data="$OUT/nuclei-finetune-data"
+link_nuclei_data() {  # $1 = folder, $2... = id files left out: colour images linked 3 times
+    local data="$1" id modality reps i suffix
+    shift
     rm -rf "$data" && mkdir -p "$data/images" "$data/labels"
-    local id modality reps i suffix
     while IFS=, read -r id _ _ _ modality; do
         [ "$id" = image_id ] && continue
-        grep -qx "$id" "$DATA/dsb2018/val.txt" && continue
+        grep -qxF "$id" "$@" && continue
         reps=1; [[ "$modality" == color* ]] && reps=3
         for ((i = 0; i < reps; i++)); do
             suffix=""; [ "$i" -gt 0 ] && suffix="_rep$i"
@@ -53,6 +53,11 @@ finetune_nuclei() {  # second stage on the CPU: colour images weighted up (3 lin
             ln -s "$(realpath "$DATA"/dsb2018/labels/"$id".*)" "$data/labels/$id$suffix.tif"
         done
     done < "$DATA/dsb2018/metadata.csv"
+}
+
+finetune_nuclei() {  # second stage on the CPU: colour images weighted up (3 links each)
+    local data="$OUT/nuclei-finetune-data"
+    link_nuclei_data "$data" "$DATA/dsb2018/val.txt"
     $TU train --images "$data/images" --labels "$data/labels" --init "$OUT/nuclei.pt" \
         --out "$OUT/nuclei-finetuned.pt" --minutes "${FT_MINUTES:-100}" --schedule cosine --lr 5e-4 \
         --patch 284 --batch-size 8 --workers 1 --seed 1 --half --name nuclei --device "$DEVICE" \
@@ -70,6 +75,22 @@ polish_nuclei() {  # third stage (one GPU): 284-px patches at lr 3e-4, then 380-
         "${budget_a[@]}" --lr 3e-4 --patch 284 --seed 3
     $TU train "${same[@]}" --init "$OUT/nuclei-polish-a.pt" --out "$OUT/nuclei-polished.pt" \
         "${budget_b[@]}" --lr 2e-4 --patch 380 --seed 8
+}
+
+nuclei_v2() {  # the shipped nuclei one level deeper, trained on with scale and appearance changes
+    local data="$OUT/nuclei-v2-data" select="$here/configs/nuclei-select-ids.txt"
+    link_nuclei_data "$data" "$DATA/dsb2018/val.txt" "$select"
+    local sel="$OUT/nuclei-select"  # 40 training images held out to choose the checkpoint
+    rm -rf "$sel" && mkdir -p "$sel/images" "$sel/labels"
+    while read -r id; do
+        ln -s "$(realpath "$DATA"/dsb2018/images/"$id".*)" "$sel/images/$id.png"
+        ln -s "$(realpath "$DATA"/dsb2018/labels/"$id".*)" "$sel/labels/$id.tif"
+    done < "$select"
+    $TU train --images "$data/images" --labels "$data/labels" --val-images "$sel/images" \
+        --val-labels "$sel/labels" --init nuclei --deepen --out "$OUT/nuclei-v2.pt" \
+        --minutes "${V2_MINUTES:-85}" --schedule cosine --lr 2e-4 --patch 380 --batch-size 8 \
+        --zoom 0.6 1.6 --blur 1.5 --colour-jitter 0.2 --grey 0.2 --val-every 300 \
+        --workers 1 --seed 21 --half --name nuclei --device "$DEVICE" --no-progress --overwrite
 }
 
 train_em() {
@@ -92,6 +113,7 @@ for m in "${models[@]}"; do
             > "$OUT/nuclei-finetune.log" 2>&1 & pids+=($!) ;;
         nuclei-polish) { polish_nuclei && tune_nuclei nuclei-polished; } \
             > "$OUT/nuclei-polish.log" 2>&1 & pids+=($!) ;;
+        nuclei-v2) { nuclei_v2 && tune_nuclei nuclei-v2; } > "$OUT/nuclei-v2.log" 2>&1 & pids+=($!) ;;
         em-membranes) train_em > "$OUT/em-membranes.log" 2>&1 & pids+=($!) ;;
         *) echo "unknown model: $m" >&2; exit 2 ;;
     esac
