@@ -258,6 +258,17 @@ def test_predict_tta_whole_and_blockwise(
     assert code == 0, err
     blockwise = zarr.open_array(str(tmp_path / "o.zarr"), mode="r")[:]
     np.testing.assert_allclose(blockwise, tta, atol=1e-4)
+    code, _, err = run_cli(
+        capsys, "predict", tmp_path / "a.tif", "--out", tmp_path / "t8", "--tta-views", "8", *common
+    )
+    assert code == 0, err
+    eight = tifffile.imread(tmp_path / "t8" / "a.tif")
+    assert not np.allclose(eight, tta, atol=1e-4)
+    np.testing.assert_allclose(eight.sum(0), 1.0, atol=1e-4)
+    code, _, err = run_cli(
+        capsys, "predict", tmp_path / "a.tif", "--out", tmp_path / "t4", "--tta-views", "4"
+    )
+    assert code == 2 and "invalid choice: 4" in err[-1]
 
 
 def test_bad_and_good_input(

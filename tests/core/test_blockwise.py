@@ -30,7 +30,7 @@ def noisy(shape=(150, 170), seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 4000, shape).astype(np.uint16)
 
 
-@pytest.mark.parametrize(("depth", "tta"), [(2, False), (3, False), (2, True), (3, True)])
+@pytest.mark.parametrize(("depth", "tta"), [(2, False), (3, False), (2, True), (3, True), (2, 8)])
 def test_blockwise_probabilities_equal_whole_image(depth, tta):
     model = tiny(depth=depth)
     image = noisy()  # 150 x 170: neither side a multiple of 2**depth, so the rotated grid shifts

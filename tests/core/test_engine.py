@@ -28,7 +28,7 @@ def noisy(shape=(90, 110), seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 4000, shape).astype(np.uint16)
 
 
-@pytest.mark.parametrize("tta", [False, True])
+@pytest.mark.parametrize("tta", [False, True, 8])
 def test_a_region_equals_the_same_crop_of_the_whole_plane(tta):
     ckpt = tiny_checkpoint()
     predictor = Predictor(ckpt, device="cpu", tta=tta)

@@ -212,6 +212,22 @@ def test_tta_averages_with_the_180_degree_rotation_and_stays_exact_when_tiled():
     np.testing.assert_allclose(expected.sum(0), 1.0, atol=1e-5)
 
 
+def test_tta_8_averages_all_rotations_and_mirror_images_and_stays_exact_when_tiled():
+    net = tiny()
+    image = np.random.default_rng(4).normal(size=(1, 53, 61)).astype(np.float32)
+    views = []
+    for transposed in (False, True):
+        base = image.transpose(0, 2, 1) if transposed else image
+        for fy, fx in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+            probs = predict_probabilities(net, np.ascontiguousarray(base[:, ::fy, ::fx]))[:, ::fy, ::fx]
+            views.append(probs.transpose(0, 2, 1) if transposed else probs)
+    expected = np.mean(views, axis=0)
+    np.testing.assert_allclose(predict_probabilities(net, image, tta=8), expected, atol=1e-5)
+    np.testing.assert_allclose(predict_probabilities(net, image, tta=8, tile=48), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="view count of 1, 2 or 8"):
+        predict_probabilities(net, image, tta=4)
+
+
 def test_tta_doubles_the_progress_total_of_segment():
     image = blobs((60, 60))
     plain, labels = drain(segment_iter(tiny(), image, tile=48))

@@ -18,6 +18,26 @@ def diameter_arg(text: str) -> float | str:
     return value
 
 
+def add_tta_option(parser: argparse.ArgumentParser) -> None:
+    """``--tta`` (2 views: with the 180-degree rotation) and ``--tta-views 2|8``, both into ``tta``."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--tta",
+        action="store_const",
+        const=2,
+        default=1,
+        help="test-time augmentation: average with the image rotated by 180 degrees (twice the time)",
+    )
+    group.add_argument(
+        "--tta-views",
+        dest="tta",
+        type=int,
+        choices=(2, 8),
+        help="test-time augmentation with N views: 8 averages all rotations and mirror images "
+        "(the U-Net paper averaged 7 rotated versions with the image; 8 times the time)",
+    )
+
+
 def channel_arg(text: str) -> int | str:
     """``--channel``: "auto", "all", a channel number from 0, or red, green, blue."""
     names = {"red": 0, "green": 1, "blue": 2}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import error
-from ._args import channel_arg, diameter_arg, positive_float
+from ._args import add_tta_option, channel_arg, diameter_arg, positive_float
 
 DESCRIPTION = """\
 Segment IMAGES with MODEL and compare with LABELS (paired by file stem), with the metric code
@@ -52,9 +52,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--tile", type=int, help="input tile edge (default: from free memory)")
     parser.add_argument("--min-size", type=int, help="drop objects smaller than this (pixels)")
-    parser.add_argument(
-        "--tta", action="store_true", help="test-time augmentation (average with the 180-degree rotation)"
-    )
+    add_tta_option(parser)
     parser.add_argument(
         "--optimize",
         metavar="OUT.pt",
@@ -221,7 +219,7 @@ def _optimize(ckpt: Any, pairs: Any, args: argparse.Namespace) -> int:
         "f1_0.5": round(table[0][1], 4),
         "images": args.images,
         "ids": args.ids,
-        "tta": bool(args.tta),
+        "tta": args.tta,
         "grid": {k: list(v) for k, v in SEARCH_GRID.items()},
     }
     half = any(v.dtype == torch.float16 for v in ckpt.state_dict.values())

@@ -12,7 +12,7 @@ from typing import Any
 from tiled_unet.core.options import OUTPUTS, PredictOptions
 
 from . import error, warn
-from ._args import channel_arg, diameter_arg, non_negative_int, positive_int, probability
+from ._args import add_tta_option, channel_arg, diameter_arg, non_negative_int, positive_int, probability
 from ._bars import drain_batches
 
 log = logging.getLogger(__name__)
@@ -79,12 +79,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="P",
         help="drop objects whose highest object probability is below P (instances; default: the model's)",
     )
-    parser.add_argument(
-        "--tta",
-        action="store_true",
-        help="test-time augmentation: also predict the image rotated by 180 degrees and average "
-        "(twice the time)",
-    )
+    add_tta_option(parser)
     parser.add_argument(
         "--diameter",
         type=diameter_arg,

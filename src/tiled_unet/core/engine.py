@@ -12,9 +12,9 @@ Exactness. Tiles start at multiples of ``2 ** depth`` from the region's origin; 
 are multiples of ``2 ** depth`` in the plane (block-wise prediction rounds its blocks so), so
 with valid padding every tile sees the same input at the same offsets as in one pass over the
 whole mirrored plane, and the result equals it to float tolerance. Test-time augmentation
-predicts the region also from the plane rotated by 180 degrees, its origin moved down to a
-multiple of ``2 ** depth`` of the rotated plane (where a whole-plane pass of the rotated plane
-puts its tiles), and averages the two.
+predicts the region also from the plane rotated by 180 degrees (or from all 8 rotations and
+mirror images, :mod:`.views`), its origin moved down to a multiple of ``2 ** depth`` of the
+transformed plane (where a whole-plane pass of it puts its tiles), and averages them.
 
 Scale. With ``scale`` the region is predicted on the plane resampled by that factor
 (:class:`.scaling.ScaledPlane`, any region exactly as the whole) and resampled back.
@@ -54,6 +54,7 @@ from .tiling import (
     tile_output_size,
     tile_step,
 )
+from .views import View, tta_views, view_count
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,9 @@ class Predictor:
         Input tile edge; None chooses it per region from free memory.
     batch_size : int, optional
         Tiles per forward pass (default: 1 on the CPU, what fits, up to 8, elsewhere).
-    tta : bool
-        Average with the prediction of the plane rotated by 180 degrees.
+    tta : bool or int
+        Test-time augmentation: True or 2 averages with the prediction of the plane rotated by
+        180 degrees; 8 averages all its rotations and mirror images (:mod:`.views`).
     amp : bool
         Half-precision autocast on CUDA/MPS.
     normalization : Normalization, optional
@@ -122,7 +124,8 @@ class Predictor:
             check_tile_size(int(tile), self.config)
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.tile, self.batch_size, self.tta, self.amp = tile, batch_size, bool(tta), bool(amp)
+        self.tile, self.batch_size, self.amp = tile, batch_size, bool(amp)
+        self.tta = view_count(tta)  # views averaged: 1, 2 (180-degree rotation) or 8
         self._cap: int | None = None  # largest automatic tile after an out-of-memory error
         self._ready = ckpt is not None  # ours alone: made ready once, for good
         if self._ready:
@@ -167,7 +170,7 @@ class Predictor:
             device == self.device
             and options.tile == self.tile
             and options.batch_size == self.batch_size
-            and options.tta == self.tta
+            and view_count(options.tta) == self.tta
         )
 
     # ------------------------------------------------------------------ sizes
@@ -206,7 +209,7 @@ class Predictor:
         if scale is not None and scale != 1:
             shape_yx = (scaled_length(shape_yx[0], scale), scaled_length(shape_yx[1], scale))
         plan, _, batch = self._plan(shape_yx)
-        return math.ceil(plan.n_tiles / batch) * (2 if self.tta else 1)
+        return math.ceil(plan.n_tiles / batch) * view_count(self.tta)
 
     def _shrink(self, tile: int) -> bool:
         """Halve the automatic output tile after an out-of-memory error; False if impossible."""
@@ -267,19 +270,16 @@ class Predictor:
             raise ValueError(f"region {region} is outside the plane of shape ({ny}, {nx}) or empty")
         if scale is not None and scale != 1:
             return (yield from self._scaled_region(plane, region, stats, float(scale)))
-        views: list[tuple[Region, bool]] = [(region, False)]
-        if self.tta:
-            views.append(self._rotated(region, ny, nx))
+        views = tta_views(self.tta)
         progress = BatchCounter()
         acc: np.ndarray | None = None
         with self.ready():
-            for k, (view, rotated) in enumerate(views):
+            for k, view in enumerate(views):
                 progress.views_after = len(views) - 1 - k
-                probs = yield from self._view(plane, view, stats, rotated, progress)
-                if rotated:  # back to the plane's orientation, cropped to the region
-                    ry0, rx0 = ny - y1, nx - x1
-                    probs = probs[:, ry0 - view[0] :, rx0 - view[2] :][:, ::-1, ::-1]
-                acc = probs if acc is None else np.add(acc, probs, out=acc)
+                in_view, offset = view.region(region, ny, nx, self.step)
+                probs = yield from self._view(plane, in_view, stats, view, progress)
+                probs = view.back(probs, offset, (y1 - y0, x1 - x0))  # the plane's orientation
+                acc = np.ascontiguousarray(probs) if acc is None else np.add(acc, probs, out=acc)
         assert acc is not None
         if len(views) > 1:
             acc /= len(views)
@@ -296,21 +296,14 @@ class Predictor:
         probs = yield from self.region_iter(ScaledPlane(plane, scale), scaled, stats=stats)
         return resample(probs[:, span[0] - scaled[0] :, span[2] - scaled[2] :], rows, cols)
 
-    def _rotated(self, region: Region, ny: int, nx: int) -> tuple[Region, bool]:
-        """The region in the 180-degree rotated plane, its start moved down to a multiple of step."""
-        y0, y1, x0, x1 = region
-        ry0, rx0 = ny - y1, nx - x1
-        step = self.step
-        return (ry0 - ry0 % step, ny - y0, rx0 - rx0 % step, nx - x0), True
-
     def _view(
-        self, plane: Any, region: Region, stats: Any, rotated: bool, progress: BatchCounter
+        self, plane: Any, region: Region, stats: Any, view: View, progress: BatchCounter
     ) -> Generator[Progress, None, np.ndarray]:
-        """One view of a region, halving an automatic tile after out-of-memory errors."""
+        """A region of a view of the plane, halving an automatic tile after out-of-memory errors."""
         while True:
             tile = self.tile_for((region[1] - region[0], region[3] - region[2]))
             try:
-                return (yield from self._run(plane, region, stats, rotated, progress))
+                return (yield from self._run(plane, region, stats, view, progress))
             except RuntimeError as exc:
                 if not (is_out_of_memory(exc) and self._shrink(tile)):
                     raise
@@ -319,28 +312,30 @@ class Predictor:
                 torch.cuda.empty_cache()
             log.warning("out of memory with %d-pixel tiles; retrying with %d-pixel tiles", tile, self._cap)
 
-    def _input(self, plane: Any, region: Region, plan: TilePlan, stats: Any, rotated: bool) -> np.ndarray:
-        """The region's input with the tiles' context, mirrored at the plane borders, normalised."""
+    def _input(self, plane: Any, region: Region, plan: TilePlan, stats: Any, view: View) -> np.ndarray:
+        """The input of a region of a view with the tiles' context, mirrored at the plane borders,
+        normalised."""
         _, ny, nx = (int(s) for s in plane.shape)
+        my, mx = view.shape(ny, nx)
         y0, _, x0, _ = region
-        rows = mirror_indices(y0 - plan.halo, y0 - plan.halo + plan.origins[-1][0] + plan.in_tile[0], ny)
-        cols = mirror_indices(x0 - plan.halo, x0 - plan.halo + plan.origins[-1][1] + plan.in_tile[1], nx)
-        if rotated:  # the same pixels of the unrotated plane, in reversed order
-            rows, cols = ny - 1 - rows, nx - 1 - cols
-        r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+        rows = mirror_indices(y0 - plan.halo, y0 - plan.halo + plan.origins[-1][0] + plan.in_tile[0], my)
+        cols = mirror_indices(x0 - plan.halo, x0 - plan.halo + plan.origins[-1][1] + plan.in_tile[1], mx)
+        rows, cols = view.source(rows, cols, ny, nx)  # in the plane's own axes (swapped if transposed)
+        ys, xs = (cols, rows) if view.transpose else (rows, cols)
+        r0, r1, c0, c1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
         raw = np.asarray(plane[:, r0:r1, c0:c1])
-        padded = raw[:, rows - r0][:, :, cols - c0]
+        padded = view.read(raw, rows - (c0 if view.transpose else r0), cols - (r0 if view.transpose else c0))
         if stats is None:
             return np.ascontiguousarray(padded, dtype=np.float32)
         return self.normalization.apply(padded, *stats)
 
     def _run(
-        self, plane: Any, region: Region, stats: Any, rotated: bool, progress: BatchCounter
+        self, plane: Any, region: Region, stats: Any, view: View, progress: BatchCounter
     ) -> Generator[Progress, None, np.ndarray]:
-        """The probabilities of one view of a region, batch by batch."""
+        """The probabilities of a region of a view of the plane, batch by batch."""
         y0, y1, x0, x1 = region
         plan, tile, batch = self._plan((y1 - y0, x1 - x0))
-        image = self._input(plane, region, plan, stats, rotated)
+        image = self._input(plane, region, plan, stats, view)
         n_batches = math.ceil(plan.n_tiles / batch)
         progress.restart(n_batches, progress.views_after)
         in_y, in_x = plan.in_tile

@@ -70,7 +70,7 @@ def evaluate(
     device: str = "auto",
     tile: int | None = None,
     min_size: int | None = None,
-    tta: bool = False,
+    tta: bool | int = False,
     on_image: Callable[[str, dict[str, float]], None] | None = None,
     diameter: float | str | None = None,
     channel: int | str | None = None,
@@ -86,7 +86,7 @@ def evaluate(
         (instance models) or class maps / binary masks (semantic models, nonzero = object class).
     groups : dict of str to names, optional
         Named subsets (e.g. ``{"fluorescence": [...]}``) scored separately as well.
-    tta : bool
+    tta : bool or int
         Test-time augmentation (see :func:`.predict.segment_iter`).
     on_image : callable, optional
         Called with each image's name and scores.
@@ -171,7 +171,7 @@ def optimize_instance_settings(
     *,
     grid: Mapping[str, Sequence[float]] | None = None,
     device: str = "auto",
-    tta: bool = False,
+    tta: bool | int = False,
     on_image: Callable[[str], None] | None = None,
 ) -> tuple[InstanceSettings, list[tuple[InstanceSettings, float]]]:
     """The post-processing parameters with the best pooled F1 at IoU 0.5 on ``pairs``.

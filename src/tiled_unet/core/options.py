@@ -47,9 +47,10 @@ class PredictOptions:
     min_peak : float, optional
         Objects whose highest object probability is below this are dropped (instances; the
         model's setting if None).
-    tta : bool
-        Test-time augmentation: average with the prediction of the plane rotated by 180
-        degrees (twice the time).
+    tta : bool or int
+        Test-time augmentation: True (or 2) averages with the prediction of the plane rotated
+        by 180 degrees (twice the time); 8 with all its rotations and mirror images
+        (:mod:`.views`; 8 times the time).
     blockwise : bool, optional
         Segment block by block into Zarr (True), whole in memory (False), or as
         :func:`goes_blockwise` decides (None).
@@ -73,7 +74,7 @@ class PredictOptions:
     batch_size: int | None = None
     min_size: int | None = None
     min_peak: float | None = None
-    tta: bool = False
+    tta: bool | int = False
     blockwise: bool | None = None
     block: int | None = None
     diameter: float | Literal["auto", "off"] | None = None

@@ -54,7 +54,7 @@ def predict_probabilities_iter(
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     amp: bool = True,
-    tta: bool = False,
+    tta: bool | int = False,
 ) -> Generator[Progress, None, np.ndarray]:
     """Class probabilities of one normalised plane by overlap-tile prediction.
 
@@ -73,9 +73,9 @@ def predict_probabilities_iter(
         Moves the model there; ``None`` uses the model's device.
     amp : bool
         Half-precision autocast on CUDA/MPS (never on the CPU).
-    tta : bool
-        Test-time augmentation: average with the prediction of the image rotated by 180
-        degrees (twice the time).
+    tta : bool or int
+        Test-time augmentation: True or 2 views (with the image rotated by 180 degrees), or 8
+        (all rotations and mirror images); see :class:`.options.PredictOptions`.
 
     Yields
     ------
