@@ -80,7 +80,7 @@ def test_evaluate_pools_instance_counts_over_images_and_groups(monkeypatch):
     result = evaluate(
         ckpt,
         [("a", "a", t), ("b", "b", t)],
-        groups={"only_b": ["b"]},
+        groups={"only_b": ["b"], "none_here": ["z"]},
         on_image=lambda name, per: seen.update({name: per["f1_0.5"]}),
     )
     assert seen == {"a": 1.0, "b": pytest.approx(0.8)}
@@ -92,6 +92,7 @@ def test_evaluate_pools_instance_counts_over_images_and_groups(monkeypatch):
     only_b = result["only_b"]
     assert only_b["n_images"] == 1 and (only_b["tp_0.5"], only_b["fn_0.5"]) == (2, 1)
     assert only_b["ap_0.5"] == pytest.approx(2 / 3)
+    assert "none_here" not in result  # a group with no scored image is left out, not an error
 
 
 def test_optimize_instance_settings_finds_the_peak_filter(monkeypatch):

@@ -57,8 +57,9 @@ class InstanceScores:
             out["mean_image_f1_0.5"] = float(np.mean(self.per_image_f1)) if self.per_image_f1 else 0.0
             out["tp_0.5"], out["fp_0.5"], out["fn_0.5"] = tp, fp, fn
         for t in self.thresholds:
-            d = self.tp[t] + self.fp[t] + self.fn[t]
-            out[f"ap_{t:g}"] = self.tp[t] / d if d else 1.0
+            tp = self.tp.get(t, 0)
+            d = tp + self.fp.get(t, 0) + self.fn.get(t, 0)
+            out[f"ap_{t:g}"] = tp / d if d else 1.0
         return out
 
 
@@ -145,8 +146,9 @@ def evaluate(
             per = {"pixel_error": pe, "rand_error": re}
         if on_image is not None:
             on_image(name, per)
+    # a group none of whose images was scored is left out ("all" always stays)
     if instance:
-        return {g: s.summary() for g, s in scores.items()}
+        return {g: s.summary() for g, s in scores.items() if g == "all" or s.per_image_f1}
     return {
         g: {
             "n_images": len(v),
@@ -154,6 +156,7 @@ def evaluate(
             "rand_error": float(np.mean([r for _, r in v])) if v else float("nan"),
         }
         for g, v in sem.items()
+        if g == "all" or v
     }
 
 
