@@ -236,6 +236,10 @@ def test_tta_doubles_the_progress_total_of_segment():
     assert doubled[-1].done == doubled[-1].total == 2 * plain[-1].total
     assert [e.done for e in doubled] == list(range(len(doubled)))
     assert labels_tta.shape == labels.shape
+    eight, _ = drain(segment_iter(tiny(), blobs((60, 100)), tile=48, tta=8))  # transposed views plan 100 x 60
+    assert eight[-1].done == eight[-1].total and [e.total for e in eight[1:]] == [eight[-1].total] * (
+        len(eight) - 1
+    )
 
 
 def test_segment_applies_the_checkpoint_instance_settings_and_overrides():

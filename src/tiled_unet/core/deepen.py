@@ -16,7 +16,9 @@ consumes more border); with same padding the two are equal. Training moves the z
 weights first, and through them the new bottleneck (Chen, Goodfellow and Shlens, "Net2Net:
 accelerating learning via knowledge transfer", ICLR 2016).
 
-Batch normalisation is not supported.
+The function is the same in eval mode; in training, drop-out moves down with the contracting
+path's end (it now follows the old bottleneck, and the new one), as a depth-``d + 1`` network
+built from scratch has it. Batch normalisation is not supported.
 """
 
 from __future__ import annotations

@@ -204,12 +204,16 @@ class Predictor:
         return plan, tile, self.batch_for(tile)
 
     def n_batches(self, shape_yx: tuple[int, int], scale: float | None = None) -> int:
-        """Forward passes (both views with TTA) for a region of ``shape_yx`` output pixels
-        (predicted at ``scale``, see :meth:`region_iter`)."""
+        """Forward passes (every view with TTA) for a region of ``shape_yx`` output pixels
+        (predicted at ``scale``, see :meth:`region_iter`); a transposed view plans its
+        transposed shape."""
         if scale is not None and scale != 1:
             shape_yx = (scaled_length(shape_yx[0], scale), scaled_length(shape_yx[1], scale))
-        plan, _, batch = self._plan(shape_yx)
-        return math.ceil(plan.n_tiles / batch) * view_count(self.tta)
+        total = 0
+        for view in tta_views(self.tta):
+            plan, _, batch = self._plan(shape_yx[::-1] if view.transpose else shape_yx)
+            total += math.ceil(plan.n_tiles / batch)
+        return total
 
     def _shrink(self, tile: int) -> bool:
         """Halve the automatic output tile after an out-of-memory error; False if impossible."""

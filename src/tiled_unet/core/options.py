@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .views import view_count
+
 OutputKind = Literal["instances", "semantic", "probabilities"]
 OUTPUTS: tuple[str, ...] = ("instances", "semantic", "probabilities")
 
@@ -91,6 +93,7 @@ class PredictOptions:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.min_size is not None and int(self.min_size) < 0:
             raise ValueError(f"min_size must be >= 0 pixels, got {self.min_size}")
+        view_count(self.tta)  # True/False, 1, 2 or 8
         if self.min_peak is not None and not 0.0 <= float(self.min_peak) <= 1.0:
             raise ValueError(f"min_peak must be a probability between 0 and 1, got {self.min_peak}")
         if self.block is not None and int(self.block) < 1:

@@ -44,10 +44,6 @@ def _child_main() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not break the protocol
     inp = sys.stdin.buffer
     target, args, kwargs, nice, threads = pickle.load(inp)
-    if threads:  # the caller's torch thread count, whatever OMP_NUM_THREADS says here
-        import torch
-
-        torch.set_num_threads(threads)
     if nice and hasattr(os, "nice"):
         try:
             os.nice(nice)
@@ -65,6 +61,10 @@ def _child_main() -> None:
 
     threading.Thread(target=listen, daemon=True).start()
     try:
+        if threads:  # the caller's torch thread count, whatever OMP_NUM_THREADS says here
+            import torch
+
+            torch.set_num_threads(threads)
         module, name = target.split(":")
         gen = getattr(importlib.import_module(module), name)(*args, cancel=stop.is_set, **kwargs)
         while True:

@@ -79,8 +79,10 @@ class View:
 
 def view_count(tta: bool | int) -> int:
     """Views of ``tta``: False -> 1, True -> 2 (with the 180-degree rotation), or 1, 2 or 8."""
-    count = 2 if tta is True else 1 if tta is False else tta
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count not in VIEW_COUNTS:
+    if isinstance(tta, (bool, np.bool_)):
+        return 2 if tta else 1
+    count = tta
+    if not isinstance(count, (int, np.integer)) or count not in VIEW_COUNTS:
         raise ValueError(f"tta must be True/False or a view count of 1, 2 or 8, got {tta!r}")
     return int(count)
 
