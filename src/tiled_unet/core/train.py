@@ -388,10 +388,7 @@ def _base_name(base: Checkpoint | None) -> Any:
         return "none (trained from scratch)"
     prov = copy.deepcopy(base.provenance)
     out = {"name": prov.get("name", "unnamed"), "date": prov.get("date"), "data": prov.get("data")}
-    for grown in ("widened_from", "deepened_from"):
-        if grown in prov:
-            out[grown] = prov[grown]
-    return out
+    return out | {k: prov[k] for k in ("widened_from", "deepened_from") if k in prov}  # grown by Net2Net
 
 
 def train(**kwargs: Any) -> Checkpoint | None:
