@@ -19,6 +19,30 @@ def disc_grid() -> np.ndarray:
     return lab
 
 
+@pytest.fixture
+def small_checkpoint():
+    """A factory of random (seed 0) 3-class checkpoints, depth 2, 4 features, no drop-out;
+    keyword arguments override the ``UNetConfig``."""
+    import torch
+
+    from tiled_unet.core.checkpoint import Checkpoint
+    from tiled_unet.core.model import UNet, UNetConfig
+    from tiled_unet.core.postprocess import InstanceSettings
+
+    def make(**cfg):
+        torch.manual_seed(0)
+        base = {"in_channels": 3, "n_classes": 3, "depth": 2, "base_features": 4, "dropout": 0.0}
+        return Checkpoint.from_model(
+            UNet(UNetConfig(**{**base, **cfg})),
+            class_names=("background", "object", "boundary"),
+            boundary_class=2,
+            instances=InstanceSettings(min_peak=0.8),
+            provenance={"name": "small"},
+        )
+
+    return make
+
+
 def make_intensity_checkpoint(threshold: float = 0.25, gain: float = 20.0, in_channels: int = 1):
     """A tiny U-Net (depth 2, 4 features, 3 classes) whose object logit follows the input.
 

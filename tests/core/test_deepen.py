@@ -5,30 +5,14 @@ import dataclasses
 import pytest
 import torch
 
-from tiled_unet.core.checkpoint import Checkpoint
 from tiled_unet.core.deepen import deepen_checkpoint
-from tiled_unet.core.model import UNet, UNetConfig, _center_crop, receptive_field
-from tiled_unet.core.postprocess import InstanceSettings
-
-
-def checkpoint(**cfg) -> Checkpoint:
-    torch.manual_seed(0)
-    config = UNetConfig(
-        **{"in_channels": 3, "n_classes": 3, "depth": 2, "base_features": 4, "dropout": 0.0, **cfg}
-    )
-    return Checkpoint.from_model(
-        UNet(config),
-        class_names=("background", "object", "boundary"),
-        boundary_class=2,
-        instances=InstanceSettings(min_peak=0.8),
-        provenance={"name": "small"},
-    )
+from tiled_unet.core.model import _center_crop, receptive_field
 
 
 @pytest.mark.parametrize("padding, size", [("valid", 188), ("same", 64)])
 @pytest.mark.parametrize("depth", [1, 2, 3])
-def test_deepened_model_computes_the_same_output(padding, size, depth):
-    ck = checkpoint(padding=padding, depth=depth)
+def test_deepened_model_computes_the_same_output(padding, size, depth, small_checkpoint):
+    ck = small_checkpoint(padding=padding, depth=depth)
     deep = deepen_checkpoint(ck)
     assert deep.config == dataclasses.replace(ck.config, depth=depth + 1)
     assert receptive_field(deep.config) > receptive_field(ck.config)
@@ -41,9 +25,9 @@ def test_deepened_model_computes_the_same_output(padding, size, depth):
     assert deep.provenance["deepened_from"]["depth"] == depth and "deepened_from" not in ck.provenance
 
 
-def test_the_new_level_learns():
+def test_the_new_level_learns(small_checkpoint):
     """The zero weights get gradients, so training can use the new bottleneck."""
-    deep = deepen_checkpoint(checkpoint())
+    deep = deepen_checkpoint(small_checkpoint())
     model = deep.build_model()
     out = model(torch.rand(1, 3, 188, 188))
     out.square().mean().backward()
@@ -51,6 +35,6 @@ def test_the_new_level_learns():
     assert up_part.abs().sum() > 0
 
 
-def test_batch_norm_is_refused():
+def test_batch_norm_is_refused(small_checkpoint):
     with pytest.raises(ValueError, match="batch normalisation"):
-        deepen_checkpoint(checkpoint(batch_norm=True))
+        deepen_checkpoint(small_checkpoint(batch_norm=True))

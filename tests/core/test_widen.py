@@ -5,30 +5,13 @@ import dataclasses
 import pytest
 import torch
 
-from tiled_unet.core.checkpoint import Checkpoint
-from tiled_unet.core.model import UNet, UNetConfig
-from tiled_unet.core.postprocess import InstanceSettings
 from tiled_unet.core.widen import widen_checkpoint
-
-
-def checkpoint(**cfg) -> Checkpoint:
-    torch.manual_seed(0)
-    config = UNetConfig(
-        **{"in_channels": 3, "n_classes": 3, "depth": 2, "base_features": 4, "dropout": 0.0, **cfg}
-    )
-    return Checkpoint.from_model(
-        UNet(config),
-        class_names=("background", "object", "boundary"),
-        boundary_class=2,
-        instances=InstanceSettings(min_peak=0.8),
-        provenance={"name": "small"},
-    )
 
 
 @pytest.mark.parametrize("padding, size", [("valid", 92), ("same", 64)])
 @pytest.mark.parametrize("features", [4, 5, 8])
-def test_widened_model_computes_the_same_output(padding, size, features):
-    ck = checkpoint(padding=padding)
+def test_widened_model_computes_the_same_output(padding, size, features, small_checkpoint):
+    ck = small_checkpoint(padding=padding)
     wide = widen_checkpoint(ck, features, noise=0.0)
     assert wide.config == dataclasses.replace(ck.config, base_features=features)
     x = torch.rand(2, 3, size, size)
@@ -40,8 +23,8 @@ def test_widened_model_computes_the_same_output(padding, size, features):
     assert ck.config.base_features == 4 and "widened_from" not in ck.provenance
 
 
-def test_noise_breaks_symmetry_but_stays_close():
-    ck = checkpoint()
+def test_noise_breaks_symmetry_but_stays_close(small_checkpoint):
+    ck = small_checkpoint()
     a = widen_checkpoint(ck, 8, noise=0.002, seed=0)
     b = widen_checkpoint(ck, 8, noise=0.002, seed=1)
     x = torch.rand(1, 3, 92, 92)
@@ -52,8 +35,8 @@ def test_noise_breaks_symmetry_but_stays_close():
     assert any(not torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
 
 
-def test_bad_requests_are_refused():
+def test_bad_requests_are_refused(small_checkpoint):
     with pytest.raises(ValueError, match="base_features must be >= 4"):
-        widen_checkpoint(checkpoint(), 3)
+        widen_checkpoint(small_checkpoint(), 3)
     with pytest.raises(ValueError, match="batch normalisation"):
-        widen_checkpoint(checkpoint(batch_norm=True), 8)
+        widen_checkpoint(small_checkpoint(batch_norm=True), 8)

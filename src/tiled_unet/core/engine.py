@@ -324,11 +324,10 @@ class Predictor:
         y0, _, x0, _ = region
         rows = mirror_indices(y0 - plan.halo, y0 - plan.halo + plan.origins[-1][0] + plan.in_tile[0], my)
         cols = mirror_indices(x0 - plan.halo, x0 - plan.halo + plan.origins[-1][1] + plan.in_tile[1], mx)
-        rows, cols = view.source(rows, cols, ny, nx)  # in the plane's own axes (swapped if transposed)
-        ys, xs = (cols, rows) if view.transpose else (rows, cols)
+        ys, xs = view.source(rows, cols, ny, nx)  # the same pixels in the plane's own axes
         r0, r1, c0, c1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
         raw = np.asarray(plane[:, r0:r1, c0:c1])
-        padded = view.read(raw, rows - (c0 if view.transpose else r0), cols - (r0 if view.transpose else c0))
+        padded = view.read(raw, ys - r0, xs - c0)
         if stats is None:
             return np.ascontiguousarray(padded, dtype=np.float32)
         return self.normalization.apply(padded, *stats)

@@ -49,21 +49,20 @@ class View:
         return (sy, y1, sx, x1), (y0 - sy, x0 - sx)
 
     def source(self, rows: np.ndarray, cols: np.ndarray, ny: int, nx: int) -> tuple[np.ndarray, np.ndarray]:
-        """Indices of the transformed plane's rows and columns in the plane's own axes
-        (its rows' indices are the plane's columns when transposed)."""
+        """The plane's ``(y, x)`` indices of the transformed plane's ``rows`` and ``cols``
+        (transposed: y indexes its columns and x its rows)."""
         my, mx = self.shape(ny, nx)
         if self.flip_y:
             rows = my - 1 - rows
         if self.flip_x:
             cols = mx - 1 - cols
-        return rows, cols
+        return (cols, rows) if self.transpose else (rows, cols)
 
-    def read(self, plane: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """``(C, len(rows), len(cols))`` pixels of the transformed plane from ``(C, Y, X)`` ``plane``
-        (``rows``/``cols`` from :meth:`source`, offset to ``plane``'s first row and column)."""
-        if self.transpose:
-            return plane[:, cols][:, :, rows].transpose(0, 2, 1)
-        return plane[:, rows][:, :, cols]
+    def read(self, plane: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """The transformed plane's pixels from ``(C, Y, X)`` ``plane`` at the indices of
+        :meth:`source` (offset to ``plane``'s first row and column)."""
+        out = plane[:, ys][:, :, xs]
+        return out.transpose(0, 2, 1) if self.transpose else out
 
     def back(self, probs: np.ndarray, offset: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
         """The asked-for region of a transformed region's ``(C, y, x)`` probabilities, in the plane's
