@@ -212,7 +212,8 @@ def result_cache_dir() -> Path:
     """This session's folder for blockwise results, under the system's temporary folder.
 
     Created on first use (``tempfile.mkdtemp``) and removed with everything in it when
-    Python exits, so results are never written next to the user's files.
+    Python exits, so results are never written next to the user's files. Its name carries
+    the process id; folders of processes that were killed are removed at the next start.
     """
     import atexit
     import os
@@ -221,7 +222,11 @@ def result_cache_dir() -> Path:
 
     global _CACHE_DIR
     if _CACHE_DIR is None or not os.path.isdir(_CACHE_DIR):
-        _CACHE_DIR = tempfile.mkdtemp(prefix="tiled-unet-results-")
+        from tiled_unet.core.writing import sweep_partial
+
+        # folders of sessions that were killed before they could remove theirs
+        sweep_partial(Path(tempfile.gettempdir(), "tiled-unet-results"))
+        _CACHE_DIR = tempfile.mkdtemp(prefix=f".tiled-unet-results.{os.getpid()}.")
         atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
     return Path(_CACHE_DIR)
 

@@ -10,7 +10,8 @@ arguments and returns the exit code::
     tiled-unet train ...                                    train or fine-tune a model
     tiled-unet evaluate --model MODEL --images ... --labels ...   score a model on annotated images
 
-Exit codes: 0 success, 1 some inputs failed, 2 bad usage or unusable model, 130 interrupted.
+Exit codes: 0 success, 1 some inputs failed, 2 bad usage or unusable model, 130 interrupted,
+143 terminated (SIGTERM; partial files are removed as on Ctrl+C).
 Expected problems are reported as one line on stderr, never as a traceback (``--debug``
 shows the traceback of unexpected ones).
 """
@@ -21,7 +22,9 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from tiled_unet import __version__
@@ -74,6 +77,33 @@ def _setup_logging(debug: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.CRITICAL)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that partial files are removed as on Ctrl+C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the chosen subcommand, with SIGTERM handled like Ctrl+C (clean-up, exit 143)."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    try:
+        return int(args.func(args))
+    except Terminated:
+        error("terminated")
+        return 143
+    except KeyboardInterrupt:
+        error("interrupted")
+        return 130
+    except BrokenPipeError:  # e.g. `tiled-unet models | head -1`
+        return 0
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tiled-unet`` command line and return its exit code.
 
@@ -97,13 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     _setup_logging(args.debug)
-    try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
-        error("interrupted")
-        return 130
-    except BrokenPipeError:  # e.g. `tiled-unet models | head -1`
-        return 0
+    return _run(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -32,7 +32,6 @@ import functools
 import math
 import os
 import shutil
-import tempfile
 import threading
 import uuid
 from collections.abc import Generator
@@ -167,7 +166,9 @@ def _open_output(
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        from .writing import temp_sibling
+
+        tmp = temp_sibling(path, ".tmp", directory=True)
         array = zarr.create_array(store=str(tmp), shape=shape, chunks=chunks, dtype=dtype, overwrite=True)
         return array, tmp, path
     return (
@@ -390,7 +391,7 @@ def segment_blockwise_iter(
 
     from .writing import replace_dir
 
-    replace_dir(tmp, final)
+    replace_dir(tmp, final, overwrite=overwrite)
     return zarr.open_array(str(final), mode="r")
 
 

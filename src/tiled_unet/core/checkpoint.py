@@ -32,12 +32,26 @@ import numpy as np
 import torch
 
 from .catalog import builtin_models, models_dir
+from .integrity import check_weights, verify_archive
 from .model import UNet, UNetConfig
 from .postprocess import InstanceSettings
 from .writing import atomic_path
 
 FORMAT = "tiled-unet-checkpoint"
 FORMAT_VERSION = 1
+
+
+def _below_plateau(values: np.ndarray, lo: float, hi: float, high: float) -> float:
+    """``hi``, or the high percentile without the maximum's pixels if those are a plateau far
+    above the rest (at least 4x the rest's range above ``lo``)."""
+    top = float(values.max())
+    if hi < top:
+        return hi
+    rest = values[values < top]
+    if rest.size < values.size // 2:
+        return hi  # mostly saturated: the maximum is the signal
+    below = float(np.percentile(rest, high))
+    return below if top - lo > 4 * (below - lo) and below > lo else hi
 
 
 class CheckpointError(ValueError):
@@ -62,23 +76,42 @@ class Normalization:
     low: float = 1.0
     high: float = 99.8
 
+    def __post_init__(self) -> None:
+        if self.mode not in ("percentile", "fixed"):
+            raise ValueError(f"normalisation mode must be 'percentile' or 'fixed', got {self.mode!r}")
+        for name in ("low", "high"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise ValueError(f"normalisation {name} must be a number, got {value!r}")
+            if not np.isfinite(value):
+                raise ValueError(f"normalisation {name} must be finite, got {value}")
+        if not self.low < self.high:
+            raise ValueError(f"normalisation low ({self.low}) must be below high ({self.high})")
+        if self.mode == "percentile" and not 0 <= self.low < self.high <= 100:
+            raise ValueError(f"percentiles must lie in [0, 100], got {self.low} and {self.high}")
+
     def stats(self, image: np.ndarray, *, max_samples: int = 4_000_000) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel (low, high) values for a ``(C, Y, X)`` array (numpy or dask).
 
         Large images are subsampled on a regular grid, so the statistics of a huge
-        image can be computed without reading all of it.
+        image can be computed without reading all of it. A plateau of saturated pixels far
+        above everything else (a hot or clipped block of a few per mille) is left out of the
+        high percentile, so it cannot push the rest of the image to black.
         """
         c = image.shape[0]
         if self.mode == "fixed":
-            return np.full(c, self.low, np.float32), np.full(c, self.high, np.float32)
+            return np.full(c, self.low, np.float64), np.full(c, self.high, np.float64)
         n = int(np.prod(image.shape[1:]))
         step = max(1, int(np.ceil(np.sqrt(n / max_samples))))
         sample = np.asarray(image[:, ::step, ::step], dtype=np.float32).reshape(c, -1)
-        lo, hi = np.percentile(sample, [self.low, self.high], axis=1).astype(np.float32)
+        lo, hi = np.percentile(sample, [self.low, self.high], axis=1).astype(np.float64)
+        for k in range(c):
+            hi[k] = _below_plateau(sample[k], float(lo[k]), float(hi[k]), self.high)
         return lo, hi
 
     def apply(self, image: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Scale a ``(C, Y, X)`` block with precomputed per-channel ``lo``/``hi`` values."""
+        """Scale a ``(C, Y, X)`` block with precomputed per-channel ``lo``/``hi`` values (float32)."""
+        lo, hi = np.asarray(lo, np.float32), np.asarray(hi, np.float32)
         scale = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
         out = np.asarray(image, dtype=np.float32) - lo[:, None, None]
         out /= scale[:, None, None]
@@ -116,12 +149,12 @@ class Checkpoint:
 
     def build_model(self, device: str | torch.device = "cpu") -> UNet:
         """Instantiate the network with these weights, in eval mode, on ``device``."""
-        model = UNet(self.config)
         state = {
             k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
             for k, v in self.state_dict.items()
         }
-        _check_state_dict(model, state, self.config)
+        _check_state_dict(state, self.config)
+        model = UNet(self.config)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:  # pragma: no cover - _check_state_dict catches the known cases
@@ -160,33 +193,11 @@ def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
 
 
-def _check_state_dict(model: UNet, state: dict[str, Any], config: UNetConfig) -> None:
-    """Raise one :class:`CheckpointError` line if ``state`` does not fit ``model``."""
-    expected = model.state_dict()
-    bad_type = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(
-        k
-        for k in set(expected) & set(state)
-        if isinstance(state[k], torch.Tensor) and tuple(state[k].shape) != tuple(expected[k].shape)
-    )
-    if not (bad_type or missing or unexpected or wrong):
-        return
-    parts = []
-    for label, keys in (
-        ("missing", missing),
-        ("unexpected", unexpected),
-        ("wrong-shaped", wrong),
-        ("non-tensor", bad_type),
-    ):
-        if keys:
-            parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
-    raise CheckpointError(
-        f"weights do not match the architecture config (depth {config.depth}, "
-        f"{config.base_features} base features, {config.in_channels} in / {config.n_classes} out "
-        f"channels): " + ", ".join(parts)
-    )
+def _check_state_dict(state: dict[str, Any], config: UNetConfig) -> None:
+    """Raise one :class:`CheckpointError` line if ``state`` cannot be weights for ``config``."""
+    problem = check_weights(state, config)
+    if problem:
+        raise CheckpointError(problem)
 
 
 def _plain(value: Any) -> Any:
@@ -257,10 +268,10 @@ def checkpoint_from_dict(data: Any, *, source: str = "checkpoint") -> Checkpoint
     except (TypeError, ValueError, AttributeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{source}: damaged checkpoint ({first})") from None
-    # check the weights fit the architecture now, not at first use (shapes only: building the
-    # model, converting and copying the weights is left to build_model)
+    # check the weights fit the architecture now, not at first use (against a network on the
+    # meta device: no memory is taken, whatever size the file declares)
     try:
-        _check_state_dict(UNet(config), ckpt.state_dict, config)
+        _check_state_dict(ckpt.state_dict, config)
     except CheckpointError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
     return ckpt
@@ -295,13 +306,18 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint file; raise :class:`CheckpointError` with one clear line if unusable.
 
     The file is read with ``torch.load(weights_only=True)``: a file holding pickled Python
-    objects other than tensors and plain containers is refused rather than executed.
+    objects other than tensors and plain containers is refused rather than executed. Before
+    that the archive's checksums and size are verified (:mod:`.integrity`); after it the
+    configuration's ranges, then the weights' names, shapes, dtypes and finiteness.
     """
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, not a model file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
+    problem = verify_archive(path)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
     try:
         with warnings.catch_warnings():
             # e.g. "Detected pickle protocol 4" for foreign pickles: the error below says it all

@@ -30,6 +30,7 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 
 #: Blocks of at most this many elements are checked for NaN/Inf at a time (bounded memory).
 _FINITE_CHUNK = 1 << 24
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class ImageError(ValueError):
@@ -277,7 +278,7 @@ def validate_image(array: Any, *, name: str) -> Any:
     ------
     ValueError
         ``"<name>: <problem>"`` for an empty array, fewer than 2 or more than 4
-        dimensions, a non-numeric dtype, or NaN/Inf pixels.
+        dimensions, a non-numeric dtype, NaN/Inf pixels, or float64 values beyond float32's range.
     """
     shape = tuple(int(s) for s in getattr(array, "shape", ()))
     dtype = getattr(array, "dtype", None)
@@ -304,13 +305,23 @@ def validate_image(array: Any, *, name: str) -> Any:
 def _check_finite(array: np.ndarray, name: str) -> None:
     """Raise ``ValueError`` naming the count of NaN and Inf pixels, in bounded memory."""
     flat = array.reshape(-1)
-    n_nan = n_inf = 0
+    n_nan = n_inf = n_big = 0
+    wide = flat.dtype.itemsize > 4  # float64: values beyond float32's range overflow later
     for start in range(0, flat.size, _FINITE_CHUNK):
         block = flat[start : start + _FINITE_CHUNK]
         if np.isfinite(block).all():
+            if wide:
+                n_big += int((np.abs(block) > _FLOAT32_MAX).sum())
             continue
         n_nan += int(np.isnan(block).sum())
         n_inf += int(np.isinf(block).sum())
+        if wide:
+            n_big += int((np.abs(block[np.isfinite(block)]) > _FLOAT32_MAX).sum())
+    if n_big and not (n_nan or n_inf):
+        raise ValueError(
+            f"{name}: {n_big} pixel value(s) beyond the float32 range (|x| > 3.4e38); "
+            "divide the image by a constant before segmenting"
+        )
     if n_nan or n_inf:
         parts = [f"{n} {what}" for n, what in ((n_nan, "NaN"), (n_inf, "Inf")) if n]
         raise ValueError(

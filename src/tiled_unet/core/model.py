@@ -24,6 +24,7 @@ import dataclasses
 import itertools
 import json
 import math
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -66,18 +67,24 @@ class UNetConfig:
     dropout: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
-        if self.n_classes < 1:
-            raise ValueError(f"n_classes must be >= 1, got {self.n_classes}")
-        if not 0 <= self.depth <= 8:
-            raise ValueError(f"depth must be between 0 and 8, got {self.depth}")
-        if self.base_features < 1:
-            raise ValueError(f"base_features must be >= 1, got {self.base_features}")
+        _whole("in_channels", self.in_channels, 1, 64)
+        _whole("n_classes", self.n_classes, 1, 256)
+        _whole("depth", self.depth, 0, 8)
+        _whole("base_features", self.base_features, 1, 1024)
         if self.padding not in ("valid", "same"):
             raise ValueError(f"padding must be 'valid' or 'same', got {self.padding!r}")
+        if not isinstance(self.batch_norm, bool):
+            raise ValueError(f"batch_norm must be true or false, got {self.batch_norm!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real):
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        widest = self.base_features * 2**self.depth
+        if widest > MAX_FEATURES:
+            raise ValueError(
+                f"{self.base_features} base features at depth {self.depth} make {widest} features at "
+                f"the bottom level; at most {MAX_FEATURES} are supported"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the configuration as a JSON-serialisable dict."""
@@ -97,6 +104,18 @@ class UNetConfig:
         """Read a configuration from a JSON file."""
         with open(path, encoding="utf-8") as fh:
             return cls.from_dict(json.load(fh))
+
+
+#: The widest level a network may have (base_features * 2**depth): the paper's has 1024.
+MAX_FEATURES = 4096
+
+
+def _whole(name: str, value: Any, low: int, high: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is a whole number in [low, high] (bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
 
 
 # --------------------------------------------------------------------------- size arithmetic

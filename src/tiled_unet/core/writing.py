@@ -3,14 +3,22 @@
 :func:`atomic_path` gives a temporary sibling that replaces the target only when complete;
 :func:`write_tiff_atomic` and :func:`write_zarr` write results through it, and
 :func:`replace_dir` swaps in a finished Zarr directory.
+
+Temporary siblings are named ``.<name>.<pid>.<random><suffix>``: a run that was killed
+(SIGKILL, power loss) leaves one behind, and the next write to the same name removes those
+whose process is gone (:func:`sweep_partial`). Without ``overwrite`` the finished file is
+published create-exclusively (a hard link, or an exclusive directory), so two runs writing
+the same name never silently replace each other. Files and folders are created with the
+modes the process umask gives (the kernel applies it; the umask itself is never changed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,64 +28,149 @@ import numpy as np
 from .imageio import is_dask
 
 
-def _tmp_name(path: Path, suffix: str) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, default_file_mode())
-    return tmp
+def temp_sibling(path: str | os.PathLike, suffix: str = ".tmp", *, directory: bool = False) -> Path:
+    """Create a new, empty temporary file (or ``directory``) beside ``path`` and return its path.
+
+    Its mode is what the umask gives a new file or folder (e.g. 0o644 / 0o755), unlike
+    ``tempfile.mkstemp`` (owner only). Stale siblings of dead processes are swept first.
+    """
+    path = Path(path)
+    sweep_partial(path)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}"
+        try:
+            if directory:
+                os.mkdir(tmp, 0o777)
+            else:
+                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{path}: cannot create a temporary file beside it")  # pragma: no cover
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def sweep_partial(path: str | os.PathLike) -> list[Path]:
+    """Remove what killed runs left while writing ``path``: ``.<name>.<pid>.*`` of dead processes.
+
+    Returns the removed paths. Anything else (other names, live processes, files the user
+    made) is left alone.
+    """
+    path = Path(path)
+    prefix = f".{path.name}."
+    removed: list[Path] = []
+    try:
+        entries = list(path.parent.iterdir()) if path.parent.is_dir() else []
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        pid_text = entry.name[len(prefix) :].split(".", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def _exists_error(path: Path) -> FileExistsError:
+    return FileExistsError(f"{path}: file exists; choose another name or allow overwriting")
+
+
+def publish_file(tmp: str | os.PathLike, path: str | os.PathLike, *, overwrite: bool) -> None:
+    """Move the finished file ``tmp`` to ``path``; without ``overwrite`` never replace a file.
+
+    Without ``overwrite`` the file is hard-linked into place, which fails if ``path``
+    appeared meanwhile (another run): ``FileExistsError``, and ``tmp`` is removed.
+    """
+    tmp, path = Path(tmp), Path(path)
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        tmp.unlink(missing_ok=True)
+        raise _exists_error(path) from None
+    except OSError as exc:  # no hard links here (some network or FAT file systems)
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            tmp.unlink(missing_ok=True)
+            raise _exists_error(path) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, suffix: str = ".tmp") -> Iterator[str]:
-    """Write a file atomically: yield a temporary path beside ``path``, then rename it into place.
+    """Write a file atomically: yield a temporary path beside ``path``, then move it into place.
 
-    The caller writes the temporary file; on success it is flushed to disk and renamed over
+    The caller writes the temporary file; on success it is flushed to disk and moved to
     ``path`` (so readers never see a half-written file), on any error it is removed and
     ``path`` is left as it was.
 
     Raises
     ------
     FileExistsError
-        If ``path`` exists and ``overwrite`` is False.
+        If ``path`` exists and ``overwrite`` is False, checked at the start and again when
+        the file is published (a concurrent run that wrote it meanwhile is not replaced).
     """
     path = Path(path)
     if not overwrite and path.exists():
-        raise FileExistsError(f"{path}: file exists; choose another name or allow overwriting")
+        raise _exists_error(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path, suffix)
+    tmp = temp_sibling(path, suffix)
     try:
-        yield tmp
+        yield str(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        publish_file(tmp, path, overwrite=overwrite)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
-    """Move the finished directory ``tmp`` to ``final``, replacing an old one only at the end."""
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike, *, overwrite: bool = True) -> None:
+    """Move the finished directory ``tmp`` to ``final``, replacing an old one only at the end.
+
+    Without ``overwrite`` ``final`` is claimed exclusively first (``FileExistsError`` if it
+    exists, e.g. made by a concurrent run; ``tmp`` is then removed).
+    """
     tmp, final = Path(tmp), Path(final)
+    if not overwrite:
+        try:
+            os.mkdir(final, 0o777)
+        except FileExistsError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _exists_error(final) from None
+        os.replace(tmp, final)  # onto the empty directory just made
+        return
     if not final.exists():
         os.replace(tmp, final)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+    old = temp_sibling(final, ".old", directory=True)
     os.rmdir(old)
     os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def default_file_mode() -> int:
-    """The mode a newly created file gets under the current umask (0o644 for umask 022).
-
-    ``tempfile.mkstemp`` creates files readable by their owner only; files renamed into place
-    get the usual mode instead.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def write_tiff_atomic(
@@ -150,7 +243,7 @@ def write_zarr(
 
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: file exists")
+        raise _exists_error(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not is_dask(array):
         array = np.asarray(array)
@@ -159,10 +252,10 @@ def write_zarr(
         array = da.from_array(array, chunks=chunks)
     elif chunks is not None:
         array = array.rechunk(chunks)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = temp_sibling(path, ".tmp", directory=True)
     try:
         da.to_zarr(array, str(tmp), overwrite=True)
-        replace_dir(tmp, path)
+        replace_dir(tmp, path, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
