@@ -116,11 +116,18 @@ def output_stem(path: Path) -> str:
 
 
 def _tiff_axes(result: Any, output: str, axes: str | None) -> str:
-    """Axis letters of a result, for the TIFF description."""
-    plane = "T" if axes and "T" in axes.upper() else "Z"
-    if output == "probabilities":
-        return "CYX" if result.ndim == 3 else f"{plane}CYX"
-    return "YX" if result.ndim == 2 else f"{plane}YX"
+    """Axis letters of a result, for the TIFF description (the input's order, see
+    :func:`~tiled_unet.core.image.result_axes`)."""
+    from tiled_unet.core.image import result_axes
+
+    maps = output == "probabilities"
+    if axes:
+        letters = result_axes(axes, maps=maps)
+        if len(letters) == result.ndim:
+            return letters
+    if maps:
+        return "CYX" if result.ndim == 3 else "ZCYX"
+    return "YX" if result.ndim == 2 else "ZYX"
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -238,7 +245,8 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     for path in inputs:
         # Zarr in (or --out x.zarr): Zarr out, which is written block by block
-        blockwise = zarr_out or _is_zarr(path) or goes_blockwise(_lazy_plane_pixels(path), lazy=True)
+        plane, total = _lazy_pixels(path)
+        blockwise = zarr_out or _is_zarr(path) or goes_blockwise(plane, lazy=True, total_pixels=total)
         target = out_dir if zarr_out else out_dir / f"{output_stem(path)}.{'zarr' if blockwise else 'tif'}"
         problem = _output_problem(path, target, inputs, claimed, args.overwrite)
         if problem:
@@ -273,11 +281,10 @@ def _segment_one(
     from tiled_unet.core.writing import write_tiff_atomic
 
     image = validate_image(read_image(path), name=str(path))
-    gen = segment_iter(predictor, image, options, axes=_axes(path, image, args, predictor))
+    axes = _axes(path, image, args, predictor)
+    gen = segment_iter(predictor, image, options, axes=axes)
     result = drain_batches(gen, path.name, disable=not sys.stderr.isatty(), quiet=args.quiet)
-    write_tiff_atomic(
-        target, result, axes=_tiff_axes(result, args.output, args.axes), overwrite=args.overwrite
-    )
+    write_tiff_atomic(target, result, axes=_tiff_axes(result, args.output, axes), overwrite=args.overwrite)
 
 
 def _axes(path: Path, image: Any, args: argparse.Namespace, predictor: Any) -> str | None:
@@ -301,16 +308,17 @@ def _is_zarr(path: Path) -> bool:
     return is_zarr_path(path)
 
 
-def _lazy_plane_pixels(path: Path) -> int:
-    """Pixels per plane of a TIFF (which can be read lazily), 0 for other files.
+def _lazy_pixels(path: Path) -> tuple[int, int]:
+    """Pixels per plane and in all planes of a TIFF (which can be read lazily); 0, 0 for other
+    files.
 
-    :func:`~tiled_unet.core.options.goes_blockwise` decides from it; unreadable files are
+    :func:`~tiled_unet.core.options.goes_blockwise` decides from them; unreadable files are
     reported by the normal path.
     """
     from tiled_unet.core.imageio import TIFF_SUFFIXES
 
     if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():
-        return 0
+        return 0, 0
     try:
         import tifffile
 
@@ -318,12 +326,12 @@ def _lazy_plane_pixels(path: Path) -> int:
             series = tif.series[0]
             axes, shape = series.axes, series.shape
     except Exception:
-        return 0
-    plane = 1
+        return 0, 0
+    plane = total = 1
     for letter, n in zip(axes, shape, strict=False):
-        if letter in "YX":
-            plane *= int(n)
-    return plane
+        plane *= int(n) if letter in "YX" else 1
+        total *= int(n) if letter not in "SC" else 1
+    return plane, total
 
 
 def _segment_blockwise(

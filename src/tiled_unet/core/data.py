@@ -58,6 +58,26 @@ def dense_kind(labels: np.ndarray, mode: TargetMode) -> AnnotationKind:
     return "binary" if len(values) <= 2 else "instance"
 
 
+def check_objects(items: Sequence[TrainingImage], *, sparse: bool) -> None:
+    """Refuse training data without a single object: it would train a model that finds nothing.
+
+    Raises
+    ------
+    ValueError
+        One line: every dense label image is 0, or only background (1) is painted.
+    """
+    if any(np.any(it.targets.instances > 0) for it in items):
+        return
+    if sparse:
+        raise ValueError(
+            "only background (1) is painted: paint some objects with ids 2, 3, ... before training"
+        )
+    raise ValueError(
+        f"no object in any of the {len(items)} label image(s): every label is 0 (background); "
+        "check that the label files are the right ones"
+    )
+
+
 def prepare_image(
     image: np.ndarray,
     labels: np.ndarray,
@@ -95,9 +115,10 @@ def prepare_image(
         no annotated pixel.
     """
     from .image import to_planes
+    from .imageio import validate_image
 
     try:
-        planes, _ = to_planes(np.asarray(image), in_channels=in_channels)
+        planes, _ = to_planes(validate_image(np.asarray(image), name=name), in_channels=in_channels)
     except ValueError as exc:
         raise ValueError(f"{name}: {exc}") from None
     if planes.shape[0] != 1:

@@ -133,16 +133,21 @@ def _axes_without_colour(shape: tuple[int, ...], in_channels: int) -> str:
 def axes_from_file(letters: str | None, shape: Sequence[int], in_channels: int) -> str | None:
     """Axes from a file's metadata (:func:`~tiled_unet.core.imageio.file_axes`), or None.
 
-    Fully named axes are used as they are; with a letter the file cannot name (``?``), the
-    metadata still tells whether there is a colour axis last, and :func:`infer_axes` does the
-    rest. None if the file says nothing usable (the shape then decides).
+    Fully named axes are used as they are, and a layout this package cannot segment (two
+    plane axes, ``TZYX``) raises ``ValueError`` rather than being read as another one; with a
+    letter the file cannot name (``?``), the metadata still tells whether there is a colour
+    axis last, and :func:`infer_axes` does the rest. None if the file says nothing usable
+    (the shape then decides).
     """
     if not letters:
         return None
     shape = tuple(int(s) for s in shape)
-    try:
-        if "?" not in letters:
+    if "?" not in letters:
+        try:
             return check_axes(letters, len(shape))
+        except ValueError as exc:  # e.g. TZYX: say so rather than guess another layout
+            raise ValueError(f"the file's axes {letters}: {exc}") from None
+    try:
         return infer_axes(shape, in_channels, rgb=letters.endswith("C"))
     except ValueError:
         return None
@@ -291,9 +296,10 @@ def from_planes(result: np.ndarray, axes: str, spatial_shape: Sequence[int]) -> 
     Returns
     -------
     numpy array
-        Planes first, no channel axis for labels: ``(Y, X)`` or ``(P, Y, X)`` labels;
-        ``(K, Y, X)`` or ``(P, K, Y, X)`` maps. The plane axis is dropped only if the image
-        had none.
+        In the image's own axis order without its channel axis (:func:`result_axes`):
+        ``(Y, X)`` or ``(P, Y, X)`` labels, ``(K, Y, X)`` or ``(P, K, Y, X)`` maps for the
+        usual layouts, ``(X, Y)`` for an image given as ``XY``. The plane axis is dropped
+        only if the image had none.
     """
     result = np.asarray(result)
     if result.ndim not in (3, 4):
@@ -303,8 +309,25 @@ def from_planes(result: np.ndarray, axes: str, spatial_shape: Sequence[int]) -> 
             f"result of shape {_shape_text(result.shape)} does not match the image plane "
             f"{_shape_text(spatial_shape)}"
         )
-    if not has_plane_axis(axes):
+    plane = has_plane_axis(axes)
+    if not plane:
         if result.shape[0] != 1:
             raise ValueError(f"{result.shape[0]} planes of results for an image without a plane axis")
-        return result[0]
-    return result
+        result = result[0]
+    maps = result.ndim == (4 if plane else 3)
+    here = ("P" if plane else "") + ("C" if maps else "") + "YX"
+    wanted = result_axes(axes, maps=maps).replace("Z", "P").replace("T", "P")
+    if wanted == here:
+        return result
+    return np.ascontiguousarray(result.transpose([here.index(a) for a in wanted]))
+
+
+def result_axes(axes: str, *, maps: bool) -> str:
+    """Axis letters of a result for an image with ``axes``: the image's own order without its
+    channel axis, so ``XY`` in gives ``XY`` out; per-class maps (``maps``) have their class
+    axis ``C`` after the plane axis or, without one, first (``ZYX`` -> ``ZCYX``, ``YX`` -> ``CYX``)."""
+    letters = "".join(a for a in axes.upper() if a != "C")
+    if not maps:
+        return letters
+    at = next((i + 1 for i, a in enumerate(letters) if a in PLANE_AXES), 0)
+    return letters[:at] + "C" + letters[at:]

@@ -116,12 +116,15 @@ def read_image(path: str | os.PathLike) -> Any:
             with tifffile.TiffFile(p) as tif:
                 if not tif.series:
                     raise ImageError(f"{p}: cannot read image (damaged TIFF: no image data found)")
+                _check_decoded_size(p, tuple(tif.series[0].shape))
                 return tif.asarray()
         if suffix == ".npy":
+            _check_decoded_size(p, tuple(np.load(p, mmap_mode="r", allow_pickle=False).shape))
             return np.load(p, allow_pickle=False)
+        _check_decoded_size(p, _header_shape(p))
         import imageio.v3 as iio
 
-        return iio.imread(p)
+        return _drop_grey_alpha(p, iio.imread(p))
     except ImageError:
         raise
     except MemoryError:
@@ -131,6 +134,33 @@ def read_image(path: str | os.PathLike) -> Any:
         if "Could not find a backend" in reason:  # imageio: no plugin could decode the bytes
             reason = f"not a valid {suffix.lstrip('.').upper() or 'image'} file, or an unsupported format"
         raise ImageError(f"{p}: cannot read image ({reason})") from None
+
+
+def _header_shape(path: Path) -> tuple[int, ...]:
+    """The decoded shape of a PNG/JPEG/BMP/GIF from its header (nothing decoded; () if unknown)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            bands = len(im.getbands())
+            return (im.height, im.width) + ((bands,) if bands > 1 else ())
+    except Exception:  # not for Pillow: imageio decides and reports
+        return ()
+
+
+def _check_decoded_size(path: Path, shape: tuple[int, ...]) -> None:
+    from .resources import image_memory_problem
+
+    if shape and (problem := image_memory_problem(shape)) is not None:
+        raise ImageError(f"{path}: {problem}")
+
+
+def _drop_grey_alpha(path: Path, array: np.ndarray) -> np.ndarray:
+    """A grey+alpha picture ``(Y, X, 2)`` as its grey plane (the alpha channel is not signal)."""
+    if array.ndim == 3 and array.shape[-1] == 2 and path.suffix.lower() in _COLOUR_SUFFIXES:
+        log.info("%s: grey + alpha picture; the alpha channel is left out", path)
+        return np.ascontiguousarray(array[..., 0])
+    return array
 
 
 #: tifffile's and OME's axis letters in ours: colour samples (S) and channels are C; unknown

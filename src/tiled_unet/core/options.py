@@ -118,14 +118,23 @@ class PredictOptions:
         return dataclasses.replace(self, **changes)
 
 
-def goes_blockwise(plane_pixels: int, *, lazy: bool, options: PredictOptions | None = None) -> bool:
+def goes_blockwise(
+    plane_pixels: int, *, lazy: bool, options: PredictOptions | None = None, total_pixels: int = 0
+) -> bool:
     """Whether an image is segmented block by block (the one rule, for core, CLI and widgets).
 
     ``options.blockwise`` decides when set; otherwise data read on demand (``lazy``: dask or
-    Zarr arrays, TIFF files opened lazily) whose planes exceed :data:`BLOCKWISE_PIXELS` go
-    block-wise, so neither the image nor the result has to fit in memory. Data already in
+    Zarr arrays, TIFF files opened lazily) whose planes exceed :data:`BLOCKWISE_PIXELS`, or
+    whose ``total_pixels`` (a stack: all planes) would not fit in memory when segmented whole,
+    go block-wise, so neither the image nor the result has to fit in memory. Data already in
     memory is segmented whole.
     """
     if options is not None and options.blockwise is not None:
         return bool(options.blockwise)
-    return bool(lazy) and int(plane_pixels) > BLOCKWISE_PIXELS
+    if not lazy:
+        return False
+    if int(plane_pixels) > BLOCKWISE_PIXELS:
+        return True
+    from .resources import BYTES_PER_PIXEL, memory_problem
+
+    return memory_problem(int(total_pixels) * BYTES_PER_PIXEL, "", "") is not None

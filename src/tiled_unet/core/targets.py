@@ -64,6 +64,17 @@ class Targets:
         return int(np.count_nonzero(self.annotated))
 
 
+def _as_ids(values: np.ndarray) -> np.ndarray:
+    """Non-negative integer object ids as int32, renumbered 1..n if any exceeds int32's range
+    (uint32/uint64 label images: the same objects, never wrapped around)."""
+    if values.size == 0 or int(values.max()) <= np.iinfo(np.int32).max:
+        return values.astype(np.int32)
+    from skimage.segmentation import relabel_sequential
+
+    compact, _, _ = relabel_sequential(values)
+    return compact.astype(np.int32)
+
+
 def annotations_to_instances(labels: np.ndarray, *, kind: AnnotationKind) -> tuple[np.ndarray, np.ndarray]:
     """Decode an annotation into ``(instances, annotated)``.
 
@@ -96,14 +107,14 @@ def annotations_to_instances(labels: np.ndarray, *, kind: AnnotationKind) -> tup
     if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
         raise ValueError("annotation must not contain negative values")
     if kind == "instance":
-        return labels.astype(np.int32), np.ones(labels.shape, bool)
+        return _as_ids(labels), np.ones(labels.shape, bool)
     if kind == "binary":
         inst, _ = ndi.label(labels > 0)
         return inst.astype(np.int32), np.ones(labels.shape, bool)
     if kind == "sparse":
         annotated = labels > 0
-        inst = np.where(labels >= 2, labels.astype(np.int64) - 1, 0).astype(np.int32)
-        return inst, annotated
+        inst = np.where(labels >= 2, labels - 1, 0) if labels.dtype.kind != "b" else np.zeros(labels.shape)
+        return _as_ids(inst), annotated
     raise ValueError(f"unknown annotation kind {kind!r}; use 'instance', 'binary' or 'sparse'")
 
 

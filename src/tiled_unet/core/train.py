@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, Normalization, cpu_state_dict, now_iso, resolve_model
-from .data import BatchStream, PatchSampler, TrainingImage, prepare_image
+from .data import BatchStream, PatchSampler, TrainingImage, check_objects, prepare_image
 from .devices import resolve_device
 from .model import UNetConfig, check_input_size, output_size
 from .optimisation import Optimisation, TrainSettings, finished, weighted_cross_entropy
@@ -280,14 +280,7 @@ def train_iter(
     train_items = _prepare(
         setup, settings, hooks, images, labels, names, sparse=sparse, priors=priors, prior_weight=prior_weight
     )
-    if (
-        sparse
-        and setup.boundary_class >= 0
-        and not any(np.any(it.targets.instances > 0) for it in train_items)
-    ):
-        raise ValueError(
-            "only background (1) is painted: paint some objects with ids 2, 3, ... before training"
-        )
+    check_objects(train_items, sparse=sparse)
     val_items: list[TrainingImage] = []
     if val_images is not None and val_labels is not None:
         vn = (
