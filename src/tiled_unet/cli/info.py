@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import unicodedata
 from typing import Any
 
 from . import error
@@ -148,7 +150,31 @@ def _short(value: Any, *, items: int = 4, width: int = 200) -> str:
         head = ", ".join(_short(v, width=60) for v in value[:items])
         return f"[{head}, ... ({len(value)} in all)]"
     text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
+    text = escaped(text, keep_newlines=False)
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def escaped(text: str, *, keep_newlines: bool = True) -> str:
+    """``text`` with control characters written as escapes (``\\x1b``): a checkpoint's text is
+    untrusted, and terminal escape codes in it must not reach the terminal."""
+    out = []
+    for ch in text:
+        if (ch == "\n" and keep_newlines) or unicodedata.category(ch)[0] != "C":
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinite floats as None, so that the JSON is strictly valid."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         error(str(exc))
         return 2
     if args.json:
-        sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(_finite(info), indent=2, default=str, allow_nan=False) + "\n")
     else:
-        sys.stdout.write(format_text(info))
+        sys.stdout.write(escaped(format_text(info)))
     return 0

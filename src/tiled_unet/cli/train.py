@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._args import positive_float, positive_int
+from ._args import non_negative_float, positive_float, positive_int
 from ._bars import drain_steps
 from ._start import add_start_options, starting_point
 
@@ -121,7 +122,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         default=None,
         help="default 1 (--sparse --init: 4 on a CPU, 8 on a GPU)",
     )
-    parser.add_argument("--w0", type=float, default=10.0, help="border weight amplitude (paper: 10)")
+    parser.add_argument(
+        "--w0", type=non_negative_float, default=10.0, help="border weight amplitude (paper: 10)"
+    )
     parser.add_argument(
         "--sigma", type=positive_float, default=5.0, help="border weight width in px (paper: 5)"
     )
@@ -135,10 +138,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help="random magnification range of the patches, e.g. 0.7 1.4 (default 1 1: off)",
     )
     parser.add_argument(
-        "--blur", type=float, default=0.0, metavar="PX", help="random Gaussian blur up to PX (default 0: off)"
+        "--blur",
+        type=non_negative_float,
+        default=0.0,
+        metavar="PX",
+        help="random Gaussian blur up to PX (default 0: off)",
     )
     jitter = "random per-channel gain exp(U(-J, J)) of colour images (default 0: off)"
-    parser.add_argument("--colour-jitter", type=float, default=0.0, metavar="J", help=jitter)
+    parser.add_argument("--colour-jitter", type=non_negative_float, default=0.0, metavar="J", help=jitter)
     parser.add_argument("--grey", type=float, default=0.0, metavar="P", help="probability of a grey patch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -290,6 +297,7 @@ def run(args: argparse.Namespace, *, hooks: Any = None) -> int:
     """
     from tiled_unet.core.checkpoint import CheckpointError, save_checkpoint
     from tiled_unet.core.resume import state_path_for
+    from tiled_unet.core.writing import claim
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -303,9 +311,10 @@ def run(args: argparse.Namespace, *, hooks: Any = None) -> int:
         _error(f"{state}: an interrupted run of {out}; --resume goes on with it, or remove it to start again")
         return 2
     try:
-        gen, settings, painted = _training(args, hooks)
-        ckpt = drain_steps(gen, settings.steps, args.no_progress)
-    except (ValueError, CheckpointError, FileNotFoundError, FloatingPointError) as exc:
+        with claim(out):  # a second run to the same --out is refused now, not after training
+            gen, settings, painted = _training(args, hooks)
+            ckpt = drain_steps(gen, settings.steps, args.no_progress)
+    except (ValueError, CheckpointError, FileNotFoundError, FileExistsError, FloatingPointError) as exc:
         _error(str(exc).strip().splitlines()[0])
         return 2
     except KeyboardInterrupt:
@@ -324,16 +333,35 @@ def run(args: argparse.Namespace, *, hooks: Any = None) -> int:
     ckpt.provenance["command"] = f"{PROG} " + shlex.join(
         ["train", *argv] if argv is not None else sys.argv[1:]
     )
+    if args.name:
+        ckpt.provenance["name"] = args.name
     try:
-        if args.name:
-            ckpt.provenance["name"] = args.name
         save_checkpoint(ckpt, out, overwrite=args.overwrite, half=args.half)
-    except (FileExistsError, OSError) as exc:
-        _error(str(exc))
-        return 2
+    except OSError as exc:  # disk full, read-only, written meanwhile: the model is not lost
+        return _rescue(ckpt, out, exc, args.half)
     state.unlink(missing_ok=True)  # the model is written: its run is over
     sys.stderr.write(f"{PROG}: wrote {out} ({ckpt.provenance['steps']} steps)\n")
     return 0
+
+
+def _rescue(ckpt: Any, out: Path, exc: OSError, half: bool) -> int:
+    """Save a trained model that could not be written to ``out`` elsewhere, and say where."""
+    import time
+
+    from tiled_unet.core.checkpoint import save_checkpoint
+    from tiled_unet.core.writing import rescue_dirs
+
+    why = exc.strerror or str(exc).split(": ")[-1] or type(exc).__name__
+    name = f"{out.stem}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.pt"
+    for folder in rescue_dirs():
+        try:
+            saved = save_checkpoint(ckpt, folder / name, half=half)
+        except OSError:
+            continue
+        _error(f"{out}: could not be written ({why}); the trained model is saved as {saved}: move it there")
+        return 1
+    _error(f"{out}: could not be written ({why}), nor in {', '.join(map(str, rescue_dirs()))}; model lost")
+    return 1
 
 
 def main(argv: Sequence[str] | None = None, *, hooks: Any = None) -> int:

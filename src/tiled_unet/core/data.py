@@ -117,8 +117,9 @@ def prepare_image(
     from .image import to_planes
     from .imageio import validate_image
 
+    image = validate_image(np.asarray(image), name=name)
     try:
-        planes, _ = to_planes(validate_image(np.asarray(image), name=name), in_channels=in_channels)
+        planes, _ = to_planes(image, in_channels=in_channels)
     except ValueError as exc:
         raise ValueError(f"{name}: {exc}") from None
     if planes.shape[0] != 1:

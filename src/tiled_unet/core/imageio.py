@@ -66,8 +66,8 @@ def image_files(entries: Any, *, keep_missing: bool = False) -> list[Path]:
             found = sorted(
                 f
                 for f in p.iterdir()
-                if (f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES) or is_zarr_path(f)
-            )
+                if ((f.is_file() or f.is_symlink()) and f.suffix.lower() in IMAGE_SUFFIXES) or is_zarr_path(f)
+            )  # a broken link or link loop is kept, to be reported with the other inputs
             if not found:
                 raise ValueError(f"{p}: folder holds no image ({', '.join(IMAGE_SUFFIXES)} or Zarr)")
             files.extend(found)
@@ -101,6 +101,8 @@ def read_image(path: str | os.PathLike) -> Any:
     """
     p = Path(path)
     if not p.exists():
+        if p.is_symlink():
+            raise ImageError(f"{p}: broken symbolic link (its target is missing, or links loop)")
         raise ImageError(f"{p}: no such file")
     if is_zarr_path(p):
         return _read_zarr(p)
@@ -350,13 +352,13 @@ def _check_finite(array: np.ndarray, name: str) -> None:
     if n_big and not (n_nan or n_inf):
         raise ValueError(
             f"{name}: {n_big} pixel value(s) beyond the float32 range (|x| > 3.4e38); "
-            "divide the image by a constant before segmenting"
+            "divide the image by a constant first"
         )
     if n_nan or n_inf:
         parts = [f"{n} {what}" for n, what in ((n_nan, "NaN"), (n_inf, "Inf")) if n]
         raise ValueError(
             f"{name}: {' and '.join(parts)} pixel value{'s' if n_nan + n_inf > 1 else ''}; "
-            "replace them (e.g. with 0) before segmenting"
+            "replace them (e.g. with 0) first"
         )
 
 

@@ -93,6 +93,8 @@ class UNetConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
         """Build a configuration from a dict, rejecting unknown keys by name."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a U-Net config must be a JSON object of settings, got a {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -102,8 +104,12 @@ class UNetConfig:
     @classmethod
     def from_json(cls, path: str) -> UNetConfig:
         """Read a configuration from a JSON file."""
-        with open(path, encoding="utf-8") as fh:
-            return cls.from_dict(json.load(fh))
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return cls.from_dict(json.load(fh))
+        except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            text = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"{path}: {text}") from None
 
 
 #: The widest level a network may have (base_features * 2**depth): the paper's has 1024.

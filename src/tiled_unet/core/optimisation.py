@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -25,6 +25,13 @@ if TYPE_CHECKING:
     from .train import _Setup
 
 DEFAULT_LR = {"adam": 1e-4, "sgd": 1e-3}
+
+
+#: The largest batch a run accepts (memory is checked too, see TrainSettings.memory_problem).
+MAX_BATCH = 4096
+#: Training memory per input pixel and base feature (activations and their gradients; measured
+#: about 1 GB for 2 patches of 572 px at 32 base features, rounded up).
+_BYTES_PER_FEATURE_PIXEL = 32
 
 
 @dataclass(frozen=True)
@@ -114,8 +121,12 @@ class TrainSettings:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.minutes is not None and not self.minutes > 0:
             raise ValueError(f"minutes must be > 0, got {self.minutes}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}, got {self.batch_size}")
+        if not (math.isfinite(self.w0) and self.w0 >= 0):
+            raise ValueError(f"w0 must be a finite number >= 0, got {self.w0}")
+        if not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise ValueError(f"sigma must be a finite number > 0, got {self.sigma}")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.workers < 0:
@@ -123,6 +134,17 @@ class TrainSettings:
         self.augment_settings()  # checks the ranges before any data is read
         if self.val_every < 1:
             raise ValueError(f"val_every must be >= 1, got {self.val_every}")
+
+    def memory_problem(self, config: Any) -> str | None:
+        """Why a batch of these patches cannot be trained in this machine's memory (or None)."""
+        from .resources import memory_problem
+
+        needed = self.batch_size * self.patch**2 * config.base_features * _BYTES_PER_FEATURE_PIXEL
+        return memory_problem(
+            needed,
+            f"a batch of {self.batch_size} patches of {self.patch} px",
+            "choose a smaller --batch-size or --patch",
+        )
 
     @property
     def learning_rate(self) -> float:

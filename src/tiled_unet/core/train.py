@@ -303,6 +303,8 @@ def train_iter(
     stream = BatchStream(
         sampler, batch_size=settings.batch_size, seed=settings.seed, workers=settings.workers
     )
+    if device.type == "cpu" and (problem := settings.memory_problem(setup.cfg)):
+        raise ValueError(problem)
     run = Optimisation(setup, settings, device, hooks.loss)
     validation = Validation(setup, val_items, device)
     n_steps = settings.steps or 0

@@ -260,3 +260,52 @@ def write_zarr(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def claim(path: str | os.PathLike) -> Iterator[None]:
+    """Hold ``path`` for this process while it works towards writing it.
+
+    A lock file ``.<name>.lock`` beside ``path`` holds the process id; a lock left by a
+    process that is gone is taken over.
+
+    Raises
+    ------
+    FileExistsError
+        If another live process holds ``path`` (the message names it), so that a second
+        run is refused at its start rather than after all its work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text(encoding="ascii").strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _pid_alive(pid):
+                raise FileExistsError(
+                    f"{path}: another run (process {pid}) is writing it; wait for it or choose another name"
+                ) from None
+            lock.unlink(missing_ok=True)  # left by a run that is gone
+            continue
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(str(os.getpid()))
+        break
+    else:  # pragma: no cover - another process keeps re-creating it
+        raise FileExistsError(f"{path}: cannot take its lock file {lock}")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def rescue_dirs() -> list[Path]:
+    """Where a finished result goes when its own folder cannot take it (disk full, read-only)."""
+    import tempfile
+
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return [Path(tempfile.gettempdir()) / "tiled-unet-unsaved", home / "tiled-unet" / "unsaved"]
