@@ -42,16 +42,19 @@ FORMAT_VERSION = 1
 
 
 def _below_plateau(values: np.ndarray, lo: float, hi: float, high: float) -> float:
-    """``hi``, or the high percentile without the maximum's pixels if those are a plateau far
-    above the rest (at least 4x the rest's range above ``lo``)."""
+    """``hi``, or the high percentile without the maximum's pixels if those are an isolated
+    plateau: at most 1 % of the pixels, reached by the high percentile, with nothing between it
+    and halfway down to the rest (a hot or clipped block, not objects whose edges fade out)."""
     top = float(values.max())
-    if hi < top:
+    at_top = values >= top
+    n_top = int(at_top.sum())
+    rest = values[~at_top]
+    if n_top > 0.01 * values.size or rest.size == 0 or hi <= float(rest.max()):
         return hi
-    rest = values[values < top]
-    if rest.size < values.size // 2:
-        return hi  # mostly saturated: the maximum is the signal
     below = float(np.percentile(rest, high))
-    return below if top - lo > 4 * (below - lo) and below > lo else hi
+    between = int((rest > below + 0.5 * (top - below)).sum())
+    isolated = between <= 0.05 * n_top and top - lo > 4 * (below - lo) and below > lo
+    return below if isolated else hi
 
 
 class CheckpointError(ValueError):
