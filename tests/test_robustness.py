@@ -246,6 +246,16 @@ def test_saturated_objects_keep_the_maximum():
     assert hi[0] == 255
 
 
+def test_many_sharp_saturated_spots_keep_the_maximum():
+    rng = np.random.default_rng(0)
+    img = rng.normal(20, 3, (256, 256))
+    yy, xx = np.mgrid[:256, :256]
+    for cy, cx in rng.integers(10, 246, (12, 2)):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 16] = 255  # beads clipped at 255, hard edges
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    assert Normalization().stats(img[None])[1][0] == 255
+
+
 def test_float64_beyond_float32_range_is_refused():
     with pytest.raises(ValueError, match="float32 range"):
         validate_image(_blobs().astype(np.float64) * 1e300, name="x.npy")
@@ -307,12 +317,23 @@ def test_an_image_too_large_for_memory_is_refused_before_decoding(tmp_path, monk
     monkeypatch.setenv("TILED_UNET_MEMORY", str(2**20))  # 1 MB available
     with pytest.raises(ImageError, match="big.png: .*needs about .* of memory") as info:
         read_image(tmp_path / "big.png")
-    assert "TIFF or Zarr" in str(info.value)
+    assert "convert it to Zarr" in str(info.value)
+
+
+def test_colour_channels_are_not_counted_as_pixels(tmp_path, monkeypatch):
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "rgb.png", np.stack([_blobs((256, 256))] * 3, -1))
+    monkeypatch.setenv("TILED_UNET_MEMORY", str(int(256 * 256 * 48 / 0.8) + 4096))  # one plane's worth
+    assert read_image(tmp_path / "rgb.png").shape == (256, 256, 3)
+    monkeypatch.setenv("TILED_UNET_MEMORY", "not a number")  # ignored: the machine's memory counts
+    assert read_image(tmp_path / "rgb.png").shape == (256, 256, 3)
 
 
 def test_a_stack_too_large_for_memory_goes_blockwise(monkeypatch):
     from tiled_unet.core.options import goes_blockwise
 
+    monkeypatch.setenv("TILED_UNET_MEMORY", str(2**40))
     assert not goes_blockwise(512 * 512, lazy=True, total_pixels=40 * 512 * 512)
     monkeypatch.setenv("TILED_UNET_MEMORY", str(2**20))
     assert goes_blockwise(512 * 512, lazy=True, total_pixels=40 * 512 * 512)
@@ -410,6 +431,13 @@ def test_a_broken_link_among_the_inputs_is_one_line_and_the_rest_run(tmp_path, c
 # --------------------------------------------------------------------------- writes and signals
 
 
+def test_blockwise_refuses_x_before_y(checkpoint_file):
+    from tiled_unet.core.blockwise import segment_blockwise
+
+    with pytest.raises(ValueError, match="Y before X"):
+        segment_blockwise(str(checkpoint_file), _blobs().T, axes="XY", output="instances")
+
+
 def test_a_file_written_meanwhile_is_not_replaced(tmp_path):
     from tiled_unet.core.writing import atomic_path
 
@@ -437,17 +465,33 @@ def test_a_zarr_store_written_meanwhile_is_not_replaced(tmp_path):
 def test_a_second_run_to_the_same_output_is_refused_at_its_start(tmp_path):
     from tiled_unet.core.writing import claim
 
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    code = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from tiled_unet.core.writing import claim
+        with claim({str(tmp_path / "m.pt")!r}):
+            Path({str(tmp_path / "held")!r}).touch()
+            time.sleep(60)
+    """)
+    other = subprocess.Popen([sys.executable, "-c", code])
     try:
-        (tmp_path / ".m.pt.lock").write_text(str(other.pid))
-        with pytest.raises(FileExistsError, match=f"process {other.pid}"), claim(tmp_path / "m.pt"):
+        _wait_for(tmp_path / "held")
+        with pytest.raises(FileExistsError, match=f"another run \\({other.pid}@"), claim(tmp_path / "m.pt"):
             pass
     finally:
         other.kill()
         other.wait()
-    with claim(tmp_path / "m.pt"):  # the holder is gone: its lock is taken over
-        assert (tmp_path / ".m.pt.lock").read_text() == str(os.getpid())
+    with claim(tmp_path / "m.pt"):  # killed: the kernel released its lock
+        assert (tmp_path / ".m.pt.lock").read_text().startswith(f"{os.getpid()}@")
     assert not (tmp_path / ".m.pt.lock").exists()
+
+
+def _wait_for(path: Path, seconds: float = 60) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if path.exists():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"{path} did not appear")
 
 
 def _dead_pid() -> int:
@@ -457,16 +501,18 @@ def _dead_pid() -> int:
 
 
 def test_partial_files_of_killed_runs_are_swept_and_live_ones_kept(tmp_path):
-    from tiled_unet.core.writing import write_tiff_atomic
+    from tiled_unet.core.writing import owner_tag, write_tiff_atomic
 
-    dead, alive = _dead_pid(), os.getppid()
+    host = owner_tag().partition("@")[2]
+    dead, alive = f"{_dead_pid()}@{host}", f"{os.getppid()}@{host}"
     (tmp_path / f".x.tif.{dead}.ab12.tif").write_bytes(b"partial")
     (tmp_path / f".x.tif.{dead}.cd34.tmp").mkdir()
-    (tmp_path / f".x.tif.{alive}.ef56.tif").write_bytes(b"someone is writing")
-    (tmp_path / ".x.tif.notes").write_text("the user's")
+    keep = [f".x.tif.{alive}.ef56.tif", f".x.tif.{dead.split('@')[0]}@other-host.aa.tif", ".x.tif.notes"]
+    keep.append(f".x.tif.7.{dead}.bb.tif")  # a temporary file of "x.tif.7", not of "x.tif"
+    for name in keep:
+        (tmp_path / name).write_text("someone else's")
     write_tiff_atomic(tmp_path / "x.tif", np.zeros((4, 4), np.uint8))
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted([".x.tif.notes", f".x.tif.{alive}.ef56.tif", "x.tif"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*keep, "x.tif"])
 
 
 def test_result_folders_of_killed_sessions_are_swept(tmp_path, monkeypatch):
@@ -474,11 +520,13 @@ def test_result_folders_of_killed_sessions_are_swept(tmp_path, monkeypatch):
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     monkeypatch.setattr(LY, "_CACHE_DIR", None)
-    stale = tmp_path / f".tiled-unet-results.{_dead_pid()}.x1"
+    from tiled_unet.core.writing import owner_tag
+
+    stale = tmp_path / f".tiled-unet-results.{_dead_pid()}@{owner_tag().partition('@')[2]}.x1"
     stale.mkdir()
     (stale / "run-1").mkdir()
     mine = LY.result_cache_dir()
-    assert not stale.exists() and mine.is_dir() and f".{os.getpid()}." in mine.name
+    assert not stale.exists() and mine.is_dir() and f".{os.getpid()}@" in mine.name
 
 
 def test_sigterm_removes_the_partial_file_and_exits_143(tmp_path):
@@ -498,10 +546,7 @@ def test_sigterm_removes_the_partial_file_and_exits_143(tmp_path):
         raise SystemExit(_run(argparse.Namespace(func=work)))
     """)
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
-    for _ in range(600):
-        if (tmp_path / "started").exists():
-            break
-        time.sleep(0.05)
+    _wait_for(tmp_path / "started")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "terminated" in err

@@ -97,7 +97,7 @@ def test_inference_mode_does_not_leak_to_the_consumer_and_training_flag_is_resto
         ((40, 50, 4), None, 3, "semantic", (40, 50)),
         ((2, 40, 50, 3), None, 3, "instances", (2, 40, 50)),
         ((2, 40, 50), "CYX", 2, "probabilities", (3, 40, 50)),
-        ((40, 2, 50), "YZX", 1, "instances", (40, 2, 50)),  # the input's own axis order
+        ((40, 2, 50), "YZX", 1, "instances", (2, 40, 50)),  # planes first
         ((50, 40), "XY", 1, "instances", (50, 40)),
     ],
 )

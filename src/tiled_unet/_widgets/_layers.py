@@ -222,11 +222,11 @@ def result_cache_dir() -> Path:
 
     global _CACHE_DIR
     if _CACHE_DIR is None or not os.path.isdir(_CACHE_DIR):
-        from tiled_unet.core.writing import sweep_partial
+        from tiled_unet.core.writing import owner_tag, sweep_partial
 
         # folders of sessions that were killed before they could remove theirs
         sweep_partial(Path(tempfile.gettempdir(), "tiled-unet-results"))
-        _CACHE_DIR = tempfile.mkdtemp(prefix=f".tiled-unet-results.{os.getpid()}.")
+        _CACHE_DIR = tempfile.mkdtemp(prefix=f".tiled-unet-results.{owner_tag()}.")
         atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
     return Path(_CACHE_DIR)
 

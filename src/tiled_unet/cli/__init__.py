@@ -100,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # e.g. `tiled-unet models | head -1`
         return 0
     finally:
-        if in_main:
+        if in_main and previous is not None:  # None: the handler was set outside Python
             signal.signal(signal.SIGTERM, previous)
 
 

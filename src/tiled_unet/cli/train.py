@@ -19,8 +19,8 @@ atomically at the end; an interrupted run leaves its state (``--resume`` goes on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -29,6 +29,7 @@ from typing import Any
 
 from ._args import non_negative_float, positive_float, positive_int
 from ._bars import drain_steps
+from ._rescue import rescue
 from ._start import add_start_options, starting_point
 
 PROG = "tiled-unet"
@@ -295,8 +296,6 @@ def run(args: argparse.Namespace, *, hooks: Any = None) -> int:
     ``hooks`` (:class:`tiled_unet.core.train.TrainHooks`) changes the loss, the targets or adds
     callbacks, for experiments that reuse this command (``scripts/experiments``).
     """
-    from tiled_unet.core.checkpoint import CheckpointError, save_checkpoint
-    from tiled_unet.core.resume import state_path_for
     from tiled_unet.core.writing import claim
 
     out = Path(args.out)
@@ -306,15 +305,28 @@ def run(args: argparse.Namespace, *, hooks: Any = None) -> int:
     if (args.val_images is None) != (args.val_labels is None):
         _error("give both --val-images and --val-labels, or neither")
         return 2
+    with contextlib.ExitStack() as held:
+        try:  # a second run to the same --out is refused now, not after training
+            held.enter_context(claim(out))
+        except FileExistsError as exc:
+            _error(str(exc))
+            return 2
+        return _train_and_save(args, hooks, out)
+
+
+def _train_and_save(args: argparse.Namespace, hooks: Any, out: Path) -> int:
+    """Train, then write ``out`` (or rescue the model elsewhere); ``out`` is claimed."""
+    from tiled_unet.core.checkpoint import CheckpointError, save_checkpoint
+    from tiled_unet.core.resume import state_path_for
+
     state = state_path_for(out)
     if state.exists() and not args.resume:
         _error(f"{state}: an interrupted run of {out}; --resume goes on with it, or remove it to start again")
         return 2
     try:
-        with claim(out):  # a second run to the same --out is refused now, not after training
-            gen, settings, painted = _training(args, hooks)
-            ckpt = drain_steps(gen, settings.steps, args.no_progress)
-    except (ValueError, CheckpointError, FileNotFoundError, FileExistsError, FloatingPointError) as exc:
+        gen, settings, painted = _training(args, hooks)
+        ckpt = drain_steps(gen, settings.steps, args.no_progress)
+    except (ValueError, CheckpointError, FileNotFoundError, FloatingPointError) as exc:
         _error(str(exc).strip().splitlines()[0])
         return 2
     except KeyboardInterrupt:
@@ -338,30 +350,10 @@ def run(args: argparse.Namespace, *, hooks: Any = None) -> int:
     try:
         save_checkpoint(ckpt, out, overwrite=args.overwrite, half=args.half)
     except OSError as exc:  # disk full, read-only, written meanwhile: the model is not lost
-        return _rescue(ckpt, out, exc, args.half)
+        return rescue(ckpt, out, exc, args.half)
     state.unlink(missing_ok=True)  # the model is written: its run is over
     sys.stderr.write(f"{PROG}: wrote {out} ({ckpt.provenance['steps']} steps)\n")
     return 0
-
-
-def _rescue(ckpt: Any, out: Path, exc: OSError, half: bool) -> int:
-    """Save a trained model that could not be written to ``out`` elsewhere, and say where."""
-    import time
-
-    from tiled_unet.core.checkpoint import save_checkpoint
-    from tiled_unet.core.writing import rescue_dirs
-
-    why = exc.strerror or str(exc).split(": ")[-1] or type(exc).__name__
-    name = f"{out.stem}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.pt"
-    for folder in rescue_dirs():
-        try:
-            saved = save_checkpoint(ckpt, folder / name, half=half)
-        except OSError:
-            continue
-        _error(f"{out}: could not be written ({why}); the trained model is saved as {saved}: move it there")
-        return 1
-    _error(f"{out}: could not be written ({why}), nor in {', '.join(map(str, rescue_dirs()))}; model lost")
-    return 1
 
 
 def main(argv: Sequence[str] | None = None, *, hooks: Any = None) -> int:

@@ -51,6 +51,7 @@ from .progress import Progress, drain
 from .sizing import image_size_iter
 from .tasks import client, run_tasks
 from .tiling import tile_step
+from .writing import replace_dir, temp_sibling
 
 __all__ = [
     "DEFAULT_BLOCK",
@@ -166,8 +167,6 @@ def _open_output(
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
-        from .writing import temp_sibling
-
         tmp = temp_sibling(path, ".tmp", directory=True)
         array = zarr.create_array(store=str(tmp), shape=shape, chunks=chunks, dtype=dtype, overwrite=True)
         return array, tmp, path
@@ -355,6 +354,8 @@ def segment_blockwise_iter(
     planes, used_axes, choice = planes_for(
         _as_array(image), axes=axes, in_channels=config.in_channels, channel=options.channel
     )
+    if used_axes.index("X") < used_axes.index("Y"):
+        raise ValueError(f"axes {used_axes}: block-wise results are written Y before X; store it as ...YX")
     stack = has_plane_axis(used_axes)
     run = _Run(planes, stack, options, margin, n_workers)
     shape, chunks, dtype = _layout(
@@ -388,8 +389,6 @@ def segment_blockwise_iter(
     if tmp is None:
         return array
     import zarr
-
-    from .writing import replace_dir
 
     replace_dir(tmp, final, overwrite=overwrite)
     return zarr.open_array(str(final), mode="r")

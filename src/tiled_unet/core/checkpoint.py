@@ -43,8 +43,9 @@ FORMAT_VERSION = 1
 
 def _below_plateau(values: np.ndarray, lo: float, hi: float, high: float) -> float:
     """``hi``, or the high percentile without the maximum's pixels if those are an isolated
-    plateau: at most 1 % of the pixels, reached by the high percentile, with nothing between it
-    and halfway down to the rest (a hot or clipped block, not objects whose edges fade out)."""
+    plateau: at most 1 % of the ``(Y, X)`` pixels in at most 3 connected blocks, reached by the
+    high percentile, with nothing between it and halfway down to the rest (a hot or clipped
+    block or stripe; not saturated objects, which are many or fade out at their edges)."""
     top = float(values.max())
     at_top = values >= top
     n_top = int(at_top.sum())
@@ -53,8 +54,12 @@ def _below_plateau(values: np.ndarray, lo: float, hi: float, high: float) -> flo
         return hi
     below = float(np.percentile(rest, high))
     between = int((rest > below + 0.5 * (top - below)).sum())
-    isolated = between <= 0.05 * n_top and top - lo > 4 * (below - lo) and below > lo
-    return below if isolated else hi
+    if between > 0.05 * n_top or not (top - lo > 4 * (below - lo) and below > lo):
+        return hi
+    from scipy import ndimage as ndi
+
+    _, n_blocks = ndi.label(at_top)
+    return below if n_blocks <= 3 else hi
 
 
 class CheckpointError(ValueError):
@@ -106,8 +111,8 @@ class Normalization:
             return np.full(c, self.low, np.float64), np.full(c, self.high, np.float64)
         n = int(np.prod(image.shape[1:]))
         step = max(1, int(np.ceil(np.sqrt(n / max_samples))))
-        sample = np.asarray(image[:, ::step, ::step], dtype=np.float32).reshape(c, -1)
-        lo, hi = np.percentile(sample, [self.low, self.high], axis=1).astype(np.float64)
+        sample = np.asarray(image[:, ::step, ::step], dtype=np.float32)
+        lo, hi = np.percentile(sample.reshape(c, -1), [self.low, self.high], axis=1).astype(np.float64)
         for k in range(c):
             hi[k] = _below_plateau(sample[k], float(lo[k]), float(hi[k]), self.high)
         return lo, hi

@@ -58,15 +58,14 @@ def dense_kind(labels: np.ndarray, mode: TargetMode) -> AnnotationKind:
     return "binary" if len(values) <= 2 else "instance"
 
 
-def check_objects(items: Sequence[TrainingImage], *, sparse: bool) -> None:
+def check_objects(items: Sequence[TrainingImage], *, sparse: bool, instance_model: bool) -> None:
     """Refuse training data without a single object: it would train a model that finds nothing.
 
-    Raises
-    ------
-    ValueError
-        One line: every dense label image is 0, or only background (1) is painted.
+    ``ValueError`` (one line) if every dense label image is 0, or only background (1) is
+    painted for an instance model; sparse labels of a semantic model may paint only
+    background corrections (the base model's prediction supplies the rest).
     """
-    if any(np.any(it.targets.instances > 0) for it in items):
+    if (sparse and not instance_model) or any(np.any(it.targets.instances > 0) for it in items):
         return
     if sparse:
         raise ValueError(
@@ -309,8 +308,11 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
     """
     from .imageio import read_image
 
-    return np.asarray(read_image(path))
+    return np.asarray(read_image(path, bytes_per_pixel=_TRAINING_BYTES_PER_PIXEL))
 
+
+#: Memory a training image holds per pixel: the image, its normalised copy, targets and weights.
+_TRAINING_BYTES_PER_PIXEL = 24
 
 # --------------------------------------------------------------------------- batches, in parallel
 

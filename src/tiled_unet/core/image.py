@@ -296,10 +296,10 @@ def from_planes(result: np.ndarray, axes: str, spatial_shape: Sequence[int]) -> 
     Returns
     -------
     numpy array
-        In the image's own axis order without its channel axis (:func:`result_axes`):
-        ``(Y, X)`` or ``(P, Y, X)`` labels, ``(K, Y, X)`` or ``(P, K, Y, X)`` maps for the
-        usual layouts, ``(X, Y)`` for an image given as ``XY``. The plane axis is dropped
-        only if the image had none.
+        Planes first, no channel axis for labels: ``(Y, X)`` or ``(P, Y, X)`` labels;
+        ``(K, Y, X)`` or ``(P, K, Y, X)`` maps; Y and X in the image's own order
+        (:func:`result_axes`: ``(X, Y)`` for an image given as ``XY``). The plane axis is
+        dropped only if the image had none.
     """
     result = np.asarray(result)
     if result.ndim not in (3, 4):
@@ -314,20 +314,16 @@ def from_planes(result: np.ndarray, axes: str, spatial_shape: Sequence[int]) -> 
         if result.shape[0] != 1:
             raise ValueError(f"{result.shape[0]} planes of results for an image without a plane axis")
         result = result[0]
-    maps = result.ndim == (4 if plane else 3)
-    here = ("P" if plane else "") + ("C" if maps else "") + "YX"
-    wanted = result_axes(axes, maps=maps).replace("Z", "P").replace("T", "P")
-    if wanted == here:
-        return result
-    return np.ascontiguousarray(result.transpose([here.index(a) for a in wanted]))
+    if result_axes(axes, maps=False).endswith("XY"):  # the image was given X before Y
+        return np.ascontiguousarray(np.swapaxes(result, -1, -2))
+    return result
 
 
 def result_axes(axes: str, *, maps: bool) -> str:
-    """Axis letters of a result for an image with ``axes``: the image's own order without its
-    channel axis, so ``XY`` in gives ``XY`` out; per-class maps (``maps``) have their class
-    axis ``C`` after the plane axis or, without one, first (``ZYX`` -> ``ZCYX``, ``YX`` -> ``CYX``)."""
-    letters = "".join(a for a in axes.upper() if a != "C")
-    if not maps:
-        return letters
-    at = next((i + 1 for i, a in enumerate(letters) if a in PLANE_AXES), 0)
-    return letters[:at] + "C" + letters[at:]
+    """Axis letters of a result for an image with ``axes``: its plane axis first (if any), the
+    class axis ``C`` of per-class ``maps`` next, then Y and X in the image's own order, so
+    ``XY`` in gives ``XY`` out (``ZYX`` -> ``ZYX`` labels, ``ZCYX`` maps; ``YX`` -> ``CYX``)."""
+    letters = axes.upper()
+    plane = next((a for a in letters if a in PLANE_AXES), "")
+    spatial = "".join(a for a in letters if a in "YX")
+    return plane + ("C" if maps else "") + spatial

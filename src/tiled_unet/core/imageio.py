@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from .resources import BYTES_PER_PIXEL
+
 log = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
@@ -78,7 +80,7 @@ def image_files(entries: Any, *, keep_missing: bool = False) -> list[Path]:
     return files
 
 
-def read_image(path: str | os.PathLike) -> Any:
+def read_image(path: str | os.PathLike, *, bytes_per_pixel: int | None = BYTES_PER_PIXEL) -> Any:
     """Read an image file into an array.
 
     Parameters
@@ -87,6 +89,10 @@ def read_image(path: str | os.PathLike) -> Any:
         A TIFF (``.tif``/``.tiff``), PNG, JPEG, BMP, GIF, ``.npy`` file, or a Zarr
         directory. For OME-Zarr the first (full-resolution) multiscale level is read and
         axes of size 1 other than Y and X are dropped (``(1, 1, 1, Y, X)`` -> ``(Y, X)``).
+    bytes_per_pixel : int or None
+        Memory the caller's work needs per pixel (default: whole-image segmentation); a file
+        whose header promises more than the machine has is refused before it is decoded.
+        None: no check.
 
     Returns
     -------
@@ -97,7 +103,8 @@ def read_image(path: str | os.PathLike) -> Any:
     Raises
     ------
     ImageError
-        One line ``"<path>: <problem>"`` if the file is missing or cannot be decoded.
+        One line ``"<path>: <problem>"`` if the file is missing, cannot be decoded, or
+        would not fit in memory.
     """
     p = Path(path)
     if not p.exists():
@@ -118,12 +125,15 @@ def read_image(path: str | os.PathLike) -> Any:
             with tifffile.TiffFile(p) as tif:
                 if not tif.series:
                     raise ImageError(f"{p}: cannot read image (damaged TIFF: no image data found)")
-                _check_decoded_size(p, tuple(tif.series[0].shape))
+                series = tif.series[0]
+                _check_decoded_size(p, tuple(series.shape), bytes_per_pixel, series.axes)
                 return tif.asarray()
         if suffix == ".npy":
-            _check_decoded_size(p, tuple(np.load(p, mmap_mode="r", allow_pickle=False).shape))
+            _check_decoded_size(
+                p, tuple(np.load(p, mmap_mode="r", allow_pickle=False).shape), bytes_per_pixel
+            )
             return np.load(p, allow_pickle=False)
-        _check_decoded_size(p, _header_shape(p))
+        _check_decoded_size(p, _header_shape(p), bytes_per_pixel)
         import imageio.v3 as iio
 
         return _drop_grey_alpha(p, iio.imread(p))
@@ -150,10 +160,19 @@ def _header_shape(path: Path) -> tuple[int, ...]:
         return ()
 
 
-def _check_decoded_size(path: Path, shape: tuple[int, ...]) -> None:
+def _check_decoded_size(
+    path: Path, shape: tuple[int, ...], bytes_per_pixel: int | None, axes: str | None = None
+) -> None:
+    """Refuse to decode an image whose work would not fit in memory (channels not counted)."""
     from .resources import image_memory_problem
 
-    if shape and (problem := image_memory_problem(shape)) is not None:
+    if not shape or bytes_per_pixel is None:
+        return
+    if axes is None or len(axes) != len(shape):  # no names: a short last axis is colour
+        axes = "?" * (len(shape) - 1) + ("C" if len(shape) > 2 and shape[-1] <= 4 else "?")
+    pixels = int(np.prod([n for n, a in zip(shape, axes, strict=True) if a.upper() not in "CS"]))
+    dims = "x".join(str(int(n)) for n in shape)
+    if (problem := image_memory_problem(pixels, dims, bytes_per_pixel)) is not None:
         raise ImageError(f"{path}: {problem}")
 
 

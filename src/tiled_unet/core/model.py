@@ -67,8 +67,8 @@ class UNetConfig:
     dropout: float = 0.5
 
     def __post_init__(self) -> None:
-        _whole("in_channels", self.in_channels, 1, 64)
-        _whole("n_classes", self.n_classes, 1, 256)
+        _whole("in_channels", self.in_channels, 1, 1024)
+        _whole("n_classes", self.n_classes, 1, 1024)
         _whole("depth", self.depth, 0, 8)
         _whole("base_features", self.base_features, 1, 1024)
         if self.padding not in ("valid", "same"):

@@ -46,21 +46,22 @@ def memory_problem(needed: int, what: str, advice: str) -> str | None:
     ``TILED_UNET_MEMORY`` (bytes) overrides the machine's available memory (tests, batch
     systems with their own limits).
     """
-    override = os.environ.get("TILED_UNET_MEMORY")
-    have = int(float(override)) if override else available_memory()
+    try:
+        have: int | None = int(float(os.environ["TILED_UNET_MEMORY"]))
+    except (KeyError, ValueError, OverflowError):  # unset or not a number: the machine's
+        have = available_memory()
     if have is None or needed <= _SHARE * have:
         return None
     return f"{what} needs about {gib(needed)} of memory, {gib(have)} available; {advice}"
 
 
-def image_memory_problem(shape: tuple[int, ...], channels_last: bool = False) -> str | None:
-    """Why an image of ``shape`` cannot be decoded and segmented whole here, or None."""
-    pixels = 1
-    for n in shape[:-1] if channels_last else shape:
-        pixels *= int(n)
-    dims = "x".join(str(int(n)) for n in shape)
+def image_memory_problem(
+    pixels: int, dims: str, bytes_per_pixel: int = BYTES_PER_PIXEL, what: str = "segmenting"
+) -> str | None:
+    """Why an image of ``pixels`` pixels (all planes, channels not counted; ``dims`` as text,
+    e.g. ``"11000x11000"``) cannot be read whole and worked on here, or None."""
     return memory_problem(
-        pixels * BYTES_PER_PIXEL,
-        f"segmenting the {dims} image in memory",
-        "convert it to TIFF or Zarr, which are segmented block by block",
+        int(pixels) * int(bytes_per_pixel),
+        f"{what} the {dims} image in memory",
+        "convert it to Zarr, which is read and segmented block by block",
     )

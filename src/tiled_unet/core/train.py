@@ -280,7 +280,7 @@ def train_iter(
     train_items = _prepare(
         setup, settings, hooks, images, labels, names, sparse=sparse, priors=priors, prior_weight=prior_weight
     )
-    check_objects(train_items, sparse=sparse)
+    check_objects(train_items, sparse=sparse, instance_model=setup.boundary_class >= 0)
     val_items: list[TrainingImage] = []
     if val_images is not None and val_labels is not None:
         vn = (

@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,16 +30,23 @@ import numpy as np
 from .imageio import is_dask
 
 
+def owner_tag() -> str:
+    """``<pid>@<host>``: which process made a temporary file or folder (host name sanitised)."""
+    host = re.sub(r"[^A-Za-z0-9_-]+", "-", socket.gethostname()) or "host"
+    return f"{os.getpid()}@{host}"
+
+
 def temp_sibling(path: str | os.PathLike, suffix: str = ".tmp", *, directory: bool = False) -> Path:
     """Create a new, empty temporary file (or ``directory``) beside ``path`` and return its path.
 
-    Its mode is what the umask gives a new file or folder (e.g. 0o644 / 0o755), unlike
-    ``tempfile.mkstemp`` (owner only). Stale siblings of dead processes are swept first.
+    It is named ``.<name>.<pid>@<host>.<random><suffix>``; its mode is what the umask gives a
+    new file or folder (e.g. 0o644 / 0o755), unlike ``tempfile.mkstemp`` (owner only). Stale
+    siblings of dead processes of this host are swept first.
     """
     path = Path(path)
     sweep_partial(path)
     for _ in range(100):
-        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}"
+        tmp = path.parent / f".{path.name}.{owner_tag()}.{secrets.token_hex(4)}{suffix}"
         try:
             if directory:
                 os.mkdir(tmp, 0o777)
@@ -50,6 +59,14 @@ def temp_sibling(path: str | os.PathLike, suffix: str = ".tmp", *, directory: bo
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (True when it cannot be told)."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
+        try:
+            import psutil
+
+            return bool(psutil.pid_exists(pid))
+        except Exception:
+            return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -59,11 +76,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep_partial(path: str | os.PathLike) -> list[Path]:
-    """Remove what killed runs left while writing ``path``: ``.<name>.<pid>.*`` of dead processes.
+def _dead_owner(tag: str) -> bool:
+    """Whether ``<pid>@<host>`` names a process of this host that is gone."""
+    pid_text, _, host = tag.partition("@")
+    mine = owner_tag()
+    if not pid_text.isdigit() or host != mine.partition("@")[2] or tag == mine:
+        return False  # not ours to judge (another host), or this very process
+    return not _pid_alive(int(pid_text))
 
-    Returns the removed paths. Anything else (other names, live processes, files the user
-    made) is left alone.
+
+def sweep_partial(path: str | os.PathLike) -> list[Path]:
+    """Remove what killed runs left while writing ``path``: ``.<name>.<pid>@<host>.*`` of dead
+    processes of this host.
+
+    Returns the removed paths. Anything else (other names, live processes, other hosts sharing
+    the folder, files the user made) is left alone.
     """
     path = Path(path)
     prefix = f".{path.name}."
@@ -73,10 +100,7 @@ def sweep_partial(path: str | os.PathLike) -> list[Path]:
     except OSError:
         return removed
     for entry in entries:
-        if not entry.name.startswith(prefix):
-            continue
-        pid_text = entry.name[len(prefix) :].split(".", 1)[0]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+        if not entry.name.startswith(prefix) or not _dead_owner(entry.name[len(prefix) :].split(".", 1)[0]):
             continue
         with contextlib.suppress(OSError):
             if entry.is_dir() and not entry.is_symlink():
@@ -151,17 +175,20 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, suffix: str
 def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike, *, overwrite: bool = True) -> None:
     """Move the finished directory ``tmp`` to ``final``, replacing an old one only at the end.
 
-    Without ``overwrite`` ``final`` is claimed exclusively first (``FileExistsError`` if it
-    exists, e.g. made by a concurrent run; ``tmp`` is then removed).
+    Without ``overwrite`` an existing ``final`` (e.g. made by a concurrent run meanwhile) is
+    never replaced: ``FileExistsError``, and ``tmp`` is removed.
     """
     tmp, final = Path(tmp), Path(final)
     if not overwrite:
         try:
-            os.mkdir(final, 0o777)
-        except FileExistsError:
+            if final.exists():
+                raise FileExistsError(final)
+            os.rename(tmp, final)  # fails if a folder with content appeared meanwhile
+        except OSError as exc:
+            if not (isinstance(exc, FileExistsError) or exc.errno in (errno.ENOTEMPTY, errno.EEXIST)):
+                raise
             shutil.rmtree(tmp, ignore_errors=True)
             raise _exists_error(final) from None
-        os.replace(tmp, final)  # onto the empty directory just made
         return
     if not final.exists():
         os.replace(tmp, final)
@@ -266,41 +293,53 @@ def write_zarr(
 def claim(path: str | os.PathLike) -> Iterator[None]:
     """Hold ``path`` for this process while it works towards writing it.
 
-    A lock file ``.<name>.lock`` beside ``path`` holds the process id; a lock left by a
-    process that is gone is taken over.
+    An exclusive ``flock`` on ``.<name>.lock`` beside ``path``, which names the holder
+    (``<pid>@<host>``); the kernel releases it when the process ends, however it ends, so a
+    lock is never stale. Where ``fcntl`` is missing (Windows) nothing is locked.
 
     Raises
     ------
     FileExistsError
-        If another live process holds ``path`` (the message names it), so that a second
-        run is refused at its start rather than after all its work.
+        If another process holds ``path`` (the message names it and the lock file), so that
+        a second run is refused at its start rather than after all its work.
     """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"
-    for _ in range(3):
+    while True:
+        fh = open(lock, "a+", encoding="ascii")  # noqa: SIM115 - held until the end of the block
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text(encoding="ascii").strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and _pid_alive(pid):
-                raise FileExistsError(
-                    f"{path}: another run (process {pid}) is writing it; wait for it or choose another name"
-                ) from None
-            lock.unlink(missing_ok=True)  # left by a run that is gone
-            continue
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(str(os.getpid()))
-        break
-    else:  # pragma: no cover - another process keeps re-creating it
-        raise FileExistsError(f"{path}: cannot take its lock file {lock}")
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise FileExistsError(
+                f"{path}: another run ({holder}) is writing it (lock {lock}); wait for it or choose "
+                "another name"
+            ) from None
+        try:
+            same = os.fstat(fh.fileno()).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        fh.close()  # the holder removed the file meanwhile: lock the new one
     try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(owner_tag())
+        fh.flush()
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            lock.unlink()  # still ours: the flock is held until here
+        fh.close()
 
 
 def rescue_dirs() -> list[Path]:
