@@ -140,6 +140,7 @@ class JobWidget(Container):
         self.device_combo = ComboBox(
             label="Device", choices=self._device_choices, tooltip="auto: a GPU if there is one, else the CPU"
         )
+        self._prefer_device()
         self.run_button = PushButton(text=run_text)
         self.run_button.changed.connect(lambda _value: self.run())
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -214,8 +215,17 @@ class JobWidget(Container):
             return
         self._devices = list(devices)
         self.device_combo.reset_choices()
+        self._prefer_device()
         self.warm = True
         self._on_warm()
+
+    def _prefer_device(self) -> None:
+        """Choose the device of the plugin's preferences once it is listed (and not yet changed)."""
+        from ._preferences import preference
+
+        wanted = preference("device")
+        if wanted in self.device_combo.choices and self.device_combo.value == "auto":
+            self.device_combo.value = wanted
 
     def _on_warm(self) -> None:
         """Torch is loaded: fill what needs it (subclasses)."""

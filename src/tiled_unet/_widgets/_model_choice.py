@@ -59,7 +59,21 @@ class ModelComboBox(ComboBox):
         self.session.connect(self._on_session_model)
         self.native.activated.connect(self._on_activated)
         self.changed.connect(self._remember)
+        self._choose_preferred()
         self._before_dialog = self.current_choice
+
+    def _choose_preferred(self) -> None:
+        """Start with the model of the plugin's preferences: a built-in name, or a file, which
+        is listed without reading it (reading needs torch; a bad file is reported at Run)."""
+        from ._preferences import preference
+
+        wanted = preference("model")
+        labels = [self.native.itemText(k) for k in range(self.native.count())]
+        if wanted in labels:
+            self.refresh(select=wanted)
+        elif wanted.endswith(".pt") and Path(wanted).is_file():
+            self._files.append(str(Path(wanted).resolve()))
+            self.refresh(select=f"file: {Path(wanted).name}")
 
     def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
         from tiled_unet.core.catalog import builtin_models

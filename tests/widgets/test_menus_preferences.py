@@ -34,3 +34,21 @@ def test_samples_are_in_file_open_sample(make_napari_viewer):
         "Nuclei (fluorescence, DSB 2018)",
         "Nuclei with annotations (DSB 2018)",
     ]
+
+
+def test_preferences_choose_the_default_model_and_device(make_napari_viewer, checkpoint_file):
+    from napari.settings import get_plugin_settings
+
+    prefs = get_plugin_settings("napari-tiled-unet").defaults
+    assert (prefs.model, prefs.device) == ("nuclei", "auto")
+    viewer = make_napari_viewer()
+    try:
+        prefs.model, prefs.device = "em-membranes", "cpu"
+        _, seg = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment")
+        assert seg.model_combo.current_choice == "em-membranes" and seg.device_combo.value == "cpu"
+        prefs.model = str(checkpoint_file)  # a file is listed and chosen, read only at Run
+        _, fine = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
+        assert fine.model_combo.current_choice == f"file: {checkpoint_file.name}"
+        assert fine.device_combo.value == "cpu"
+    finally:
+        prefs.model, prefs.device = "nuclei", "auto"
