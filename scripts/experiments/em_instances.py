@@ -7,7 +7,7 @@ confident cell pixels. Scored against the annotation's cells (connected componen
 class) by the adapted Rand error, and by how many annotated cells are cut into two or more
 predicted pieces (each holding at least 10 % of the cell)::
 
-    python scripts/experiments/em_instances.py
+    python scripts/experiments/em_instances.py [--slices 20-24] [--model em-membranes]
 """
 
 from __future__ import annotations
@@ -59,19 +59,22 @@ def seeded_membrane_watershed(p_cell: np.ndarray, seed: float) -> np.ndarray:
 
 
 def main() -> None:
-    import sys
+    import argparse
 
     global SLICES
-    if len(sys.argv) > 2 and sys.argv[1] == "--slices":
-        a, b = (int(x) for x in sys.argv[2].split("-"))
-        SLICES = range(a, b + 1)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--slices", default="20-24")
+    parser.add_argument("--model", default="em-membranes", help="built-in name or .pt file")
+    args = parser.parse_args()
+    a, b = (int(x) for x in args.slices.split("-"))
+    SLICES = range(a, b + 1)
     rows = {"distance watershed (before)": [], "to_instances (now)": [], "membrane watershed, seeds 0.9": []}
     rows["membrane watershed, seeds 0.97"] = []
     rows["membrane watershed, seeds 0.8"] = []
     for k in SLICES:
         img = iio.imread(DATA / "images" / f"{k:02d}.png")
         true = label(iio.imread(DATA / "labels" / f"{k:02d}.png") > 0, connectivity=1)
-        probs = segment("em-membranes", img, output="probabilities", device="cpu")
+        probs = segment(args.model, img, output="probabilities", device="cpu")
         p = probs[1]
         preds = {
             "distance watershed (before)": distance_watershed(p),

@@ -66,6 +66,12 @@ def _devices() -> list[str]:
     return list(available_devices())
 
 
+#: What to do when torch cannot be imported (the plugin's first error in a bare environment).
+TORCH_HINT = (
+    "Install the PyTorch build for this machine (CPU-only, CUDA or Apple) with the command "
+    "PyTorch's install page gives, in napari's environment, then restart napari."
+)
+
 #: Set once torch has been imported by a warm-up job (a half-imported torch is in sys.modules
 #: already, and touching it would wait for the import on the GUI thread).
 _TORCH_READY = threading.Event()
@@ -206,7 +212,7 @@ class JobWidget(Container):
             use_thread=True,
             on_yield=lambda _item: None,
             on_return=self._on_devices,
-            on_error=lambda exc: notify_error(f"Could not load torch: {exc}"),
+            on_error=lambda exc: notify_error(f"Could not load torch ({exc}). {TORCH_HINT}"),
             on_finish=lambda: None,
         )
 
