@@ -9,6 +9,7 @@ arguments and returns the exit code::
     tiled-unet models                                       list the built-in models
     tiled-unet train ...                                    train or fine-tune a model
     tiled-unet evaluate --model MODEL --images ... --labels ...   score a model on annotated images
+    tiled-unet export MODEL --bioimageio OUT.zip [--overwrite]    write a bioimage.io model package
 
 Exit codes: 0 success, 1 some inputs failed, 2 bad usage or unusable model, 130 interrupted,
 143 terminated (SIGTERM; partial files are removed as on Ctrl+C).
@@ -31,7 +32,7 @@ from tiled_unet import __version__
 
 PROG = "tiled-unet"
 #: Subcommand modules, in the order of ``--help``; ``train`` is optional (registered if present).
-SUBCOMMANDS = ("predict", "info", "models", "train", "evaluate")
+SUBCOMMANDS = ("predict", "info", "models", "train", "evaluate", "export")
 
 log = logging.getLogger("tiled_unet.cli")
 
