@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     except FileExistsError:
         error(f"{out} exists (use --overwrite to replace it)")
         return 2
-    except (CheckpointError, ValueError, OSError) as exc:
+    except (CheckpointError, ValueError, OSError, RuntimeError) as exc:
         error(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         return 2
     sys.stdout.write(f"wrote {out}\n")

@@ -102,12 +102,38 @@ def _sample_cyx(sample: np.ndarray | None, in_channels: int) -> np.ndarray:
     return image
 
 
-def make_test_tensors(checkpoint: Any, sample: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A test input ``(1, C, S, S)`` float32 cut from ``sample`` at a valid size ``S``, and the
-    probabilities :func:`~tiled_unet.core.predict.predict_probabilities` gives for it, cropped to
-    what the network outputs for that input (``(1, n_classes, S', S')``)."""
+def reference_probabilities(checkpoint: Any, image_cyx: np.ndarray) -> np.ndarray:
+    """What tiled-unet predicts for the output region of a network input: the probabilities
+    :func:`~tiled_unet.core.predict.predict_probabilities` gives for the pixels a valid-padding
+    network outputs for the raw ``(C, S, S)`` input ``image_cyx`` (``S`` a valid size).
+
+    The image is normalised with its own statistics (as the package's preprocessing does), and
+    mirrored by a few pixels at the top and left so that our tiles have the pooling phase of the
+    network applied to ``image_cyx`` (the valid U-Net is translation-equivariant only in steps of
+    ``2 ** depth``, and our tiles start ``halo`` pixels before the image).
+
+    Returns
+    -------
+    ndarray, shape (1, n_classes, S', S'), float32
+    """
     from .predict import predict_probabilities
 
+    config = checkpoint.config
+    image = np.asarray(image_cyx, dtype=np.float32)
+    step, h = 2**config.depth, halo(config) if config.padding == "valid" else 0
+    a = (-h) % step
+    plane = np.pad(image, ((0, 0), (a, 0), (a, 0)), mode="reflect") if a else image
+    lo, hi = checkpoint.normalization.stats(image)
+    probs = predict_probabilities(
+        checkpoint.build_model(), checkpoint.normalization.apply(plane, lo, hi), amp=False
+    )
+    ny, nx = (output_size(n, config) for n in image.shape[1:])
+    return np.ascontiguousarray(probs[None, :, a + h : a + h + ny, a + h : a + h + nx], dtype=np.float32)
+
+
+def make_test_tensors(checkpoint: Any, sample: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A test input ``(1, C, S, S)`` float32 cut from ``sample`` at a valid size ``S``, and what we
+    predict for it (:func:`reference_probabilities`, ``(1, n_classes, S', S')``)."""
     config = checkpoint.config
     image = _sample_cyx(sample, config.in_channels)
     size = _test_size(config, min(image.shape[1:]))
@@ -115,10 +141,7 @@ def make_test_tensors(checkpoint: Any, sample: np.ndarray | None = None) -> tupl
         raise ValueError(f"the sample must be at least {size} x {size} pixels, got {image.shape[1:]}")
     y0, x0 = ((n - size) // 2 for n in image.shape[1:])
     crop = np.ascontiguousarray(image[:, y0 : y0 + size, x0 : x0 + size], dtype=np.float32)
-    probs = predict_probabilities(checkpoint.build_model(), checkpoint.normalization(crop), amp=False)
-    m = (size - output_size(size, config)) // 2
-    probs = probs[:, m : size - m, m : size - m]
-    return crop[None], np.ascontiguousarray(probs[None], dtype=np.float32)
+    return crop[None], reference_probabilities(checkpoint, crop)
 
 
 def _cover(test_input: np.ndarray, test_output: np.ndarray, path: Path) -> None:
@@ -216,7 +239,9 @@ def _tensors(checkpoint: Any, test_in: Path, test_out: Path) -> tuple[Any, Any]:
         description="softmax probability of each class",
         axes=[
             bio.BatchAxis(),
-            bio.ChannelAxis(channel_names=[_channel_name(n, i) for i, n in enumerate(checkpoint.class_names)]),
+            bio.ChannelAxis(
+                channel_names=[_channel_name(n, i) for i, n in enumerate(checkpoint.class_names)]
+            ),
             space("y"),
             space("x"),
         ],
@@ -245,6 +270,7 @@ def _weights(checkpoint: Any, folder: Path, example: torch.Tensor) -> Any:
     with torch.no_grad(), warnings.catch_warnings():
         # the size checks in UNet.forward are Python and not traced: _check_traced tests the sizes
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 deprecates TorchScript
         traced = torch.jit.trace(net, example, check_trace=False)
         _check_traced(net, traced, example)
     script_path = folder / "weights_torchscript.pt"
@@ -266,7 +292,7 @@ def _weights(checkpoint: Any, folder: Path, example: torch.Tensor) -> Any:
 def _check_traced(net: torch.nn.Module, traced: torch.nn.Module, example: torch.Tensor) -> None:
     """Raise if the traced network differs from the network at the example's size or one step larger
     (a trace that froze the sizes)."""
-    step = 2 ** net.config.depth
+    step = 2**net.config.depth
     bigger = torch.rand(1, example.shape[1], example.shape[2] + step, example.shape[3] + 2 * step)
     for x in (example, bigger):
         if not torch.allclose(traced(x), net(x), atol=1e-5):
@@ -347,7 +373,15 @@ def export_bioimageio(model: Any, out_zip: str | os.PathLike, *, sample: np.ndar
 
     out = Path(out_zip)
     with tempfile.TemporaryDirectory(prefix="tiled-unet-bioimageio-") as tmp:
-        descr = build_description(model, Path(tmp), sample=sample)
+        try:
+            descr = build_description(model, Path(tmp), sample=sample)
+        except ValueError as exc:  # pydantic's ValidationError
+            if "index_key" in str(exc):
+                raise RuntimeError(
+                    "this bioimageio.spec cannot write packages with pydantic >= 2.14: "
+                    "pip install 'pydantic<2.14'"
+                ) from None
+            raise
         summary = descr.validation_summary
         if summary.status == "failed":
             raise ValueError(f"invalid bioimage.io description: {_first_errors(summary)}")
