@@ -7,10 +7,9 @@ U-Net citation. The description is built with the ``bioimageio.spec`` classes (a
 dependency: ``pip install napari-tiled-unet[bioimageio]``); this module imports them only when
 exporting, so :class:`SoftmaxUNet` (the architecture the state-dict weights name) needs only torch.
 
-Sizes: a valid-padding U-Net already crops its halo, so the output axes are the input axes
-minus ``2 * halo`` (a :class:`SizeReference` offset, as the spec asks for a halo the model
-crops itself); a same-padding one declares its halo as ``SpaceOutputAxisWithHalo``, the
-margin to crop between tiles.
+Sizes: a valid-padding U-Net crops its halo itself, so its output axes are the input axes minus
+``2 * halo`` (a ``SizeReference`` offset); a same-padding one declares the margin to crop between
+tiles as ``SpaceOutputAxisWithHalo``.
 """
 
 from __future__ import annotations
