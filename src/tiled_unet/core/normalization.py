@@ -32,7 +32,6 @@ def _below_plateau(values: np.ndarray, lo: float, hi: float, high: float) -> flo
     return below if n_blocks <= 3 else hi
 
 
-
 @dataclass(frozen=True)
 class Normalization:
     """How raw pixel values are scaled before they enter the network.
