@@ -118,7 +118,8 @@ class ModelComboBox(ComboBox):
             self.changed.emit(self.value)
 
     def load_file(self, path: str | None = None) -> bool:
-        """Add a checkpoint file to the list and choose it (a file dialog if no ``path``).
+        """Add a checkpoint file or a bioimage.io package (zip, ``rdf.yaml``) to the list and
+        choose it (a file dialog if no ``path``).
 
         Returns
         -------
@@ -127,17 +128,20 @@ class ModelComboBox(ComboBox):
         """
         from qtpy.QtWidgets import QFileDialog
 
-        from tiled_unet.core.checkpoint import CheckpointError, load_checkpoint
+        from tiled_unet.core.checkpoint import CheckpointError, resolve_model
 
         if path is None:
             path, _ = QFileDialog.getOpenFileName(
-                self.native, "Load a U-Net checkpoint", "", "Checkpoints (*.pt)"
+                self.native,
+                "Load a U-Net checkpoint or a bioimage.io model",
+                "",
+                "Models (*.pt *.zip *.yaml);;Checkpoints (*.pt);;bioimage.io models (*.zip *.yaml)",
             )
             if not path:
                 self.refresh(select=self._before_dialog)
                 return False
         try:
-            load_checkpoint(path)
+            resolve_model(path)
         except CheckpointError as exc:
             notify_error(str(exc))
             self.refresh(select=self._before_dialog)

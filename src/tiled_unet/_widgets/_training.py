@@ -107,13 +107,13 @@ def finetune_job(
     run goes through :func:`tiled_unet.core.finetune.finetune_iter` (prior on unannotated pixels,
     held-back check); from scratch it trains on the paint alone. Returns None if cancelled.
     """
-    from tiled_unet.core.checkpoint import now_iso, resolve_model
+    from tiled_unet.core.checkpoint import now_iso, trainable_model
     from tiled_unet.core.finetune import finetune_iter, stage
     from tiled_unet.core.model import UNetConfig
     from tiled_unet.core.train import train_iter
 
     start = time.perf_counter()
-    base = resolve_model(request.base_model) if request.base_model is not None else None
+    base = trainable_model(request.base_model) if request.base_model is not None else None
     settings = request.settings(base.config if base is not None else UNetConfig(n_classes=3))
     common = {"images": data.images, "labels": data.labels, "settings": settings, "cancel": cancel}
     common["names"] = list(data.sources)

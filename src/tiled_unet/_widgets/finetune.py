@@ -190,9 +190,9 @@ class FinetuneWidget(JobWidget):
         request = self.request()
         if request.base_model is not None:
             # read the base model once: its channels shape the data, and the job trains it
-            from tiled_unet.core.checkpoint import resolve_model
+            from tiled_unet.core.checkpoint import trainable_model
 
-            request = dataclasses.replace(request, base_model=resolve_model(request.base_model))
+            request = dataclasses.replace(request, base_model=trainable_model(request.base_model))
         pairs = self.training_pairs()
         channels = model_channels(request.base_model)
         data: TrainingData = collect_training_data(pairs, in_channels=channels)

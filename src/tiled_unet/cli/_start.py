@@ -35,10 +35,10 @@ def add_start_options(parser: argparse.ArgumentParser) -> None:
 def starting_point(args: argparse.Namespace) -> tuple[Any, Any, bool]:
     """``(init, config, painted)``: the model to start from (widened and deepened if asked) or
     the architecture to train from scratch, and whether this is a fine-tune on sparse paint."""
-    from tiled_unet.core.checkpoint import resolve_model
+    from tiled_unet.core.checkpoint import trainable_model
     from tiled_unet.core.model import UNetConfig
 
-    init = resolve_model(args.init) if args.init else None
+    init = trainable_model(args.init) if args.init else None
     painted = init is not None and args.sparse
     for flag, asked in (("--widen", args.widen is not None), ("--deepen", args.deepen)):
         if asked and init is None:

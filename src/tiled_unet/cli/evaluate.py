@@ -32,7 +32,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", "-m", required=True, help="built-in model name or checkpoint file")
+    parser.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="built-in model name, checkpoint file (.pt) or bioimage.io package (.zip)",
+    )
     parser.add_argument("--images", nargs="+", required=True, help="image files or folders")
     parser.add_argument("--labels", nargs="+", required=True, help="label files or folders")
     parser.add_argument("--ids", help="text file of image stems to use (one per line), e.g. val.txt")

@@ -21,7 +21,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="describe a model: architecture, sizes, cost, classes, provenance",
         description="Describe MODEL (a built-in name or a checkpoint file).",
     )
-    parser.add_argument("model", metavar="MODEL", help="built-in model name or checkpoint file (.pt)")
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="built-in model name, checkpoint file (.pt) or bioimage.io package (.zip)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
     return parser
@@ -58,18 +62,25 @@ def describe(model: str) -> dict[str, Any]:
 
     ckpt = resolve_model(model)
     config = ckpt.config
-    pairs, rule = valid_sizes(config)
     builtin = model in builtin_models()
+    if ckpt.trainable:
+        pairs, rule = valid_sizes(config)
+        net = {
+            "parameters": count_parameters(UNet(config)),  # the count needs no weights
+            "valid_sizes": {"first": pairs, "rule": rule},
+            "halo": halo(config),
+            "receptive_field": receptive_field(config),
+            "flops_per_output_pixel": flops_per_output_pixel(config),
+        }
+    else:
+        net = _foreign_network(ckpt)
     return {
         "model": str(model),
         "builtin": builtin,
+        "trainable": ckpt.trainable,
         "config": config.to_dict(),
-        "parameters": count_parameters(UNet(config)),  # the count needs no weights
-        "valid_sizes": {"first": pairs, "rule": rule},
+        **net,
         "tile_sizes": valid_tile_sizes(config)[:N_SIZES],
-        "halo": halo(config),
-        "receptive_field": receptive_field(config),
-        "flops_per_output_pixel": flops_per_output_pixel(config),
         "classes": list(ckpt.class_names),
         "object_class": ckpt.object_class,
         "boundary_class": ckpt.boundary_class,
@@ -79,6 +90,46 @@ def describe(model: str) -> dict[str, Any]:
         "provenance": ckpt.provenance,
         "model_card": model_card(model) if builtin else "",
     }
+
+
+def _foreign_network(ckpt: Any) -> dict[str, Any]:
+    """What is known of an imported bioimage.io network (its architecture is its own)."""
+    from tiled_unet.core.tiling import tile_halo
+
+    net = ckpt.build_model()
+    lay = net.layout
+    if lay["fixed"] is not None:
+        rule = f"a fixed input of {lay['fixed']} px; tiles are padded to it"
+    else:
+        rule = f"input = {lay['min']} + {lay['step']} k (k >= 0); tiles are padded to the next one"
+    return {
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "valid_sizes": {"first": [], "rule": rule},
+        "halo": tile_halo(ckpt.config),
+        "receptive_field": None,
+        "flops_per_output_pixel": None,
+    }
+
+
+def _architecture_text(info: dict[str, Any]) -> str:
+    c = info["config"]
+    channels = (
+        f"{c['in_channels']} input channel{'s' if c['in_channels'] != 1 else ''}, {c['n_classes']} classes"
+    )
+    if not info["trainable"]:
+        return f"a bioimage.io network with its own architecture, {channels} (predicts; cannot be fine-tuned)"
+    return (
+        f"U-Net, depth {c['depth']}, {c['base_features']} base features, {c['padding']} padding, "
+        f"{channels}, batch norm {'on' if c['batch_norm'] else 'off'}, dropout {c['dropout']:g}"
+    )
+
+
+def _normalization_text(norm: dict[str, Any]) -> str:
+    if norm["mode"] == "percentile":
+        return f"percentiles {norm['low']:g} -> 0 and {norm['high']:g} -> 1, per image and channel"
+    if norm["mode"] == "meanstd":
+        return "mean -> 0 and standard deviation -> 1, per image and channel"
+    return f"fixed: {norm['low']:g} -> 0, {norm['high']:g} -> 1"
 
 
 def _class_label(info: dict[str, Any], index: int) -> str:
@@ -100,27 +151,26 @@ def _flops_text(flops: float) -> str:
 def format_text(info: dict[str, Any]) -> str:
     """Human-readable report of :func:`describe`."""
     c = info["config"]
-    norm = info["normalization"]
-    if norm["mode"] == "percentile":
-        norm_text = f"percentiles {norm['low']:g} -> 0 and {norm['high']:g} -> 1, per image and channel"
-    else:
-        norm_text = f"fixed: {norm['low']:g} -> 0, {norm['high']:g} -> 1"
-    sizes = ", ".join(f"{i}->{o}" for i, o in info["valid_sizes"]["first"])
+    first = info["valid_sizes"]["first"]
+    sizes = ", ".join(f"{i}->{o}" for i, o in first) + ", ... " if first else ""
     lines = [
         f"model            {info['model']}" + (" (built-in)" if info["builtin"] else ""),
-        f"architecture     U-Net, depth {c['depth']}, {c['base_features']} base features, "
-        f"{c['padding']} padding, {c['in_channels']} input channel{'s' if c['in_channels'] != 1 else ''}, "
-        f"{c['n_classes']} classes, batch norm {'on' if c['batch_norm'] else 'off'}, "
-        f"dropout {c['dropout']:g}",
+        f"architecture     {_architecture_text(info)}",
         f"parameters       {info['parameters']:,}",
-        f"valid sizes      {sizes}, ... ({info['valid_sizes']['rule']})",
+        f"valid sizes      {sizes}({info['valid_sizes']['rule']})",
         f"tile sizes       {', '.join(map(str, info['tile_sizes']))}, ... (usable --tile values, "
         f"from the smallest whose output covers one {2 ** c['depth']}-px step)",
         f"halo             {info['halo']} px per side",
-        f"receptive field  {info['receptive_field']} px",
-        f"cost             {_flops_text(info['flops_per_output_pixel'])} per output pixel (ideal: no halo)",
+    ]
+    if info["receptive_field"] is not None:
+        lines.append(f"receptive field  {info['receptive_field']} px")
+        lines.append(
+            f"cost             {_flops_text(info['flops_per_output_pixel'])} per output pixel "
+            "(ideal: no halo)"
+        )
+    lines += [
         "classes          " + "; ".join(_class_label(info, i) for i in range(len(info["classes"]))),
-        f"normalization    {norm_text}",
+        f"normalization    {_normalization_text(info['normalization'])}",
     ]
     if info["object_class"] >= 0:
         inst = info["instances"]

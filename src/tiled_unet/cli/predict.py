@@ -48,7 +48,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "images", nargs="+", metavar="IMAGE", help="image files, .zarr stores or folders of them"
     )
     parser.add_argument(
-        "--model", "-m", required=True, metavar="MODEL", help="built-in model name or checkpoint file (.pt)"
+        "--model",
+        "-m",
+        required=True,
+        metavar="MODEL",
+        help="built-in model name, checkpoint file (.pt) or bioimage.io package (.zip)",
     )
     parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created if needed)")
     parser.add_argument(

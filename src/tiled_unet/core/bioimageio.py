@@ -192,17 +192,17 @@ def _preprocessing(normalization: Any) -> list[Any]:
     """The normalisation as bioimage.io preprocessing steps."""
     from bioimageio.spec.model import v0_5 as bio
 
+    yx, low, high = [bio.AxisId("y"), bio.AxisId("x")], float(normalization.low), float(normalization.high)
     if normalization.mode == "percentile":
-        kwargs = bio.ScaleRangeKwargs(
-            axes=[bio.AxisId("y"), bio.AxisId("x")],
-            min_percentile=float(normalization.low),
-            max_percentile=float(normalization.high),
-            eps=1e-6,
+        kw = bio.ScaleRangeKwargs(axes=yx, min_percentile=low, max_percentile=high, eps=1e-6)
+        step = bio.ScaleRangeDescr(kwargs=kw)
+    elif normalization.mode == "meanstd":
+        step = bio.ZeroMeanUnitVarianceDescr(kwargs=bio.ZeroMeanUnitVarianceKwargs(axes=yx, eps=1e-6))
+    else:
+        step = bio.ScaleLinearDescr(
+            kwargs=bio.ScaleLinearKwargs(gain=1 / (high - low), offset=-low / (high - low))
         )
-        return [bio.EnsureDtypeDescr(kwargs={"dtype": "float32"}), bio.ScaleRangeDescr(kwargs=kwargs)]
-    low, high = float(normalization.low), float(normalization.high)
-    scale = bio.ScaleLinearKwargs(gain=1.0 / (high - low), offset=-low / (high - low))
-    return [bio.EnsureDtypeDescr(kwargs={"dtype": "float32"}), bio.ScaleLinearDescr(kwargs=scale)]
+    return [bio.EnsureDtypeDescr(kwargs={"dtype": "float32"}), step]
 
 
 def _tensors(checkpoint: Any, test_in: Path, test_out: Path) -> tuple[Any, Any]:
@@ -313,6 +313,7 @@ def build_description(model: Any, folder: Path, *, sample: np.ndarray | None = N
     """
     from bioimageio.spec.model import v0_5 as bio
 
+    from .bioimageio_import import CONFIG_KEY, tiled_unet_metadata
     from .checkpoint import resolve_model
 
     checkpoint = resolve_model(model)
@@ -342,6 +343,7 @@ def build_description(model: Any, folder: Path, *, sample: np.ndarray | None = N
         inputs=[inp],
         outputs=[out],
         weights=_weights(checkpoint, folder, example),
+        config=bio.Config(**{CONFIG_KEY: tiled_unet_metadata(checkpoint)}),  # read back on import
     )
 
 

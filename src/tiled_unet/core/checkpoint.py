@@ -26,7 +26,7 @@ import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -61,6 +61,9 @@ class Checkpoint:
     #: The object diameter (pixels) the model segments best, measured on its training data;
     #: None: the model has no object size (no rescaling, see :mod:`.sizing`).
     object_diameter: float | None = None
+    #: Whether the network is a tiled-unet U-Net that can be trained and saved (an imported
+    #: bioimage.io model with its own architecture is not: :mod:`.bioimageio_import`).
+    trainable: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.object_diameter is not None and not self.object_diameter > 0:
@@ -261,14 +264,17 @@ _LOADED_MAX = 4
 
 
 def _load_cached(path: Path) -> Checkpoint:
+    from .bioimageio_import import is_bioimageio_source, load_bioimageio
+
+    load = load_bioimageio if is_bioimageio_source(path) else load_checkpoint
     try:
         st = path.stat()
     except OSError:
-        return load_checkpoint(path)  # says what is wrong with the path
+        return load(path)  # says what is wrong with the path
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     ckpt = _LOADED.get(key)
     if ckpt is None:
-        ckpt = load_checkpoint(path)
+        ckpt = load(path)
         _LOADED[key] = ckpt
         while len(_LOADED) > _LOADED_MAX:
             del _LOADED[next(iter(_LOADED))]
@@ -276,7 +282,8 @@ def _load_cached(path: Path) -> Checkpoint:
 
 
 def resolve_model(model: str | os.PathLike | Checkpoint) -> Checkpoint:
-    """Load a model given as a built-in name (``nuclei``), a checkpoint path, or a Checkpoint.
+    """Load a model given as a built-in name (``nuclei``), a checkpoint path, a bioimage.io
+    package (zip, folder or ``rdf.yaml``, :mod:`.bioimageio_import`), or a Checkpoint.
 
     A file is read once while it is unchanged: asking again returns the same Checkpoint
     (treat it as read-only; :func:`dataclasses.replace` makes a changed copy).
@@ -293,6 +300,16 @@ def resolve_model(model: str | os.PathLike | Checkpoint) -> Checkpoint:
             names = ", ".join(builtin_models()) or "none installed"
             raise CheckpointError(f"{text}: no built-in model or file of that name (built-in: {names})")
     return _load_cached(Path(text))
+
+
+def trainable_model(model: str | os.PathLike | Checkpoint) -> Checkpoint:
+    """:func:`resolve_model`, refusing in one line a model that cannot be trained here."""
+    ckpt = resolve_model(model)
+    if not ckpt.trainable:
+        from .foreign import not_trainable
+
+        raise CheckpointError(not_trainable(str(model)))
+    return ckpt
 
 
 def network_on(model: Any, device: torch.device | None) -> tuple[UNet, Checkpoint | None, torch.device]:

@@ -126,7 +126,9 @@ class Predictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.tile, self.batch_size, self.amp = tile, batch_size, bool(amp)
         self.tta = view_count(tta)  # views averaged: 1, 2 (180-degree rotation) or 8
-        self._cap: int | None = None  # largest automatic tile after an out-of-memory error
+        # largest automatic tile: after an out-of-memory error, or a fixed-size imported network's
+        fixed = getattr(self.config, "fixed_size", None)
+        self._cap: int | None = None if fixed is None else fixed // self.step * self.step
         self._ready = ckpt is not None  # ours alone: made ready once, for good
         if self._ready:
             self.model.eval()

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .channels import model_image
-from .checkpoint import Checkpoint, resolve_model
+from .checkpoint import Checkpoint, trainable_model
 from .holdback import (
     HOLD_BACK,
     MIN_OBJECTS_TO_CHECK,
@@ -254,7 +254,7 @@ def finetune_iter(
     from .train import train_iter
 
     start = time.perf_counter()
-    base_ckpt = resolve_model(base)
+    base_ckpt = trainable_model(base)
     names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} annotations")

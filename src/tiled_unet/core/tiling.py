@@ -46,12 +46,15 @@ def tile_halo(config: UNetConfig) -> int:
     """Context pixels each tile needs on each side.
 
     ``halo(config)`` for valid padding (92 at depth 4); for same padding
-    ``receptive_field // 2`` rounded up to a multiple of ``2 ** depth`` (96 at depth 4).
+    ``receptive_field // 2`` rounded up to a multiple of ``2 ** depth`` (96 at depth 4), or the
+    ``context`` an imported network declares (:class:`.foreign.ImportedConfig`), rounded up alike.
     """
     if config.padding == "valid":
         return model_halo(config)
     step = tile_step(config)
-    return math.ceil((receptive_field(config) // 2) / step) * step
+    context = getattr(config, "context", None)
+    need = receptive_field(config) // 2 if context is None else context
+    return math.ceil(need / step) * step
 
 
 def tile_input_size(out: int, config: UNetConfig) -> int:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, Normalization, cpu_state_dict, now_iso, resolve_model
+from .checkpoint import Checkpoint, Normalization, cpu_state_dict, now_iso, trainable_model
 from .data import BatchStream, PatchSampler, TrainingImage, check_objects, prepare_image
 from .devices import resolve_device
 from .model import UNetConfig, check_input_size, output_size
@@ -268,7 +268,7 @@ def train_iter(
     """
     _check_arguments(images, labels, val_images, val_labels, preview_every, priors, prior_weight)
     hooks = hooks or TrainHooks()
-    base = resolve_model(init) if init is not None else None
+    base = trainable_model(init) if init is not None else None
     # a fine-tuned model keeps its base's post-processing (tuned for that model's probabilities)
     setup = _Setup(
         *_class_setup(base, config, class_names), base.instances if base else InstanceSettings(), base
