@@ -9,12 +9,8 @@ import pytest
 
 pytest.importorskip("bioimageio.core", reason="bioimageio.core is not installed (extra 'bioimageio')")
 
-from tiled_unet.core.bioimageio import (  # noqa: E402
-    export_bioimageio,
-    first_valid_size,
-    reference_probabilities,
-    validate_package,
-)
+from tiled_unet.core.bioimageio import export_bioimageio, validate_package  # noqa: E402
+from tiled_unet.core.bioimageio_samples import first_valid_size, reference_probabilities  # noqa: E402
 
 
 def _nuclei(size: int) -> np.ndarray:

@@ -93,6 +93,53 @@ def test_save_never_overwrites_without_confirmation(
     assert ft.save_model(str(tmp_path / "named")) == tmp_path / "named.pt"  # suffix added
 
 
+def test_export_writes_a_bioimageio_package_in_the_background(
+    make_napari_viewer, qtbot, checkpoint_file, intensity_checkpoint, tmp_path, monkeypatch
+):
+    pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is not installed (extra 'bioimageio')")
+    from qtpy.QtWidgets import QMessageBox
+
+    from tiled_unet.core.checkpoint import resolve_model
+
+    viewer = make_napari_viewer()
+    _, ft = _open(viewer, checkpoint_file)
+    assert not ft.export_button.enabled  # nothing fine-tuned yet
+    session_for(viewer).set_current(intensity_checkpoint, "fine-tuned (1 steps)")
+    assert ft.export_button.enabled
+    target = tmp_path / "model.zip"
+    target.write_bytes(b"precious")
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.No)
+    ft.export_model(str(target))
+    assert target.read_bytes() == b"precious" and ft._export_worker is None  # declined: nothing ran
+
+    ft.export_model(str(tmp_path / "exported"))  # the worker thread; ".zip" is added
+    assert not ft.export_button.enabled and not ft.save_button.enabled
+    qtbot.waitUntil(lambda: ft._export_worker is None, timeout=120_000)
+    out = tmp_path / "exported.zip"
+    assert ft.status.value == f"Exported to {out}" and ft.export_button.enabled
+    assert resolve_model(out).config == intensity_checkpoint.config  # it reads back as the model
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported.zip", "model.zip"]  # no leftovers
+
+
+def test_export_failure_is_one_line_and_leaves_no_file(
+    make_napari_viewer, qtbot, checkpoint_file, intensity_checkpoint, tmp_path, monkeypatch
+):
+    pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is not installed (extra 'bioimageio')")
+    import tiled_unet.core.bioimageio as bioimageio
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the network could not be traced\ndetails")
+
+    monkeypatch.setattr(bioimageio, "build_description", broken)
+    viewer = make_napari_viewer()
+    _, ft = _open(viewer, checkpoint_file)
+    session_for(viewer).set_current(intensity_checkpoint, "fine-tuned (1 steps)")
+    ft.export_model(str(tmp_path / "model.zip"))
+    qtbot.waitUntil(lambda: ft._export_worker is None, timeout=60_000)
+    assert ft.status.value == "Export failed: the network could not be traced"
+    assert list(tmp_path.iterdir()) == [] and ft.export_button.enabled
+
+
 def test_cancel_keeps_the_previous_model(make_napari_viewer, qtbot, checkpoint_file, intensity_checkpoint):
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(1).random((96, 96)), name="noise")

@@ -201,6 +201,25 @@ def test_worker_errors_become_one_clean_notification(
     assert widget.status.value.startswith("Segmentation failed") and len(viewer.layers) == 1
 
 
+def test_a_runtime_error_in_the_worker_is_reported_and_the_job_ends(
+    make_napari_viewer, qtbot, checkpoint_file, nuclei_image, notifications, monkeypatch
+):
+    """torch raises RuntimeErrors; superqt alone would drop them and never end the job."""
+    import tiled_unet.core.engine as engine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(engine.Predictor, "region_iter", broken)
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image, name="nuclei")
+    widget = _segment_widget(viewer, checkpoint_file)
+    widget.use_thread = True
+    _run_and_wait(qtbot, widget)
+    assert any("mat1 and mat2" in message for message in notifications["error"])
+    assert widget.status.value.startswith("Segmentation failed") and len(viewer.layers) == 1
+
+
 def test_builtin_models_are_listed_first(make_napari_viewer, monkeypatch):
     from qtpy.QtCore import Qt
 
@@ -469,3 +488,31 @@ def test_a_widget_closed_before_torch_is_loaded_ignores_the_late_device_list(mak
     before = list(seg._devices)
     seg._on_devices(["cpu", "late"])  # what a late worker result does: no error, no change
     assert seg._devices == before
+
+
+def test_a_bioimageio_package_segments_and_is_no_finetune_base(
+    make_napari_viewer, qtbot, checkpoint_file, nuclei_image, tmp_path, notifications
+):
+    """A foreign bioimage.io package chosen with Load from file… segments in Segment; as the
+    base of Fine-tune it is refused in one notification before anything runs."""
+    pytest.importorskip("bioimageio.core", reason="bioimageio.core is not installed (extra 'bioimageio')")
+    from bioimageio_packages import foreign_package
+
+    package = foreign_package(tmp_path, torchscript=True)
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image, name="nuclei")
+    widget = _segment_widget(viewer, checkpoint_file)
+    assert widget.model_combo.load_file(str(package))
+    assert widget.model_combo.current_choice == "file: tiny.zip"
+    widget.output_combo.value = "probabilities"
+    _run_and_wait(qtbot, widget)
+    layer = viewer.layers["nuclei probabilities"]
+    assert layer.data.shape[-2:] == nuclei_image.shape and np.ptp(layer.data) > 0.05
+
+    _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune")
+    assert ft.model_combo.load_file(str(package))
+    ft.use_thread = False
+    ft.annotations.new_annotation_layer()
+    ft.run()
+    assert not ft.running
+    assert any("cannot be fine-tuned" in message for message in notifications["error"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,36 +16,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
-    """Build the wheel from a copy of the sources (the working tree stays clean) and install it
-    with ``pip install --no-deps --target``; return the target folder."""
+    """Build the wheel (:func:`wheels.build_wheel`) and install it with ``pip install --no-deps
+    --target``; return the target folder."""
+    from wheels import build_wheel
+
     tmp = tmp_path_factory.mktemp("wheel")
-    src = tmp / "src-copy"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE", "setup.cfg", "MANIFEST.in"):
-        if (ROOT / name).is_file():
-            shutil.copy2(ROOT / name, src / name)
-    shutil.copytree(
-        ROOT / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
-    )
-    dist = tmp / "dist"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "build",
-            "--wheel",
-            "--no-isolation",
-            "--skip-dependency-check",
-            "--outdir",
-            str(dist),
-            str(src),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    wheels = list(dist.glob("napari_tiled_unet-*.whl"))
-    assert len(wheels) == 1, wheels
+    wheel = build_wheel(tmp)
     target = tmp / "site"
     subprocess.run(
         [
@@ -58,7 +33,7 @@ def installed(tmp_path_factory) -> Path:
             "--no-index",
             "--target",
             str(target),
-            str(wheels[0]),
+            str(wheel),
         ],
         check=True,
         capture_output=True,

@@ -49,15 +49,36 @@ def start_job(
     from napari.qt.threading import create_worker
     from superqt.utils import GeneratorWorker  # napari's subclass would relay errors with a traceback
 
-    worker = create_worker(func, *args, _worker_class=GeneratorWorker, _ignore_errors=True, **kwargs)
+    worker = create_worker(
+        _carried, func, *args, _worker_class=GeneratorWorker, _ignore_errors=True, **kwargs
+    )
     worker.yielded.connect(on_yield)
     worker.returned.connect(on_return)
-    worker.errored.connect(on_error)
+    worker.errored.connect(lambda exc: on_error(exc.error if isinstance(exc, _Carried) else exc))
     if on_abort is not None:
         worker.aborted.connect(on_abort)
     worker.finished.connect(on_finish)
     worker.start()
     return worker
+
+
+class _Carried(Exception):
+    """An error of a job carried past superqt, which drops a RuntimeError raised in a worker (it
+    takes it for a deleted Qt object): torch's errors are RuntimeErrors."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _carried(
+    func: Callable[..., Generator[Any, None, Any]], *args: Any, **kwargs: Any
+) -> Generator[Any, None, Any]:
+    """``func(*args, **kwargs)``, its RuntimeError raised as a :class:`_Carried`."""
+    try:
+        return (yield from func(*args, **kwargs))
+    except RuntimeError as exc:
+        raise _Carried(exc) from exc
 
 
 def _devices() -> list[str]:

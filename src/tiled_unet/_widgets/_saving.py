@@ -1,13 +1,17 @@
-"""Saving a fine-tuned model from the viewer: a dialog, a confirmation, an atomic write."""
+"""Saving or exporting a fine-tuned model from the viewer: a dialog, a confirmation, an atomic write."""
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qtpy.QtWidgets import QFileDialog, QMessageBox
 
 from ._common import notify_error, notify_info
+
+if TYPE_CHECKING:
+    from tiled_unet.core.progress import Progress
 
 
 def save_model_as(
@@ -37,14 +41,42 @@ def save_model_as(
     if ckpt is None:
         notify_error("No fine-tuned model to save yet: run Fine-tune first.")
         return None
+    chosen = choose_target(parent, path, overwrite, title="Save model", name="finetuned.pt", kind=CHECKPOINT)
+    if chosen is None:
+        return None
+    target, overwrite = chosen
+    try:
+        written = save_checkpoint(ckpt, target, overwrite=overwrite)
+    except (OSError, ValueError) as exc:
+        notify_error(f"Could not save the model: {exc}")
+        return None
+    notify_info(f"Model saved to {written}")
+    return written
+
+
+#: (suffix, file dialog filter) of the files written from the viewer.
+CHECKPOINT = (".pt", "Checkpoints (*.pt)")
+BIOIMAGEIO = (".zip", "bioimage.io models (*.zip)")
+
+
+def choose_target(
+    parent: Any, path: str | None, overwrite: bool | None, *, title: str, name: str, kind: tuple[str, str]
+) -> tuple[Path, bool] | None:
+    """The file to write and whether it may be replaced, or None if the user said no.
+
+    ``path`` None opens a save dialog (which asks before replacing a file); the suffix of ``kind``
+    is added if missing; an existing file with ``overwrite`` None is replaced only if the user
+    confirms.
+    """
+    suffix, file_filter = kind
     if path is None:
-        path, _ = QFileDialog.getSaveFileName(parent, "Save model", "finetuned.pt", "Checkpoints (*.pt)")
+        path, _ = QFileDialog.getSaveFileName(parent, title, name, file_filter)
         if not path:
             return None
         overwrite = True  # the dialog has asked already
     target = Path(path)
-    if target.suffix != ".pt":
-        target = target.with_name(target.name + ".pt")
+    if target.suffix.lower() != suffix:
+        target = target.with_name(target.name + suffix)
         overwrite = None if overwrite else overwrite  # the dialog asked about another name
     if target.exists() and overwrite is None:
         answer = QMessageBox.question(
@@ -54,13 +86,17 @@ def save_model_as(
             QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
             QMessageBox.StandardButton.No,
         )
-        overwrite = answer == QMessageBox.StandardButton.Yes
-        if not overwrite:
+        if answer != QMessageBox.StandardButton.Yes:
             return None
-    try:
-        written = save_checkpoint(ckpt, target, overwrite=bool(overwrite))
-    except (OSError, ValueError) as exc:
-        notify_error(f"Could not save the model: {exc}")
-        return None
-    notify_info(f"Model saved to {written}")
-    return written
+        overwrite = True
+    return target, bool(overwrite)
+
+
+def export_job(ckpt: Any, target: Path, overwrite: bool) -> Generator[Progress, None, Path]:
+    """Write ``ckpt`` as a bioimage.io package (a worker thread: tracing and test tensors take
+    seconds); atomic, and an existing file is replaced only with ``overwrite``."""
+    from tiled_unet.core.bioimageio import export_bioimageio
+    from tiled_unet.core.progress import Progress
+
+    yield Progress(message=f"Exporting a bioimage.io package to {target.name}…")
+    return export_bioimageio(ckpt, target, overwrite=overwrite)

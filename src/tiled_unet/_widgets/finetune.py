@@ -14,13 +14,13 @@ from ._annotations import (
     collect_training_data,
     pair_annotations,
 )
-from ._common import button, notify_info, notify_warning, number_box, spin_value
-from ._jobs import JobWidget
+from ._common import button, notify_error, notify_info, notify_warning, number_box, spin_value
+from ._jobs import JobWidget, start_job
 from ._layer_choice import LayerSelect
 from ._model_choice import ModelComboBox
 from ._plot import LossPlot
 from ._preview import LivePreview
-from ._saving import save_model_as
+from ._saving import BIOIMAGEIO, choose_target, export_job, save_model_as
 from ._session import ModelSession
 from ._training import FinetuneRequest, FinetuneResult, finetune_job, train_progress_text
 
@@ -139,7 +139,14 @@ class FinetuneWidget(JobWidget):
         self.save_button = button(
             "Save model…", "Write the current fine-tuned model to a file", self.save_model
         )
-        self.save_button.enabled = False
+        self.export_button = button(
+            "Export…",
+            "Write the current fine-tuned model as a bioimage.io package (.zip) for other tools "
+            "(deepImageJ, ilastik, QuPath, bioimageio.core); needs napari-tiled-unet[bioimageio]",
+            self.export_model,
+        )
+        self.save_button.enabled = self.export_button.enabled = False
+        self._export_worker: Any = None
         self.plot = LossPlot()
         self._busy_controls = [self.annotations.new_labels_button, self.annotations.correct_button]
         self._lay_out(
@@ -153,7 +160,7 @@ class FinetuneWidget(JobWidget):
                 self.device_combo,
                 self.preview_spin,
             ],
-            [self.save_button],
+            [self.save_button, self.export_button],
             [self.plot],
         )
         self.model_combo.session.connect(self._on_session_model)
@@ -163,7 +170,13 @@ class FinetuneWidget(JobWidget):
 
     def _on_session_model(self, session: ModelSession) -> None:
         """A fine-tune finished: the new model can be saved now."""
-        self.save_button.enabled = session.current is not None
+        self._enable_saving()
+
+    def _enable_saving(self) -> None:
+        can = (
+            not self.running and self._export_worker is None and self.model_combo.session.current is not None
+        )
+        self.save_button.enabled = self.export_button.enabled = can
 
     def training_pairs(self) -> list[AnnotationInput]:
         """The chosen images, each with its annotation layer (:func:`~._annotations.pair_annotations`)."""
@@ -223,7 +236,7 @@ class FinetuneWidget(JobWidget):
 
     def _set_running(self, running: bool) -> None:
         super()._set_running(running)
-        self.save_button.enabled = not running and self.model_combo.session.current is not None
+        self._enable_saving()
 
     def _on_progress(self, progress: Any) -> None:
         if progress.unit != "step":  # a stage: what it is doing
@@ -276,3 +289,48 @@ class FinetuneWidget(JobWidget):
         if written is not None:
             self.status.value = f"Model saved to {written}"
         return written
+
+    def export_model(self, path: str | None = None, *, overwrite: bool | None = None) -> None:
+        """Write the current fine-tuned model as a bioimage.io package (a worker thread, atomic).
+
+        ``path`` None: a save dialog; ``overwrite`` None asks before replacing a file. The status
+        and a notification say where it went, or in one line why it failed.
+        """
+        ckpt = self.model_combo.session.current
+        if ckpt is None:
+            notify_error("No fine-tuned model to export yet: run Fine-tune first.")
+            return
+        chosen = choose_target(
+            self.native, path, overwrite, title="Export", name="finetuned.zip", kind=BIOIMAGEIO
+        )
+        if chosen is None:
+            return
+        self._export_worker = True  # the buttons stay off until it finishes
+        self._enable_saving()
+        self._export_worker = start_job(
+            export_job,
+            ckpt,
+            *chosen,
+            use_thread=self.use_thread,
+            on_yield=lambda progress: self._say(progress.message),
+            on_return=self._on_exported,
+            on_error=self._on_export_error,
+            on_finish=self._on_export_finished,
+        )
+
+    def _on_exported(self, written: Path) -> None:
+        self.status.value = f"Exported to {written}"
+        notify_info(f"bioimage.io package written to {written}")
+
+    def _on_export_error(self, exc: BaseException) -> None:
+        if isinstance(exc, ModuleNotFoundError):
+            text = f"bioimage.io export needs {exc.name}: pip install 'napari-tiled-unet[bioimageio]'"
+        else:
+            lines = str(exc).strip().splitlines()
+            text = lines[0] if lines else type(exc).__name__
+        self.status.value = f"Export failed: {text}"
+        notify_error(f"Export failed: {text}")
+
+    def _on_export_finished(self) -> None:
+        self._export_worker = None
+        self._enable_saving()

@@ -33,9 +33,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run ``tiled-unet export``; return the exit code."""
     out: Path = args.bioimageio
-    if out.suffix.lower() != ".zip":
-        error(f"{out}: a bioimage.io package is a .zip file")
-        return 2
     if out.exists() and not args.overwrite:
         error(f"{out} exists (use --overwrite to replace it)")
         return 2
@@ -45,12 +42,10 @@ def run(args: argparse.Namespace) -> int:
         error(f"cannot export: {exc}")
         return 2
     from tiled_unet.core.checkpoint import CheckpointError, resolve_model
-    from tiled_unet.core.writing import atomic_path
 
     try:
         resolve_model(args.model)  # an unusable model is reported before anything is written
-        with atomic_path(out, overwrite=args.overwrite, suffix=".zip") as tmp:
-            export_bioimageio(args.model, tmp)
+        export_bioimageio(args.model, out, overwrite=args.overwrite)
     except ModuleNotFoundError as exc:
         error(f"bioimage.io export needs {exc.name}: pip install 'napari-tiled-unet[bioimageio]'")
         return 2

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .model import UNet, UNetConfig, halo, is_valid_input_size, output_size
+from .bioimageio_samples import cover_image, make_test_tensors, min_input_size
+from .model import UNet, UNetConfig, halo
 
 #: The U-Net paper, cited by every exported model.
 UNET_CITATION = (
@@ -33,8 +34,6 @@ UNET_CITATION = (
 )
 #: The licence of the package's code, under which the weights are offered.
 LICENSE = "BSD-3-Clause"
-#: Largest edge of the test input cut from the sample image.
-TEST_SIZE = 256
 
 
 class SoftmaxUNet(UNet):
@@ -56,110 +55,6 @@ class SoftmaxUNet(UNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(N, C_in, H, W)`` normalised images to ``(N, n_classes, H', W')`` probabilities."""
         return torch.softmax(super().forward(x), dim=1)
-
-
-def first_valid_size(config: UNetConfig) -> int:
-    """The smallest valid input size along one axis."""
-    step = 2**config.depth
-    return next(s for s in range(1, 200 * step + 1000) if is_valid_input_size(s, config))
-
-
-def _min_size(config: UNetConfig) -> int:
-    """The smallest input size declared: for same padding, larger than twice the halo it crops."""
-    first, step = first_valid_size(config), 2**config.depth
-    if config.padding == "same":
-        while first - 2 * halo(config) < 1:
-            first += step
-    return first
-
-
-def _test_size(config: UNetConfig, available: int) -> int:
-    """The largest declared valid size up to ``min(available, TEST_SIZE)`` (the minimum if none)."""
-    first, step = _min_size(config), 2**config.depth
-    limit = max(first, min(available, TEST_SIZE))
-    return first + step * ((limit - first) // step)
-
-
-def _sample_cyx(sample: np.ndarray | None, in_channels: int) -> np.ndarray:
-    """The sample image as ``(in_channels, Y, X)``: grey repeated over channels; default nuclei.png."""
-    if sample is None:
-        from importlib import resources
-
-        import imageio.v3 as iio
-
-        with resources.as_file(resources.files("tiled_unet") / "sample_data" / "nuclei.png") as path:
-            sample = iio.imread(path)
-    image = np.asarray(sample)
-    if image.ndim == 2:
-        image = image[None]
-    if image.ndim != 3:
-        raise ValueError(f"the sample must be a (Y, X) or (C, Y, X) image, got shape {image.shape}")
-    if image.shape[0] == 1 and in_channels > 1:
-        image = np.repeat(image, in_channels, axis=0)
-    if image.shape[0] != in_channels:
-        raise ValueError(f"the sample has {image.shape[0]} channels, the model takes {in_channels}")
-    return image
-
-
-def reference_probabilities(checkpoint: Any, image_cyx: np.ndarray) -> np.ndarray:
-    """What tiled-unet predicts for the output region of a network input: the probabilities
-    :func:`~tiled_unet.core.predict.predict_probabilities` gives for the pixels a valid-padding
-    network outputs for the raw ``(C, S, S)`` input ``image_cyx`` (``S`` a valid size).
-
-    The image is normalised with its own statistics (as the package's preprocessing does), and
-    mirrored by a few pixels at the top and left so that our tiles have the pooling phase of the
-    network applied to ``image_cyx`` (the valid U-Net is translation-equivariant only in steps of
-    ``2 ** depth``, and our tiles start ``halo`` pixels before the image).
-
-    Returns
-    -------
-    ndarray, shape (1, n_classes, S', S'), float32
-    """
-    from .predict import predict_probabilities
-
-    config = checkpoint.config
-    image = np.asarray(image_cyx, dtype=np.float32)
-    step, h = 2**config.depth, halo(config) if config.padding == "valid" else 0
-    a = (-h) % step
-    plane = np.pad(image, ((0, 0), (a, 0), (a, 0)), mode="reflect") if a else image
-    lo, hi = checkpoint.normalization.stats(image)
-    probs = predict_probabilities(
-        checkpoint.build_model(), checkpoint.normalization.apply(plane, lo, hi), amp=False
-    )
-    ny, nx = (output_size(n, config) for n in image.shape[1:])
-    return np.ascontiguousarray(probs[None, :, a + h : a + h + ny, a + h : a + h + nx], dtype=np.float32)
-
-
-def make_test_tensors(checkpoint: Any, sample: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A test input ``(1, C, S, S)`` float32 cut from ``sample`` at a valid size ``S``, and what we
-    predict for it (:func:`reference_probabilities`, ``(1, n_classes, S', S')``)."""
-    config = checkpoint.config
-    image = _sample_cyx(sample, config.in_channels)
-    size = _test_size(config, min(image.shape[1:]))
-    if min(image.shape[1:]) < size:
-        raise ValueError(f"the sample must be at least {size} x {size} pixels, got {image.shape[1:]}")
-    y0, x0 = ((n - size) // 2 for n in image.shape[1:])
-    crop = np.ascontiguousarray(image[:, y0 : y0 + size, x0 : x0 + size], dtype=np.float32)
-    return crop[None], reference_probabilities(checkpoint, crop)
-
-
-def _cover(test_input: np.ndarray, test_output: np.ndarray, path: Path) -> None:
-    """A 2:1 PNG: the (normalised, output-sized) input beside the probabilities as colours."""
-    from PIL import Image
-
-    probs = test_output[0]
-    m = (test_input.shape[-1] - probs.shape[-1]) // 2
-    grey = test_input[0, :, m : m + probs.shape[-2], m : m + probs.shape[-1]].mean(axis=0)
-    lo, hi = np.percentile(grey, [1, 99.8])
-    grey = np.clip((grey - lo) / max(hi - lo, 1e-6), 0, 1)
-    rgb = np.zeros((*probs.shape[1:], 3), np.float32)
-    classes = probs[1:] if probs.shape[0] > 1 else probs  # class 0 (background) stays black
-    for k, p in enumerate(classes[:3]):
-        rgb[..., k % 3] = p
-    both = np.concatenate([np.repeat(grey[..., None], 3, axis=2), rgb], axis=1)
-    img = Image.fromarray((both * 255).round().astype(np.uint8))
-    scale = max(1, 256 // img.height)
-    img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST).save(path)
 
 
 def _documentation(model: Any, checkpoint: Any) -> str:
@@ -210,7 +105,7 @@ def _tensors(checkpoint: Any, test_in: Path, test_out: Path) -> tuple[Any, Any]:
     from bioimageio.spec.model import v0_5 as bio
 
     config = checkpoint.config
-    size = bio.ParameterizedSize(min=_min_size(config), step=2**config.depth)
+    size = bio.ParameterizedSize(min=min_input_size(config), step=2**config.depth)
     inp = bio.InputTensorDescr(
         id=bio.TensorId("input"),
         description="raw image (any value range; normalised by the preprocessing)",
@@ -322,7 +217,7 @@ def build_description(model: Any, folder: Path, *, sample: np.ndarray | None = N
     np.save(paths["test_input"], test_in)
     np.save(paths["test_output"], test_out)
     cover = folder / "cover.png"
-    _cover(test_in, test_out, cover)
+    cover_image(test_in, test_out, cover)
     doc = folder / "README.md"
     doc.write_text(_documentation(model, checkpoint), encoding="utf-8")
     example = torch.from_numpy(checkpoint.normalization(test_in[0])[None].astype(np.float32))
@@ -347,32 +242,38 @@ def build_description(model: Any, folder: Path, *, sample: np.ndarray | None = N
     )
 
 
-def export_bioimageio(model: Any, out_zip: str | os.PathLike, *, sample: np.ndarray | None = None) -> Path:
-    """Write a bioimage.io model package (a zip, model description format 0.5) for ``model``.
+def export_bioimageio(
+    model: Any, out_zip: str | os.PathLike, *, sample: np.ndarray | None = None, overwrite: bool = False
+) -> Path:
+    """Write a bioimage.io model package (a zip, model description format 0.5) for ``model``,
+    atomically (a failed export leaves nothing, and an existing file unchanged).
 
     Parameters
     ----------
     model : str, path or Checkpoint
         A built-in model name, a checkpoint file or a :class:`~tiled_unet.core.checkpoint.Checkpoint`.
     out_zip : path
-        The package to write (replaced if it exists: callers that must not overwrite check first,
-        and write to a temporary path, see :func:`~tiled_unet.core.writing.atomic_path`).
+        The package to write (``.zip``).
     sample : ndarray, optional
         Raw ``(Y, X)`` or ``(C, Y, X)`` image for the test tensors and the cover.
-
-    Returns
-    -------
-    Path
-        ``out_zip``.
+    overwrite : bool
+        Replace an existing ``out_zip``.
 
     Raises
     ------
+    FileExistsError
+        If ``out_zip`` exists and ``overwrite`` is False.
     ValueError
-        If the description does not validate (the message has the validator's first errors).
+        If ``out_zip`` is not a ``.zip``, or the description does not validate (the message
+        has the validator's first errors).
     """
     from bioimageio.spec import save_bioimageio_package
 
+    from .writing import atomic_path
+
     out = Path(out_zip)
+    if out.suffix.lower() != ".zip":
+        raise ValueError(f"{out}: a bioimage.io package is a .zip file")
     with tempfile.TemporaryDirectory(prefix="tiled-unet-bioimageio-") as tmp:
         try:
             descr = build_description(model, Path(tmp), sample=sample)
@@ -386,7 +287,8 @@ def export_bioimageio(model: Any, out_zip: str | os.PathLike, *, sample: np.ndar
         summary = descr.validation_summary
         if summary.status == "failed":
             raise ValueError(f"invalid bioimage.io description: {_first_errors(summary)}")
-        save_bioimageio_package(descr, output_path=out)
+        with atomic_path(out, overwrite=overwrite, suffix=".zip") as part:
+            save_bioimageio_package(descr, output_path=Path(part))
     return out
 
 
