@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def build_wheel(tmp: Path) -> Path:
     """Build ``napari_tiled_unet-*.whl`` into ``tmp / "dist"`` and return its path."""
     src = tmp / "src-copy"
-    src.mkdir()
+    src.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md", "LICENSE", "setup.cfg", "MANIFEST.in"):
         if (ROOT / name).is_file():
             shutil.copy2(ROOT / name, src / name)

@@ -247,3 +247,16 @@ def test_sample_data():
     assert layers[1][2] == "labels" and layers[1][0].shape == img.shape and layers[1][0].max() == 49
     ((em, kw, kind),) = sd.em_slice()
     assert em.shape == (512, 512) and kind == "image"
+
+
+def test_cuda_build_hint_only_without_a_gpu(monkeypatch):
+    import torch
+
+    from tiled_unet._widgets._jobs import cuda_build_hint
+
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    hint = cuda_build_hint(["auto", "cpu"])
+    assert "CUDA build" in hint and "CPU-only build" in hint
+    assert cuda_build_hint(["auto", "cpu", "cuda:0"]) == ""
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert cuda_build_hint(["auto", "cpu"]) == ""

@@ -52,7 +52,13 @@ import napari
 import napari_plugin_manager.qt_plugin_dialog as dialog_module
 from qtpy.QtWidgets import QApplication
 
-dialog_module.iter_napari_plugin_info = lambda: iter(())  # no napari hub here: no catalogue
+
+
+def no_catalogue():  # no napari hub here: the dialog lists no plugins to browse
+    yield from ()
+
+
+dialog_module.iter_napari_plugin_info = no_catalogue
 viewer = napari.Viewer()
 dialog = dialog_module.QtPluginDialog(viewer.window._qt_window)
 dialog.show()
@@ -74,7 +80,11 @@ report["installed_list"] = [
     dialog.installed_list.item(i).widget.name for i in range(dialog.installed_list.count())
 ]
 dialog.grab().save(str(out / "plugin-dialog.png"))
+(out / "report.json").write_text(json.dumps(report))  # what the installer did, whatever follows
 
+import importlib
+
+importlib.invalidate_caches()  # pip wrote into site-packages while this process ran
 import tiled_unet
 
 report["location"] = tiled_unet.__file__
@@ -135,6 +145,9 @@ def _fresh_environment(tmp: Path) -> Path:
         text=True,
     ).stdout.strip()
     (Path(site) / "shared-dependencies.pth").write_text(f"{shared}\n")
+    # Python 3.11's venv brings an old setuptools that would hide the shared one (torch needs >= 77)
+    quiet = {"check": True, "capture_output": True, "env": {**os.environ, "PIP_CONFIG_FILE": os.devnull}}
+    subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", "setuptools"], **quiet)
     return python
 
 
@@ -158,6 +171,7 @@ def test_install_from_the_plugin_dialog_then_use_the_widgets(tmp_path):
         server.shutdown()
     assert (out / "report.json").is_file(), run.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
+    assert "widgets" in report, f"{run.stderr[-2000:]}\n{report['log']}"
     assert report["before"] == "absent"
     assert report["exit_codes"] == [0], report["log"]
     assert "Successfully installed napari-tiled-unet" in report["log"]

@@ -12,7 +12,7 @@ from qtpy.QtWidgets import QSizePolicy
 
 from tiled_unet.core.progress import drain
 
-from ._common import notify_error, report_exception
+from ._common import notify_error, notify_info, report_exception
 
 
 def start_job(
@@ -104,6 +104,25 @@ def _warm_job() -> Generator[None, None, list[str]]:
     devices = _devices()
     _TORCH_READY.set()
     return devices
+
+
+def cuda_build_hint(devices: Sequence[str]) -> str:
+    """A line for a CUDA build of torch on a machine without a usable NVIDIA GPU ("" otherwise):
+    what pip installs on Linux by default, several GB the machine cannot use."""
+    import torch
+
+    cuda = getattr(torch.version, "cuda", None)
+    if not cuda or any(d.startswith("cuda") for d in devices):
+        return ""
+    return (
+        f"PyTorch {torch.__version__} here is a CUDA build, but this machine has no usable NVIDIA GPU: "
+        "the widgets run on the CPU. The CPU-only build is much smaller; PyTorch's install page gives "
+        "the command for it."
+    )
+
+
+#: Whether the CUDA-build hint was shown in this napari session (it is said once).
+_HINTED = threading.Event()
 
 
 class _OnClose(QObject):
@@ -241,6 +260,10 @@ class JobWidget(Container):
         if not self.alive:  # closed before torch was loaded
             return
         self._devices = list(devices)
+        hint = cuda_build_hint(devices)
+        if hint and not _HINTED.is_set():
+            _HINTED.set()
+            notify_info(hint)
         self.device_combo.reset_choices()
         self._prefer_device()
         self.warm = True
