@@ -324,8 +324,14 @@ class UNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He/Kaiming normal initialisation (fan-in, ReLU) as in the paper; zero biases."""
+        """He/Kaiming normal initialisation (fan-in, ReLU) as in the paper; zero biases.
+
+        A network on the ``meta`` device (shapes only) is left as it is: drawing values there
+        goes through torch's Python reference kernels, whose import takes seconds.
+        """
         for m in self.modules():
+            if getattr(getattr(m, "weight", None), "is_meta", False):
+                continue
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             elif isinstance(m, nn.ConvTranspose2d):
