@@ -133,7 +133,8 @@ def timed(fn, repeat: int) -> tuple[float, Any]:
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """One case, in its own process: time, peak RSS and (for ``tuned``) the tile used."""
-    from tiled_unet.core.predict import predict_probabilities, predict_probabilities_iter
+    from tiled_unet.core.engine import Predictor
+    from tiled_unet.core.predict import predict_probabilities
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -143,9 +144,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     info: dict[str, Any] = {"label": label}
     if kind == "tuned":
         tile = spec.get("tile")
-        gen = predict_probabilities_iter(model, img, device="cpu", tile=tile)
-        info["tile"] = next(gen).tile
-        gen.close()
+        info["tile"] = Predictor(model, device="cpu", tile=tile).tile_for(img.shape[1:])
         seconds, out = timed(
             lambda: predict_probabilities(model, img, device="cpu", tile=tile), spec["repeat"]
         )

@@ -40,6 +40,7 @@ from .model import UNet, UNetConfig, eval_mode
 from .options import PredictOptions
 from .postprocess import InstanceSettings, to_instances, to_semantic
 from .progress import BatchCounter, Progress
+from .runtime import check_backend, forward_for
 from .scaling import ScaledPlane, back_weights, resample, scaled_length
 from .tiling import (
     TilePlan,
@@ -88,6 +89,8 @@ class Predictor:
         Overrides the checkpoint's (default ``Normalization()`` for a bare network).
     cpu_bf16 : bool
         bfloat16 autocast on the CPU (opt-in: labels may change slightly; off by default).
+    backend : {"auto", "torch", "openvino"}
+        Who runs the network's forward pass on the CPU (:mod:`.runtime`).
 
     Raises
     ------
@@ -107,8 +110,10 @@ class Predictor:
         amp: bool = True,
         normalization: Normalization | None = None,
         cpu_bf16: bool = False,
+        backend: str = "auto",
     ) -> None:
-        self.cpu_bf16 = bool(cpu_bf16)
+        check_backend(backend)
+        self.cpu_bf16, self.backend = bool(cpu_bf16), backend
         dev = resolve_device(device) if device is not None else None
         self.model, self.checkpoint, self.device = network_on(model, dev)
         self.config: UNetConfig = self.model.config
@@ -160,6 +165,7 @@ class Predictor:
             batch_size=options.batch_size,
             tta=options.tta,
             normalization=normalization,
+            backend=options.backend,
         )
 
     def matches(self, options: PredictOptions) -> bool:
@@ -173,6 +179,7 @@ class Predictor:
             and options.tile == self.tile
             and options.batch_size == self.batch_size
             and view_count(options.tta) == self.tta
+            and options.backend == self.backend
         )
 
     # ------------------------------------------------------------------ sizes
@@ -345,6 +352,7 @@ class Predictor:
         progress.restart(n_batches, progress.views_after)
         in_y, in_x = plan.in_tile
         out = np.empty((self.config.n_classes, *plan.shape), np.float32)
+        forward = self._forward(plan.shape[0] * plan.shape[1])
         for b in range(n_batches):
             origins = plan.origins[b * batch : (b + 1) * batch]
             # the input holds the context already: tile origins index it directly
@@ -353,7 +361,7 @@ class Predictor:
                 x = x.contiguous(memory_format=torch.channels_last)
             # inference mode and autocast are entered per batch, never held across a yield
             with torch.inference_mode(), autocast_for(self.device, self.amp, self.cpu_bf16):
-                logits = self.model(x.to(self.device))
+                logits = (forward or self.model)(x.to(self.device))
             with torch.inference_mode():
                 probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
             for k, origin in enumerate(origins):
@@ -361,6 +369,15 @@ class Predictor:
                 out[:, iy, ix] = probs[k, :, ty, tx]
             yield progress.step()
         return out
+
+    def _forward(self, pixels: int) -> Any:
+        """The forward pass for a region of ``pixels`` output pixels: None for the torch network,
+        else its OpenVINO counterpart (:mod:`.runtime`)."""
+        if self.backend == "torch" or self.device.type != "cpu" and self.backend == "auto":
+            return None
+        size = min_tile_size(self.config)
+        example = torch.zeros(1, self.config.in_channels, size, size)
+        return forward_for(self.model, self.backend, self.device, pixels, example)
 
     # ------------------------------------------------------------------ labels
 

@@ -15,6 +15,8 @@ from .views import view_count
 
 OutputKind = Literal["instances", "semantic", "probabilities"]
 OUTPUTS: tuple[str, ...] = ("instances", "semantic", "probabilities")
+#: Who runs the network's forward pass (:mod:`.runtime`).
+BACKENDS: tuple[str, ...] = ("auto", "torch", "openvino")
 
 #: Default output block edge of block-wise prediction (pixels): about 50 MB of float32
 #: probabilities of a 3-class model per block.
@@ -68,6 +70,9 @@ class PredictOptions:
         Which channel of a multichannel image feeds the model (0-based), or all of them;
         None/``"auto"``: the only channel with signal if there is one, else all
         (:mod:`.channels`).
+    backend : {"auto", "torch", "openvino"}
+        Who runs the network on the CPU: ``"auto"`` (default) OpenVINO for large images when
+        the ``openvino`` extra is installed, else torch (:mod:`.runtime`).
     """
 
     output: OutputKind = "instances"
@@ -81,6 +86,7 @@ class PredictOptions:
     block: int | None = None
     diameter: float | Literal["auto", "off"] | None = None
     channel: int | Literal["auto", "all"] | None = None
+    backend: Literal["auto", "torch", "openvino"] = "auto"
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -107,6 +113,8 @@ class PredictOptions:
             raise ValueError(f"channel must be 'auto', 'all' or a channel number, got {self.channel!r}")
         if isinstance(self.channel, int) and self.channel < 0:
             raise ValueError(f"channel must be 0 or more (0-based), got {self.channel}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
 
     @property
     def block_edge(self) -> int:

@@ -1,0 +1,109 @@
+"""The OpenVINO forward pass (:mod:`tiled_unet.core.runtime`): the same probabilities as torch,
+used when asked or, with ``auto``, for large regions only; a failed conversion falls back."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from tiled_unet.core import runtime
+from tiled_unet.core.engine import Predictor
+from tiled_unet.core.model import UNet, UNetConfig
+from tiled_unet.core.options import PredictOptions
+from tiled_unet.core.predict import segment
+from tiled_unet.core.progress import drain
+
+needs_openvino = pytest.mark.skipif(
+    not runtime.openvino_available(), reason="OpenVINO is not installed (extra 'openvino')"
+)
+
+
+def _probabilities(predictor: Predictor, image: np.ndarray) -> np.ndarray:
+    """Probabilities of a normalised ``(C, Y, X)`` image."""
+    with predictor.ready():
+        return drain(predictor.region_iter(image))
+
+
+def _net(padding: str, channels: int) -> UNet:
+    torch.manual_seed(0)
+    config = UNetConfig(
+        in_channels=channels, n_classes=3, depth=3, base_features=4, padding=padding, dropout=0.0
+    )
+    return UNet(config).eval()
+
+
+@needs_openvino
+@pytest.mark.parametrize(("padding", "channels"), [("valid", 1), ("same", 3)])
+def test_openvino_gives_torch_probabilities(padding, channels):
+    rng = np.random.default_rng(1)
+    image = rng.random((channels, 210, 170)).astype(np.float32)
+    net = _net(padding, channels)
+    tile = 92 + 8 * 6 if padding == "valid" else 112  # several tiles, a partial last one
+    ours = {
+        backend: _probabilities(Predictor(net, device="cpu", tile=tile, backend=backend), image)
+        for backend in ("torch", "openvino")
+    }
+    assert np.ptp(ours["torch"]) > 0.01
+    assert np.abs(ours["openvino"] - ours["torch"]).max() <= 1e-5
+    assert isinstance(runtime._CONVERTED[net], runtime.OpenVinoNetwork)
+
+
+@needs_openvino
+def test_builtin_model_labels_agree():
+    from tiled_unet._sample_data import nuclei
+
+    nuclei_image = nuclei()[0][0]
+    options = {b: PredictOptions(device="cpu", backend=b, diameter="off") for b in ("torch", "openvino")}
+    labels = {b: segment("nuclei", nuclei_image, o) for b, o in options.items()}
+    same_class = (labels["torch"] > 0) == (labels["openvino"] > 0)
+    assert same_class.mean() >= 0.999
+    assert abs(len(np.unique(labels["torch"])) - len(np.unique(labels["openvino"]))) <= 1
+
+
+@needs_openvino
+def test_auto_converts_only_for_large_regions(monkeypatch):
+    net = _net("valid", 1)
+    example = torch.zeros(1, 1, 92, 92)
+    cpu = torch.device("cpu")
+    assert runtime.forward_for(net, "auto", cpu, 512 * 512, example) is None  # small: torch
+    assert net not in runtime._CONVERTED
+    assert runtime.forward_for(net, "torch", cpu, 10**9, example) is None
+    assert isinstance(
+        runtime.forward_for(net, "auto", cpu, runtime.AUTO_MIN_PIXELS, example), runtime.OpenVinoNetwork
+    )
+    assert runtime.forward_for(net, "auto", torch.device("meta"), 10**9, example) is None  # not the CPU
+
+
+@needs_openvino
+def test_a_failed_conversion_falls_back_to_torch(monkeypatch, caplog):
+    import openvino
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported operation\nmore")
+
+    monkeypatch.setattr(openvino, "convert_model", broken)
+    net = _net("valid", 1)
+    with caplog.at_level(logging.WARNING, logger="tiled_unet.core.runtime"):
+        assert runtime.forward_for(net, "openvino", torch.device("cpu"), 1, torch.zeros(1, 1, 92, 92)) is None
+    assert "using torch" in caplog.text and "unsupported operation" in caplog.text
+    image = np.random.default_rng(0).random((1, 100, 100)).astype(np.float32)
+    torch_probs = _probabilities(Predictor(net, device="cpu", backend="torch"), image)
+    assert np.array_equal(
+        _probabilities(Predictor(net, device="cpu", backend="openvino"), image), torch_probs
+    )
+
+
+def test_backend_errors_are_one_line(monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of auto, torch, openvino"):
+        PredictOptions(backend="onnx")
+    monkeypatch.setattr(runtime, "openvino_available", lambda: False)
+    with pytest.raises(ValueError, match=r"pip install 'napari-tiled-unet\[openvino\]'"):
+        runtime.forward_for(_net("valid", 1), "openvino", torch.device("cpu"), 1, torch.zeros(1, 1, 92, 92))
+    # auto without OpenVINO is torch, silently
+    assert (
+        runtime.forward_for(_net("valid", 1), "auto", torch.device("cpu"), 10**9, torch.zeros(1, 1, 92, 92))
+        is None
+    )
