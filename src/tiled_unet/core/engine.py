@@ -110,7 +110,7 @@ class Predictor:
         amp: bool = True,
         normalization: Normalization | None = None,
         cpu_bf16: bool = False,
-        backend: str = "auto",
+        backend: str = "torch",
     ) -> None:
         check_backend(backend)
         self.cpu_bf16, self.backend = bool(cpu_bf16), backend
@@ -376,7 +376,9 @@ class Predictor:
         if self.backend == "torch" or self.device.type != "cpu" and self.backend == "auto":
             return None
         size = min_tile_size(self.config)
-        example = torch.zeros(1, self.config.in_channels, size, size)
+        example = torch.rand(
+            1, self.config.in_channels, size, size, generator=torch.Generator().manual_seed(0)
+        )
         return forward_for(self.model, self.backend, self.device, pixels, example)
 
     # ------------------------------------------------------------------ labels

@@ -70,9 +70,10 @@ class PredictOptions:
         Which channel of a multichannel image feeds the model (0-based), or all of them;
         None/``"auto"``: the only channel with signal if there is one, else all
         (:mod:`.channels`).
-    backend : {"auto", "torch", "openvino"}
-        Who runs the network on the CPU: ``"auto"`` (default) OpenVINO for large images when
-        the ``openvino`` extra is installed, else torch (:mod:`.runtime`).
+    backend : {"torch", "openvino", "auto"}
+        Who runs the network on the CPU (:mod:`.runtime`): ``"torch"`` (default), ``"openvino"``
+        (the ``openvino`` extra), or ``"auto"``: OpenVINO for regions of 4 MPix or more when it
+        is installed.
     """
 
     output: OutputKind = "instances"
@@ -86,7 +87,7 @@ class PredictOptions:
     block: int | None = None
     diameter: float | Literal["auto", "off"] | None = None
     channel: int | Literal["auto", "all"] | None = None
-    backend: Literal["auto", "torch", "openvino"] = "auto"
+    backend: Literal["auto", "torch", "openvino"] = "torch"
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:

@@ -1,8 +1,9 @@
 """The network's forward pass on the CPU: torch, or OpenVINO (the optional ``openvino`` extra).
 
-On 2-core CPUs OpenVINO runs our U-Nets faster than torch (channels-last, oneDNN): for the
-built-in ``nuclei`` model on a 1116-pixel tile, 1.65x on an AVX2 AMD EPYC, at 0.97 of the
-float32 matmul roofline (``benchmarks/bench_runtime.py``). torch stays the reference: the
+OpenVINO runs our U-Nets faster than torch (channels-last, oneDNN) on 2-core CPUs: for the
+built-in ``nuclei`` model on a 1116-pixel tile, 1.17x to 1.65x on an AVX2 AMD EPYC in different
+runs (0.96-0.97 of the float32 matmul roofline; ``benchmarks/bench_runtime.py``), once the
+network is converted (3.7-6 s, once per network and process). torch stays the reference: the
 OpenVINO network is converted from the torch one (:func:`openvino.convert_model`, float32
 inference precision, spatial sizes left dynamic), checked against it on two tile sizes when
 converted, and used only for the forward pass; tiling, normalisation and post-processing are the
@@ -10,19 +11,21 @@ engine's (:mod:`.engine`), so both give the same probabilities to float toleranc
 
 Backends (:attr:`.options.PredictOptions.backend`):
 
-* ``"torch"``: always torch.
+* ``"torch"`` (default): always torch.
 * ``"openvino"``: OpenVINO on the CPU (an error if it is not installed or the device is not the
   CPU).
-* ``"auto"`` (default): OpenVINO when it is installed, the device is the CPU, the network is a
-  tiled-unet U-Net, and a region has at least :data:`AUTO_MIN_PIXELS` output pixels (converting
-  takes a few seconds once per network, which a small image does not win back); else torch.
-  A network that fails to convert or to match torch falls back to torch, with a warning.
+* ``"auto"``: OpenVINO when it is installed, the device is the CPU, the network is a tiled-unet
+  U-Net, and a region has at least :data:`AUTO_MIN_PIXELS` output pixels (where the conversion
+  is won back); else torch.
+
+A network that fails to convert or to match torch falls back to torch, with a warning.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -115,7 +118,8 @@ def _convert(model: torch.nn.Module, example: torch.Tensor) -> OpenVinoNetwork |
 
         channels = int(example.shape[1])
         x = example.detach().to("cpu", torch.float32).contiguous()
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings: the probes below check the result
             ov_model = ov.convert_model(
                 model, example_input=x, input=[ov.PartialShape([-1, channels, -1, -1])]
             )
