@@ -66,15 +66,12 @@ def test_builtin_model_labels_agree():
 @needs_openvino
 def test_auto_converts_only_for_large_regions(monkeypatch):
     net = _net("valid", 1)
-    example = torch.zeros(1, 1, 92, 92)
     cpu = torch.device("cpu")
-    assert runtime.forward_for(net, "auto", cpu, 512 * 512, example) is None  # small: torch
+    assert runtime.forward_for(net, "auto", cpu, 512 * 512) is None  # small: torch
     assert net not in runtime._CONVERTED
-    assert runtime.forward_for(net, "torch", cpu, 10**9, example) is None
-    assert isinstance(
-        runtime.forward_for(net, "auto", cpu, runtime.AUTO_MIN_PIXELS, example), runtime.OpenVinoNetwork
-    )
-    assert runtime.forward_for(net, "auto", torch.device("meta"), 10**9, example) is None  # not the CPU
+    assert runtime.forward_for(net, "torch", cpu, 10**9) is None
+    assert isinstance(runtime.forward_for(net, "auto", cpu, runtime.AUTO_MIN_PIXELS), runtime.OpenVinoNetwork)
+    assert runtime.forward_for(net, "auto", torch.device("meta"), 10**9) is None  # not the CPU
 
 
 @needs_openvino
@@ -87,7 +84,7 @@ def test_a_failed_conversion_falls_back_to_torch(monkeypatch, caplog):
     monkeypatch.setattr(openvino, "convert_model", broken)
     net = _net("valid", 1)
     with caplog.at_level(logging.WARNING, logger="tiled_unet.core.runtime"):
-        assert runtime.forward_for(net, "openvino", torch.device("cpu"), 1, torch.zeros(1, 1, 92, 92)) is None
+        assert runtime.forward_for(net, "openvino", torch.device("cpu"), 1) is None
     assert "using torch" in caplog.text and "unsupported operation" in caplog.text
     image = np.random.default_rng(0).random((1, 100, 100)).astype(np.float32)
     torch_probs = _probabilities(Predictor(net, device="cpu", backend="torch"), image)
@@ -101,9 +98,6 @@ def test_backend_errors_are_one_line(monkeypatch):
         PredictOptions(backend="onnx")
     monkeypatch.setattr(runtime, "openvino_available", lambda: False)
     with pytest.raises(ValueError, match=r"pip install 'napari-tiled-unet\[openvino\]'"):
-        runtime.forward_for(_net("valid", 1), "openvino", torch.device("cpu"), 1, torch.zeros(1, 1, 92, 92))
+        runtime.forward_for(_net("valid", 1), "openvino", torch.device("cpu"), 1)
     # auto without OpenVINO is torch, silently
-    assert (
-        runtime.forward_for(_net("valid", 1), "auto", torch.device("cpu"), 10**9, torch.zeros(1, 1, 92, 92))
-        is None
-    )
+    assert runtime.forward_for(_net("valid", 1), "auto", torch.device("cpu"), 10**9) is None

@@ -352,7 +352,7 @@ class Predictor:
         progress.restart(n_batches, progress.views_after)
         in_y, in_x = plan.in_tile
         out = np.empty((self.config.n_classes, *plan.shape), np.float32)
-        forward = self._forward(plan.shape[0] * plan.shape[1])
+        forward = forward_for(self.model, self.backend, self.device, plan.shape[0] * plan.shape[1])
         for b in range(n_batches):
             origins = plan.origins[b * batch : (b + 1) * batch]
             # the input holds the context already: tile origins index it directly
@@ -369,17 +369,6 @@ class Predictor:
                 out[:, iy, ix] = probs[k, :, ty, tx]
             yield progress.step()
         return out
-
-    def _forward(self, pixels: int) -> Any:
-        """The forward pass for a region of ``pixels`` output pixels: None for the torch network,
-        else its OpenVINO counterpart (:mod:`.runtime`)."""
-        if self.backend == "torch" or self.device.type != "cpu" and self.backend == "auto":
-            return None
-        size = min_tile_size(self.config)
-        example = torch.rand(
-            1, self.config.in_channels, size, size, generator=torch.Generator().manual_seed(0)
-        )
-        return forward_for(self.model, self.backend, self.device, pixels, example)
 
     # ------------------------------------------------------------------ labels
 

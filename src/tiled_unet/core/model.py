@@ -324,11 +324,8 @@ class UNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He/Kaiming normal initialisation (fan-in, ReLU) as in the paper; zero biases.
-
-        A network on the ``meta`` device (shapes only) is left as it is: drawing values there
-        goes through torch's Python reference kernels, whose import takes seconds.
-        """
+        """He/Kaiming normal initialisation (fan-in, ReLU) as in the paper; zero biases (not on the
+        ``meta`` device: drawing there imports torch's reference kernels, seconds)."""
         for m in self.modules():
             if getattr(getattr(m, "weight", None), "is_meta", False):
                 continue
@@ -340,11 +337,7 @@ class UNet(nn.Module):
                 nn.init.normal_(m.weight, 0.0, std)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-                continue
-            else:
-                continue
-            if m.bias is not None:
+            if isinstance(getattr(m, "bias", None), torch.Tensor):  # convolutions, batch norm
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

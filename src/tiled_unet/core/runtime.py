@@ -61,7 +61,7 @@ def check_backend(backend: str) -> None:
 
 
 def forward_for(
-    model: torch.nn.Module, backend: str, device: torch.device, pixels: int, example: torch.Tensor
+    model: torch.nn.Module, backend: str, device: torch.device, pixels: int
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The forward pass to use instead of ``model(x)`` for a region of ``pixels`` output pixels,
     or None for torch itself.
@@ -84,8 +84,17 @@ def forward_for(
         return None
     with _LOCK:
         if model not in _CONVERTED:
-            _CONVERTED[model] = _convert(model, example)
+            _CONVERTED[model] = _convert(model, _example(model))
     return _CONVERTED[model]
+
+
+def _example(model: torch.nn.Module) -> torch.Tensor:
+    """A random input of the smallest tile the network takes (to trace and check it with)."""
+    from .tiling import min_tile_size
+
+    config = model.config
+    size = min_tile_size(config)
+    return torch.rand(1, config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
 
 
 def _is_ours(model: torch.nn.Module) -> bool:
