@@ -67,6 +67,18 @@ def main() -> None:
                     steps=args.steps + 1, patch=284, batch_size=8, device=args.device, amp=amp
                 ),
             )
+    from tiled_unet.core.checkpoint import resolve_model
+    from tiled_unet.core.model import output_size, valid_input_size
+
+    nuclei = resolve_model("nuclei").config  # what Fine-tune trains by default, with its CPU defaults
+    patch = valid_input_size(196, nuclei)
+    rate(
+        f"Fine-tune default on the CPU (built-in nuclei, {nuclei.base_features} features, batch 4)",
+        config=nuclei,
+        settings=TrainSettings(steps=args.steps + 1, patch=patch, batch_size=4, device=args.device),
+    )
+    out = output_size(patch, nuclei)
+    print(f"  patch {patch} -> {out}: {4 * out**2} output pixels per step")
     if args.quick:
         return
     common = dict(steps=args.steps + 1, patch=572, batch_size=1, device=args.device)
