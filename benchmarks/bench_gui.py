@@ -11,7 +11,9 @@ as for a user. For each repetition it measures
   repetition creates it anew);
 * longest stall: a 10 ms ``QTimer`` on the GUI thread records the largest gap between two
   ticks minus the 10 ms period, from just before the click until the worker has finished. This
-  is the longest time the viewer could not repaint or react to the mouse.
+  is the longest time the viewer could not repaint or react to the mouse;
+* napari alone: the longest stall while napari adds (and draws) a Labels layer of the same
+  shape with nothing else running, the floor for any plugin that adds its result as a layer.
 
 After each GUI repetition it times ``tiled_unet.core.predict.segment`` (model loading
 included, as in the widget's job) on the same array in the same process, with the viewer idle,
@@ -77,6 +79,23 @@ class StallProbe:
             self.max_stall, self.at = stall, now - self.t0
         self.last = now
         self.ticks += 1
+
+
+def napari_floor(viewer: Any, shape: tuple[int, ...], name: str) -> float:
+    """The longest stall (s) of napari alone adding a Labels layer of ``shape`` (and drawing it):
+    what any plugin that adds its result as a layer costs the event loop."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    labels = np.zeros(shape, np.uint16)
+    labels[: shape[0] // 2, : shape[1] // 2] = 1
+    probe, loop = StallProbe(10), QEventLoop()
+    probe.start()
+    QTimer.singleShot(50, lambda: viewer.add_labels(labels, name=name))
+    QTimer.singleShot(1500, loop.quit)
+    loop.exec()
+    probe.stop()
+    viewer.layers[name].visible = False  # kept: removing it right away crashed Mesa here
+    return probe.max_stall
 
 
 def gui_run(viewer: Any, widget: Any, image_name: str, timeout: float = 600.0) -> dict[str, float]:
@@ -278,6 +297,7 @@ def main() -> None:
             f"{r['stall_at'] - r['stall']:.2f}..{r['stall_at']:.2f} | {r['ticks']} | {r['objects']:.0f} "
             f"| {core[-1]:.2f} |"
         )
+    floor = [napari_floor(viewer, image.shape, f"napari floor {i}") for i in range(args.repeat)]
     viewer.close()
     if args.finetune > 0:
         from tiled_unet._sample_data import nuclei_with_labels
@@ -314,6 +334,8 @@ def main() -> None:
     print(f"| segment_job in the worker | {med_job:.2f} s | {fmt(job_s)} |")
     stall_ms = [s * 1000 for s in stalls]
     print(f"| longest GUI stall | {statistics.median(stall_ms):.0f} ms | {fmt(stall_ms)} ms |")
+    floor_ms = [f * 1000 for f in floor]
+    print(f"| napari add_labels alone (stall) | {statistics.median(floor_ms):.0f} ms | {fmt(floor_ms)} ms |")
     print(f"| core segment() only | {med_core:.2f} s | {fmt(core)} |")
     overhead = med_layer - med_core
     print(
