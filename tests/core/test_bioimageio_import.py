@@ -221,3 +221,14 @@ def test_a_folder_package_is_accepted(foreign, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
     assert resolve_model(copy).class_names == resolve_model(foreign).class_names
+
+
+def test_info_describes_a_foreign_network(foreign, capsys):
+    from tiled_unet.cli import main
+
+    assert main(["info", str(foreign)]) == 0
+    text = capsys.readouterr().out
+    assert "a bioimage.io network with its own architecture" in text and "cannot be fine-tuned" in text
+    assert f"halo             {HALO} px per side" in text
+    assert "parameters       193" in text  # the network's own: 1*4*9+4 + 4*4*9+4 + 4+1
+    assert "receptive field" not in text and "U-Net, depth" not in text
