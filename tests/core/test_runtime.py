@@ -21,6 +21,13 @@ needs_openvino = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Each test converts into (and reads from) its own cache folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    runtime._CONVERTED.clear()
+
+
 def _probabilities(predictor: Predictor, image: np.ndarray) -> np.ndarray:
     """Probabilities of a normalised ``(C, Y, X)`` image."""
     with predictor.ready():
@@ -101,3 +108,41 @@ def test_backend_errors_are_one_line(monkeypatch):
         runtime.forward_for(_net("valid", 1), "openvino", torch.device("cpu"), 1)
     # auto without OpenVINO is torch, silently
     assert runtime.forward_for(_net("valid", 1), "auto", torch.device("cpu"), 10**9) is None
+
+
+@needs_openvino
+def test_the_converted_network_is_kept_and_read_back(monkeypatch):
+    import openvino
+
+    net = _net("valid", 1)
+    first = runtime.forward_for(net, "openvino", torch.device("cpu"), 1)
+    path = runtime.cache_path(net)
+    assert (
+        isinstance(first, runtime.OpenVinoNetwork) and path.is_file() and path.with_suffix(".bin").is_file()
+    )
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # no temporary files left
+    runtime._CONVERTED.clear()
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again instead of reading the cache")
+
+    monkeypatch.setattr(openvino, "convert_model", no_conversion)
+    again = runtime.forward_for(net, "openvino", torch.device("cpu"), 1)
+    x = torch.rand(1, 1, 124, 124)
+    with torch.no_grad():
+        assert float((again(x) - net(x)).abs().max()) <= 1e-5
+    other = _net("valid", 1)
+    with torch.no_grad():
+        other.head.bias.add_(1.0)
+    assert runtime.cache_path(other) != path  # other weights, another entry
+
+
+@needs_openvino
+def test_a_cached_network_that_does_not_match_is_dropped(monkeypatch):
+    net = _net("valid", 1)
+    assert runtime.forward_for(net, "openvino", torch.device("cpu"), 1) is not None
+    path = runtime.cache_path(net)
+    runtime._CONVERTED.clear()
+    monkeypatch.setattr(runtime, "TOLERANCE", -1.0)  # nothing matches now
+    assert runtime.forward_for(net, "openvino", torch.device("cpu"), 1) is None
+    assert not path.exists() and not path.with_suffix(".bin").exists()

@@ -18,16 +18,20 @@ Backends (:attr:`.options.PredictOptions.backend`):
   U-Net, and a region has at least :data:`AUTO_MIN_PIXELS` output pixels (where the conversion
   is won back); else torch.
 
-A network that fails to convert or to match torch falls back to torch, with a warning.
+A network that fails to convert or to match torch falls back to torch, with a warning. The
+converted network is kept in the user's cache folder (:func:`cache_path`), so later runs read it
+in a fraction of a second instead of converting it again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import warnings
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -120,30 +124,73 @@ class OpenVinoNetwork:
 
 
 def _convert(model: torch.nn.Module, example: torch.Tensor) -> OpenVinoNetwork | None:
-    """``model`` converted and compiled for the CPU, or None (with a warning) if that fails or the
-    result differs from torch on ``example`` and on a tile one pooling step larger."""
+    """``model`` converted (or read from :func:`cache_path`) and compiled for the CPU, or None
+    (with a warning) if that fails or the result differs from torch on ``example`` and on a tile
+    one pooling step larger."""
+    path = None
     try:
         import openvino as ov
 
-        channels = int(example.shape[1])
         x = example.detach().to("cpu", torch.float32).contiguous()
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings: the probes below check the result
-            ov_model = ov.convert_model(
-                model, example_input=x, input=[ov.PartialShape([-1, channels, -1, -1])]
-            )
+        path = cache_path(model)
+        cached = path is not None and path.is_file() and path.with_suffix(".bin").is_file()
+        ov_model = ov.Core().read_model(str(path)) if cached else _traced(ov, model, x)
         config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"}
         network = OpenVinoNetwork(ov.Core().compile_model(ov_model, "CPU", config))
         step = 2 ** int(getattr(getattr(model, "config", None), "depth", 4))
-        bigger = torch.nn.functional.pad(x, (0, step, 0, step), mode="reflect")
-        for probe in (x, bigger):
+        for probe in (x, torch.nn.functional.pad(x, (0, step, 0, step), mode="reflect")):
             with torch.no_grad():
                 diff = float((network(probe) - model(probe)).abs().max())
             if not diff <= TOLERANCE:
                 raise RuntimeError(
                     f"its logits differ from torch's by {diff:.2g} at size {tuple(probe.shape)}"
                 )
+        if not cached and path is not None:
+            _save(ov, ov_model, path)
     except Exception as exc:  # any conversion problem: torch predicts instead
+        if path is not None:  # a cached model that does not match is not used again
+            for stale in (path, path.with_suffix(".bin")):
+                stale.unlink(missing_ok=True)
         log.warning("OpenVINO cannot run this network (%s); using torch", str(exc).splitlines()[0][:200])
         return None
     return network
+
+
+def _traced(ov: Any, model: torch.nn.Module, x: torch.Tensor) -> Any:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings: the probes check the result
+        return ov.convert_model(model, example_input=x, input=[ov.PartialShape([-1, x.shape[1], -1, -1])])
+
+
+def cache_path(model: torch.nn.Module) -> Path | None:
+    """Where the converted network is kept (``$XDG_CACHE_HOME/tiled-unet/openvino/<hash>.xml``
+    and ``.bin``): the hash covers the weights, the configuration and both libraries' versions,
+    so a later run reads it (a fraction of a second) instead of converting (seconds). None for a
+    network without a configuration."""
+    import hashlib
+
+    import openvino
+
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    digest = hashlib.sha256(f"{openvino.__version__} {torch.__version__} {config!r}".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return home / "tiled-unet" / "openvino" / f"{digest.hexdigest()[:32]}.xml"
+
+
+def _save(ov: Any, ov_model: Any, path: Path) -> None:
+    """Write the converted network beside others atomically (weights first); failures are ignored."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.xml")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(ov_model, str(tmp), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(tmp, path)
+    except Exception as exc:  # a read-only or full cache: convert again next time
+        for part in (tmp, tmp.with_suffix(".bin")):
+            part.unlink(missing_ok=True)
+        log.debug("could not keep the converted network in %s: %s", path.parent, exc)
