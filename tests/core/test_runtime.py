@@ -55,7 +55,7 @@ def test_openvino_gives_torch_probabilities(padding, channels):
     }
     assert np.ptp(ours["torch"]) > 0.01
     assert np.abs(ours["openvino"] - ours["torch"]).max() <= 1e-5
-    assert isinstance(runtime._CONVERTED[net], runtime.OpenVinoNetwork)
+    assert isinstance(runtime._CONVERTED[runtime.weights_key(net)], runtime.OpenVinoNetwork)
 
 
 @needs_openvino
@@ -75,7 +75,7 @@ def test_auto_converts_only_for_large_regions(monkeypatch):
     net = _net("valid", 1)
     cpu = torch.device("cpu")
     assert runtime.forward_for(net, "auto", cpu, 512 * 512) is None  # small: torch
-    assert net not in runtime._CONVERTED
+    assert runtime._CONVERTED == {}
     assert runtime.forward_for(net, "torch", cpu, 10**9) is None
     assert isinstance(runtime.forward_for(net, "auto", cpu, runtime.AUTO_MIN_PIXELS), runtime.OpenVinoNetwork)
     assert runtime.forward_for(net, "auto", torch.device("meta"), 10**9) is None  # not the CPU
@@ -116,7 +116,7 @@ def test_the_converted_network_is_kept_and_read_back(monkeypatch):
 
     net = _net("valid", 1)
     first = runtime.forward_for(net, "openvino", torch.device("cpu"), 1)
-    path = runtime.cache_path(net)
+    path = runtime.cache_path(runtime.weights_key(net))
     assert (
         isinstance(first, runtime.OpenVinoNetwork) and path.is_file() and path.with_suffix(".bin").is_file()
     )
@@ -134,15 +134,29 @@ def test_the_converted_network_is_kept_and_read_back(monkeypatch):
     other = _net("valid", 1)
     with torch.no_grad():
         other.head.bias.add_(1.0)
-    assert runtime.cache_path(other) != path  # other weights, another entry
+    assert runtime.weights_key(other) != runtime.weights_key(net)  # other weights, another entry
 
 
 @needs_openvino
 def test_a_cached_network_that_does_not_match_is_dropped(monkeypatch):
     net = _net("valid", 1)
     assert runtime.forward_for(net, "openvino", torch.device("cpu"), 1) is not None
-    path = runtime.cache_path(net)
+    path = runtime.cache_path(runtime.weights_key(net))
     runtime._CONVERTED.clear()
     monkeypatch.setattr(runtime, "TOLERANCE", -1.0)  # nothing matches now
     assert runtime.forward_for(net, "openvino", torch.device("cpu"), 1) is None
     assert not path.exists() and not path.with_suffix(".bin").exists()
+
+
+@needs_openvino
+def test_weights_changed_in_place_are_converted_again():
+    net = _net("valid", 1)
+    cpu = torch.device("cpu")
+    before = runtime.forward_for(net, "openvino", cpu, 1)
+    with torch.no_grad():
+        net.head.bias.add_(0.5)  # trained in place: the same module, other weights
+    after = runtime.forward_for(net, "openvino", cpu, 1)
+    assert after is not before
+    x = torch.rand(1, 1, 124, 124)
+    with torch.no_grad():
+        assert float((after(x) - net(x)).abs().max()) <= 1e-5

@@ -37,10 +37,10 @@ import torch
 from .checkpoint import Checkpoint, Normalization, network_on
 from .devices import autocast_for, is_out_of_memory, resolve_device
 from .model import UNet, UNetConfig, eval_mode
-from .options import PredictOptions
+from .options import PredictOptions, check_backend
 from .postprocess import InstanceSettings, to_instances, to_semantic
 from .progress import BatchCounter, Progress
-from .runtime import check_backend, forward_for
+from .runtime import forward_for
 from .scaling import ScaledPlane, back_weights, resample, scaled_length
 from .tiling import (
     TilePlan,

@@ -114,8 +114,7 @@ class PredictOptions:
             raise ValueError(f"channel must be 'auto', 'all' or a channel number, got {self.channel!r}")
         if isinstance(self.channel, int) and self.channel < 0:
             raise ValueError(f"channel must be 0 or more (0-based), got {self.channel}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
+        check_backend(self.backend)
 
     @property
     def block_edge(self) -> int:
@@ -125,6 +124,12 @@ class PredictOptions:
     def replace(self, **changes: Any) -> PredictOptions:
         """A copy with ``changes`` (checked like a new one)."""
         return dataclasses.replace(self, **changes)
+
+
+def check_backend(backend: str) -> None:
+    """Raise ``ValueError`` (one line) for an unknown backend name (:data:`BACKENDS`)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
 
 
 def goes_blockwise(

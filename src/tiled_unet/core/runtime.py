@@ -1,13 +1,12 @@
 """The network's forward pass on the CPU: torch, or OpenVINO (the optional ``openvino`` extra).
 
-OpenVINO runs our U-Nets faster than torch (channels-last, oneDNN) on 2-core CPUs: for the
-built-in ``nuclei`` model on a 1116-pixel tile, 1.17x to 1.65x on an AVX2 AMD EPYC in different
-runs (0.96-0.97 of the float32 matmul roofline; ``benchmarks/bench_runtime.py``), once the
-network is converted (3.7-6 s, once per network and process). torch stays the reference: the
-OpenVINO network is converted from the torch one (:func:`openvino.convert_model`, float32
-inference precision, spatial sizes left dynamic), checked against it on two tile sizes when
-converted, and used only for the forward pass; tiling, normalisation and post-processing are the
-engine's (:mod:`.engine`), so both give the same probabilities to float tolerance.
+OpenVINO ran our U-Nets 1.10-1.17x faster per tile than torch (channels-last, oneDNN) on a
+2-core AVX2 AMD EPYC, at 0.84-0.96 of the float32 matmul roofline (1.65x once, on a busier
+machine; ``benchmarks/bench_runtime.py``). torch stays the reference: the OpenVINO network is
+converted from the torch one (:func:`openvino.convert_model`, float32 inference precision,
+spatial sizes left dynamic; 4-6 s the first time), checked against it on two tile sizes, and
+used only for the forward pass; tiling, normalisation and post-processing are the engine's
+(:mod:`.engine`), so both give the same probabilities to float tolerance.
 
 Backends (:attr:`.options.PredictOptions.backend`):
 
@@ -29,15 +28,12 @@ import logging
 import os
 import threading
 import warnings
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-
-from .options import BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +42,9 @@ AUTO_MIN_PIXELS = 2048 * 2048
 #: Largest difference in logits tolerated between OpenVINO and torch when converting.
 TOLERANCE = 1e-3
 
-#: Converted networks, by torch network (None: conversion failed, use torch).
-_CONVERTED: weakref.WeakKeyDictionary[torch.nn.Module, Any] = weakref.WeakKeyDictionary()
+#: Converted networks by :func:`weights_key` (None: conversion failed, use torch); the newest few.
+_CONVERTED: dict[str, Any] = {}
+_KEEP = 4
 _LOCK = threading.Lock()
 
 
@@ -56,12 +53,6 @@ def openvino_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("openvino") is not None
-
-
-def check_backend(backend: str) -> None:
-    """Raise ``ValueError`` (one line) for an unknown backend name."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
 
 
 def forward_for(
@@ -86,10 +77,13 @@ def forward_for(
         device.type == "cpu" and pixels >= AUTO_MIN_PIXELS and _is_ours(model) and openvino_available()
     ):
         return None
+    key = weights_key(model)  # the weights, not the module: one trained in place converts anew
     with _LOCK:
-        if model not in _CONVERTED:
-            _CONVERTED[model] = _convert(model, _example(model))
-    return _CONVERTED[model]
+        if key not in _CONVERTED:
+            _CONVERTED[key] = _convert(model, _example(model), cache_path(key))
+            while len(_CONVERTED) > _KEEP:
+                del _CONVERTED[next(iter(_CONVERTED))]
+        return _CONVERTED[key]
 
 
 def _example(model: torch.nn.Module) -> torch.Tensor:
@@ -123,17 +117,15 @@ class OpenVinoNetwork:
         return torch.from_numpy(np.array(result, copy=True))
 
 
-def _convert(model: torch.nn.Module, example: torch.Tensor) -> OpenVinoNetwork | None:
-    """``model`` converted (or read from :func:`cache_path`) and compiled for the CPU, or None
+def _convert(model: torch.nn.Module, example: torch.Tensor, path: Path) -> OpenVinoNetwork | None:
+    """``model`` converted (or read from its cache file ``path``) and compiled for the CPU, or None
     (with a warning) if that fails or the result differs from torch on ``example`` and on a tile
     one pooling step larger."""
-    path = None
     try:
         import openvino as ov
 
         x = example.detach().to("cpu", torch.float32).contiguous()
-        path = cache_path(model)
-        cached = path is not None and path.is_file() and path.with_suffix(".bin").is_file()
+        cached = path.is_file() and path.with_suffix(".bin").is_file()
         ov_model = ov.Core().read_model(str(path)) if cached else _traced(ov, model, x)
         config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"}
         network = OpenVinoNetwork(ov.Core().compile_model(ov_model, "CPU", config))
@@ -145,12 +137,11 @@ def _convert(model: torch.nn.Module, example: torch.Tensor) -> OpenVinoNetwork |
                 raise RuntimeError(
                     f"its logits differ from torch's by {diff:.2g} at size {tuple(probe.shape)}"
                 )
-        if not cached and path is not None:
+        if not cached:
             _save(ov, ov_model, path)
     except Exception as exc:  # any conversion problem: torch predicts instead
-        if path is not None:  # a cached model that does not match is not used again
-            for stale in (path, path.with_suffix(".bin")):
-                stale.unlink(missing_ok=True)
+        for stale in (path, path.with_suffix(".bin")):  # a cached model that does not match goes
+            stale.unlink(missing_ok=True)
         log.warning("OpenVINO cannot run this network (%s); using torch", str(exc).splitlines()[0][:200])
         return None
     return network
@@ -162,24 +153,28 @@ def _traced(ov: Any, model: torch.nn.Module, x: torch.Tensor) -> Any:
         return ov.convert_model(model, example_input=x, input=[ov.PartialShape([-1, x.shape[1], -1, -1])])
 
 
-def cache_path(model: torch.nn.Module) -> Path | None:
-    """Where the converted network is kept (``$XDG_CACHE_HOME/tiled-unet/openvino/<hash>.xml``
-    and ``.bin``): the hash covers the weights, the configuration and both libraries' versions,
-    so a later run reads it (a fraction of a second) instead of converting (seconds). None for a
-    network without a configuration."""
+def weights_key(model: torch.nn.Module) -> str:
+    """A hash of the network's weights and configuration and of both libraries' versions."""
     import hashlib
 
     import openvino
 
     config = getattr(model, "config", None)
-    if config is None:
-        return None
-    digest = hashlib.sha256(f"{openvino.__version__} {torch.__version__} {config!r}".encode())
+    digest = hashlib.sha256(
+        f"{openvino.__version__} {torch.__version__} {type(model).__name__} {config!r}".encode()
+    )
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def cache_path(key: str) -> Path:
+    """Where the converted network of :func:`weights_key` ``key`` is kept
+    (``$XDG_CACHE_HOME/tiled-unet/openvino/<key>.xml`` and ``.bin``), so a later run reads it (a
+    fraction of a second) instead of converting it (seconds)."""
     home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return home / "tiled-unet" / "openvino" / f"{digest.hexdigest()[:32]}.xml"
+    return home / "tiled-unet" / "openvino" / f"{key}.xml"
 
 
 def _save(ov: Any, ov_model: Any, path: Path) -> None:
