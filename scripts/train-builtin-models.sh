@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrain the built-in models from the shared data with the recorded commands.
 #
-#   scripts/train-builtin-models.sh [nuclei|nuclei-depth4|nuclei-v2|em-membranes ...]   (default: all)
+#   scripts/train-builtin-models.sh [nuclei|nuclei-depth4|nuclei-v2|nuclei-sized|em-membranes ...]   (default: all)
 #
 # Environment: DATA (default ../shared/data), OUT (default runs), DEVICE (default auto),
 # MINUTES (training budget per model, default 6), WORKERS (patch workers, default 4),
@@ -77,20 +77,35 @@ polish_nuclei() {  # third stage (one GPU): 284-px patches at lr 3e-4, then 380-
         "${budget_b[@]}" --lr 2e-4 --patch 380 --seed 8
 }
 
-nuclei_v2() {  # the shipped nuclei one level deeper, trained on with scale and appearance changes
-    local data="$OUT/nuclei-v2-data" select="$here/configs/nuclei-select-ids.txt"
-    link_nuclei_data "$data" "$DATA/dsb2018/val.txt" "$select"
-    local sel="$OUT/nuclei-select"  # 40 training images held out to choose the checkpoint
+select_nuclei() {  # $OUT/nuclei-select: 40 training images held out to choose a checkpoint
+    local sel="$OUT/nuclei-select"
     rm -rf "$sel" && mkdir -p "$sel/images" "$sel/labels"
     while read -r id; do
         ln -s "$(realpath "$DATA"/dsb2018/images/"$id".*)" "$sel/images/$id.png"
         ln -s "$(realpath "$DATA"/dsb2018/labels/"$id".*)" "$sel/labels/$id.tif"
-    done < "$select"
+    done < "$here/configs/nuclei-select-ids.txt"
+}
+
+nuclei_v2() {  # the shipped nuclei one level deeper, trained on with scale and appearance changes
+    local data="$OUT/nuclei-v2-data" sel="$OUT/nuclei-select"
+    link_nuclei_data "$data" "$DATA/dsb2018/val.txt" "$here/configs/nuclei-select-ids.txt"
+    select_nuclei
     $TU train --images "$data/images" --labels "$data/labels" --val-images "$sel/images" \
         --val-labels "$sel/labels" --init nuclei --deepen --out "$OUT/nuclei-v2.pt" \
         --minutes "${V2_MINUTES:-85}" --schedule cosine --lr 2e-4 --patch 380 --batch-size 8 \
         --zoom 0.6 1.6 --blur 1.5 --colour-jitter 0.2 --grey 0.2 --val-every 300 \
         --workers 1 --seed 21 --half --name nuclei --device "$DEVICE" --no-progress --overwrite
+}
+
+nuclei_sized() {  # the shipped nuclei trained on at its object size (20 px), where Segment predicts
+    local data="$OUT/nuclei-sized-data" sel="$OUT/nuclei-select"
+    link_nuclei_data "$data" "$DATA/dsb2018/val.txt" "$here/configs/nuclei-select-ids.txt"
+    select_nuclei
+    $TU train --images "$data/images" --labels "$data/labels" --val-images "$sel/images" \
+        --val-labels "$sel/labels" --init nuclei --object-size 20 --out "$OUT/nuclei-sized.pt" \
+        --minutes "${SIZED_MINUTES:-100}" --schedule cosine --lr 2e-4 --patch 284 --batch-size 8 \
+        --zoom 0.67 1.5 --blur 1 --colour-jitter 0.2 --grey 0.1 --val-every 400 \
+        --workers 1 --seed 31 --half --name nuclei --device "$DEVICE" --no-progress --overwrite
 }
 
 train_em() {
@@ -114,6 +129,7 @@ for m in "${models[@]}"; do
         nuclei-polish) { polish_nuclei && tune_nuclei nuclei-polished; } \
             > "$OUT/nuclei-polish.log" 2>&1 & pids+=($!) ;;
         nuclei-v2) { nuclei_v2 && tune_nuclei nuclei-v2; } > "$OUT/nuclei-v2.log" 2>&1 & pids+=($!) ;;
+        nuclei-sized) { nuclei_sized && tune_nuclei nuclei-sized; } > "$OUT/nuclei-sized.log" 2>&1 & pids+=($!) ;;
         em-membranes) train_em > "$OUT/em-membranes.log" 2>&1 & pids+=($!) ;;
         *) echo "unknown model: $m" >&2; exit 2 ;;
     esac

@@ -231,3 +231,19 @@ def test_train_resume_goes_on_and_the_state_goes_when_the_model_is_written(data,
     state.write_bytes(b"an old run")  # a state left behind: a fresh run does not go over it
     assert main([*argv, "--overwrite"]) == 2 and state.read_bytes() == b"an old run"
     assert "--resume goes on with it, or remove it" in capsys.readouterr().err
+
+
+def test_object_size_resamples_the_data_and_is_recorded(data, capsys):
+    big = np.zeros((128, 128), np.uint16)
+    yy, xx = np.mgrid[:128, :128]
+    big[(yy - 40) ** 2 + (xx - 40) ** 2 <= 24**2] = 1  # 48 px across: resampled 0.5x to 24 px
+    big[(yy - 90) ** 2 + (xx - 90) ** 2 <= 24**2] = 2
+    tifffile.imwrite(data / "img" / "s0.tif", ((big > 0) * 150 + 20).astype(np.uint8))
+    tifffile.imwrite(data / "lab" / "s0.tif", big)
+    assert main(args(data, "--object-size", "24")) == 0
+    ckpt = load_checkpoint(data / "m.pt")
+    assert ckpt.object_diameter == 24.0
+    assert "--object-size 24" in ckpt.provenance["command"]
+    assert main(args(data, "--object-size", "24", "--sparse", "--overwrite")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "tiled-unet: error: --object-size measures dense labels; leave out --sparse"

@@ -172,3 +172,25 @@ def test_scales_are_bounded_and_progress_never_goes_back(sized):
     assert training_diameter([dense], sparse=False, base=None) == pytest.approx(expected)
     assert training_diameter([dense + 1], sparse=True, base=sized) == 20.0  # a fine-tune keeps it
     assert training_diameter([np.zeros((4, 4))], sparse=False, base=None) is None
+
+
+def test_training_images_each_go_to_the_object_size():
+    from tiled_unet.core.sizing import median_diameter, to_object_size
+
+    yy, xx = np.mgrid[:160, :160]
+    big = np.zeros((160, 160), np.int32)  # discs 40 px across
+    for k, (cy, cx) in enumerate([(40, 40), (40, 110), (110, 40), (110, 110)], start=1):
+        big[(yy - cy) ** 2 + (xx - cx) ** 2 <= 400] = k
+    tiny = np.zeros((40, 40), np.int32)
+    tiny[10:12, 10:12] = 1  # a 2x2 object: 20 px would be 8.9x, bounded to 4x
+    empty = np.zeros((30, 50), np.int32)
+    colour = np.dstack([big.astype(np.float32) * 10] * 3)
+    images, labels, factors = to_object_size(
+        [colour, tiny.astype(np.float32), np.ones((30, 50), np.float32)], [big, tiny, empty], 20.0
+    )
+    assert factors == pytest.approx([0.5, 4.0, 1.0], rel=1e-3)
+    assert images[0].shape == (80, 80, 3) and labels[0].shape == (80, 80)
+    assert abs(median_diameter(labels[:1]) - 20.0) < 1.0
+    assert sorted(np.unique(labels[0])) == [0, 1, 2, 3, 4]  # every object kept, ids unchanged
+    assert images[1].shape == labels[1].shape == (160, 160)
+    assert labels[2] is empty  # nothing to measure: kept as it is

@@ -29,6 +29,7 @@ from typing import Any
 
 from ._args import non_negative_float, positive_float, positive_int
 from ._bars import drain_steps
+from ._data import at_object_size, describe, load_pairs, validation_split
 from ._rescue import rescue
 from ._start import add_start_options, starting_point
 
@@ -148,6 +149,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     jitter = "random per-channel gain exp(U(-J, J)) of colour images (default 0: off)"
     parser.add_argument("--colour-jitter", type=non_negative_float, default=0.0, metavar="J", help=jitter)
     parser.add_argument("--grey", type=float, default=0.0, metavar="P", help="probability of a grey patch")
+    parser.add_argument(
+        "--object-size",
+        type=positive_float,
+        metavar="PX",
+        help="resample each (validation) image so its objects' median diameter is PX, the size recorded",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -163,25 +170,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
     )
     return configure_parser(parser)
-
-
-def _load_pairs(images: Sequence[str], labels: Sequence[str]) -> tuple[list, list, list[str]]:
-    from tiled_unet.core.data import file_stem, pair_files, read_array
-
-    pairs = pair_files(images, labels)
-    imgs, labs, names = [], [], []
-    for img_path, lab_path in pairs:
-        img = read_array(img_path)  # an ImageError (a ValueError) names the file
-        lab = read_array(lab_path)
-        imgs.append(img)
-        labs.append(lab)
-        names.append(file_stem(img_path))
-    return imgs, labs, names
-
-
-def _describe(names: Sequence[str]) -> str:
-    more = " ..." if len(names) > 10 else ""
-    return f"{len(names)} images: {', '.join(names[:10])}{more}"
 
 
 def _settings(args: argparse.Namespace, painted_base: Any) -> Any:
@@ -228,32 +216,6 @@ def _settings(args: argparse.Namespace, painted_base: Any) -> Any:
     )
 
 
-def _validation_split(
-    args: argparse.Namespace, images: list, labels: list, names: list
-) -> tuple[dict, tuple]:
-    """The validation data (``--val-ids`` taken out of the training pairs, or given apart)."""
-    val: dict[str, Any] = {}
-    if args.val_ids:
-        if args.val_images:
-            raise ValueError("give --val-ids or --val-images/--val-labels, not both")
-        keep = {ln.strip() for ln in Path(args.val_ids).read_text(encoding="utf-8").splitlines()}
-        keep.discard("")
-        held = [i for i, n in enumerate(names) if n in keep]
-        if not held:
-            raise ValueError(f"{args.val_ids}: none of its ids is among the training images")
-        rest = [i for i in range(len(names)) if names[i] not in keep]
-        val = {
-            "val_images": [images[i] for i in held],
-            "val_labels": [labels[i] for i in held],
-            "val_names": [names[i] for i in held],
-        }
-        images, labels, names = ([seq[i] for i in rest] for seq in (images, labels, names))
-    if args.val_images:
-        vi, vl, vn = _load_pairs(args.val_images, args.val_labels)
-        val = {"val_images": vi, "val_labels": vl, "val_names": vn}
-    return val, (images, labels, names)
-
-
 def _training(args: argparse.Namespace, hooks: Any) -> tuple[Any, Any, bool]:
     """The training generator of the arguments, its settings, and whether it is a fine-tune."""
     from tiled_unet.core.resume import state_path_for
@@ -261,10 +223,12 @@ def _training(args: argparse.Namespace, hooks: Any) -> tuple[Any, Any, bool]:
 
     init, config, painted = starting_point(args)
     settings = _settings(args, init if painted else None)
-    images, labels, names = _load_pairs(args.images, args.labels)
-    val, (images, labels, names) = _validation_split(args, images, labels, names)
+    images, labels, names = load_pairs(args.images, args.labels)
+    val, (images, labels, names) = validation_split(args, images, labels, names)
+    if args.object_size is not None:
+        images, labels, val = at_object_size(args, init or config, images, labels, val)
     common = {"images": images, "labels": labels, "settings": settings, "names": names, "hooks": hooks}
-    common["data_description"] = _describe(names)
+    common["data_description"] = describe(names)
     if painted:
         if val:
             raise ValueError(
@@ -347,6 +311,8 @@ def _train_and_save(args: argparse.Namespace, hooks: Any, out: Path) -> int:
     )
     if args.name:
         ckpt.provenance["name"] = args.name
+    if args.object_size is not None:
+        ckpt.object_diameter = args.object_size
     try:
         save_checkpoint(ckpt, out, overwrite=args.overwrite, half=args.half)
     except OSError as exc:  # disk full, read-only, written meanwhile: the model is not lost

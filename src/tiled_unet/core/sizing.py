@@ -233,6 +233,33 @@ def at_model_scale(
     return [im for im, _ in pairs], [lab for _, lab in pairs], factor
 
 
+def to_object_size(
+    images: Sequence[np.ndarray], labels: Sequence[np.ndarray], diameter: float
+) -> tuple[list[np.ndarray], list[np.ndarray], list[float]]:
+    """Dense annotated images each resampled so that its objects' median diameter is ``diameter``.
+
+    Training at one object size, as Segment predicts at the model's size (the automatic
+    estimate brings every image there): the network's capacity goes to objects of that size,
+    and images of small objects are seen upsampled, as Segment feeds them. Images
+    (``(Y, X)`` or ``(Y, X, C)``, as :func:`.channels.model_image` gives them) are resampled
+    as Segment resamples (:class:`.scaling.ScaledPlane`), labels by the nearest pixel; factors
+    are bounded to :data:`MIN_SCALE`-:data:`MAX_SCALE`; an image without objects is kept.
+    Returns the images, the labels and each image's factor.
+    """
+    from .scaling import zoom_pair
+
+    out_images, out_labels, factors = [], [], []
+    for image, lab in zip(images, labels, strict=True):
+        own = median_diameter([lab])
+        factor = 1.0 if own is None else scale_for(own, diameter, estimated=False)
+        if abs(factor - 1.0) > 1e-3:
+            image, lab = zoom_pair(image, lab, factor)
+        out_images.append(image)
+        out_labels.append(lab)
+        factors.append(factor)
+    return out_images, out_labels, factors
+
+
 def training_diameter(labels: Sequence[np.ndarray], *, sparse: bool, base: Any) -> float | None:
     """The object size a model trained on ``labels`` records (``object_diameter``).
 
