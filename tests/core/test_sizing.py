@@ -194,3 +194,34 @@ def test_training_images_each_go_to_the_object_size():
     assert sorted(np.unique(labels[0])) == [0, 1, 2, 3, 4]  # every object kept, ids unchanged
     assert images[1].shape == labels[1].shape == (160, 160)
     assert labels[2] is empty  # nothing to measure: kept as it is
+
+
+def test_a_small_image_used_as_it_is_is_predicted_once(sized, monkeypatch):
+    """When the estimate predicted the whole plane at scale 1 and keeps the image as it is,
+    its probabilities are the result: no second pass, the same labels as ``off``."""
+    from tiled_unet.core.engine import Predictor
+    from tiled_unet.core.predict import segment_iter
+
+    img = _blobs(radius=10)  # 20-pixel objects: the model's size
+    predictor = Predictor(sized, device="cpu")
+    regions = []
+    original = Predictor.region_iter
+
+    def counted(self, plane, *args, **kwargs):
+        regions.append(tuple(plane.shape))
+        return original(self, plane, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "region_iter", counted)
+    seen = []
+    auto = drain(segment_iter(predictor, img, device="cpu"), seen.append)
+    stage = [p for p in seen if p.metrics and "scale" in p.metrics]
+    assert stage and stage[0].metrics["scale"] == 1.0
+    tried = len(regions)
+    assert regions.count((1, 200, 240)) == 1  # the whole plane once: the estimate's scale-1 pass
+    regions.clear()
+    off = drain(segment_iter(predictor, img, device="cpu", diameter="off"))
+    assert len(regions) == 1 and tried >= 3
+    np.testing.assert_array_equal(auto, off)
+    probs = drain(segment_iter(predictor, img, device="cpu", output="probabilities"))
+    ref = drain(segment_iter(predictor, img, device="cpu", output="probabilities", diameter="off"))
+    np.testing.assert_array_equal(probs, ref)

@@ -195,11 +195,13 @@ def segment_iter(
     n_planes, _, ny, nx = (int(s) for s in planes.shape)
     done = 0
     per_plane = 0
+    known: dict[int, np.ndarray] = {}  # planes whose probabilities the size estimate computed
 
     def progress(p: int, item: Progress) -> Progress:
         nonlocal done
         done += 1
-        total = done + (item.total - item.done) + (n_planes - p - 1) * per_plane
+        later = sum(q not in known for q in range(p + 1, n_planes))
+        total = done + (item.total - item.done) + later * per_plane
         where = f"plane {p + 1}/{n_planes}, " if n_planes > 1 else ""
         return Progress(done, total, f"{where}tile batch {done}/{total}", unit="tile batch")
 
@@ -209,9 +211,11 @@ def segment_iter(
         stats_of = functools.cache(lambda p: predictor.normalization.stats(planes[p]))  # once per plane
         size = yield from image_size_iter(predictor, planes, options, stats_of)
         scale = size.scale if size is not None else None
+        if size is not None and size.probs is not None:
+            known[size.plane] = size.probs
         per_plane = predictor.n_batches((ny, nx), scale)
-        yield Progress(0, n_planes * per_plane, "starting", unit="tile batch")
-        results = yield from _segment_planes(predictor, planes, options, progress, scale, stats_of)
+        yield Progress(0, (n_planes - len(known)) * per_plane, "starting", unit="tile batch")
+        results = yield from _segment_planes(predictor, planes, options, progress, scale, stats_of, known)
     return from_planes(results, used_axes, (ny, nx))
 
 
@@ -222,16 +226,20 @@ def _segment_planes(
     progress: Any,
     scale: float | None,
     stats_of: Any,
+    known: dict[int, np.ndarray],
 ) -> Generator[Progress, None, np.ndarray]:
-    """Labels (or probabilities) of every plane, stacked."""
+    """Labels (or probabilities) of every plane, stacked; ``known`` planes' probabilities were
+    computed already (by the size estimate)."""
     n_planes = int(planes.shape[0])
     labels: list[np.ndarray] = []
     prob_stack: np.ndarray | None = None
     for p in range(n_planes):
-        plane = np.asarray(planes[p])
-        probs = yield from relay(
-            predictor.region_iter(plane, stats=stats_of(p), scale=scale), lambda item, p=p: progress(p, item)
-        )
+        probs = known.get(p)
+        if probs is None:
+            probs = yield from relay(
+                predictor.region_iter(np.asarray(planes[p]), stats=stats_of(p), scale=scale),
+                lambda item, p=p: progress(p, item),
+            )
         if options.output == "probabilities":
             if prob_stack is None:
                 prob_stack = np.empty((n_planes, *probs.shape), np.float32)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -64,12 +64,19 @@ class SizeEstimate:
         The factor the image is resampled by (1: as it is).
     estimated : bool
         Whether ``diameter`` was estimated (else given by the user).
+    plane : int
+        The plane measured (the middle one).
+    probs : ndarray or None
+        That plane's probabilities as the prediction computes them, when the estimate already
+        predicted the whole plane at ``scale`` (a small image used as it is): no second pass.
     """
 
     diameter: float
     model_diameter: float
     scale: float
     estimated: bool
+    plane: int = 0
+    probs: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def message(self) -> str:
@@ -122,12 +129,15 @@ def estimate_diameter_iter(
     *,
     scales: tuple[float, ...] = SCALES,
     window: int = WINDOW,
+    keep: dict[float, np.ndarray] | None = None,
 ) -> Generator[Progress, None, float | None]:
     """The objects' median diameter (pixels) in a ``(C, Y, X)`` plane, or None if none are found.
 
     See the module notes (``scales`` and ``window``: :data:`SCALES`, :data:`WINDOW`). Only a
     window around the centre is read (lazy planes stay lazy). Yields a stage
-    :class:`Progress` per scale tried.
+    :class:`Progress` per scale tried. ``keep`` (a dict) receives under ``1.0`` the plane's
+    probabilities at scale 1 when the window there is the whole plane: exactly what predicting
+    the plane as it is gives.
     """
     _, ny, nx = (int(s) for s in plane.shape)
     best: tuple[float, float] | None = None  # (peak, diameter in the image)
@@ -140,9 +150,11 @@ def estimate_diameter_iter(
         crop = np.asarray(plane[:, y0 : y0 + h, x0 : x0 + w])
         message = f"measuring object size ({k + 1}/{len(scales)})"
         probs = yield from relay(
-            predictor.region_iter(ScaledPlane(crop, scale), stats=stats),
+            predictor.region_iter(crop if scale == 1 else ScaledPlane(crop, scale), stats=stats),
             lambda _item, m=message: Progress(0, 0, m),  # a stage: tile batches are counted after
         )
+        if keep is not None and scale == 1 and (h, w) == (ny, nx):
+            keep[1.0] = probs
         n, diameter, peak = object_measures(probs, predictor.labels(probs, settings), predictor.object_class)
         if n >= MIN_OBJECTS and peak >= MIN_CERTAINTY and (best is None or peak > best[0]):
             best = (peak, diameter / scale)
@@ -179,8 +191,9 @@ def size_iter(
     scaled 0.31x"``). Returns None if no objects are found to measure.
     """
     model_diameter = float(predictor.checkpoint.object_diameter)
+    kept: dict[float, np.ndarray] = {}
     if mode == "auto":
-        diameter = yield from estimate_diameter_iter(predictor, plane, stats)
+        diameter = yield from estimate_diameter_iter(predictor, plane, stats, keep=kept)
         if diameter is None:
             yield Progress(0, 0, "no objects to measure: image used as it is", metrics={"scale": 1.0})
             return None
@@ -188,7 +201,7 @@ def size_iter(
     else:
         diameter, estimated = float(mode), False
     scale = scale_for(diameter, model_diameter, estimated=estimated)
-    estimate = SizeEstimate(diameter, model_diameter, scale, estimated)
+    estimate = SizeEstimate(diameter, model_diameter, scale, estimated, probs=kept.get(scale))
     yield Progress(0, 0, estimate.message, metrics=estimate.metrics())
     return estimate
 
@@ -207,7 +220,8 @@ def image_size_iter(
         return None
     p = int(planes.shape[0]) // 2  # lazy planes stay lazy: only a window is read
     stats = stats_of(p) if stats_of is not None else predictor.normalization.stats(planes[p])
-    return (yield from size_iter(predictor, planes[p], mode, stats))
+    estimate = yield from size_iter(predictor, planes[p], mode, stats)
+    return None if estimate is None else replace(estimate, plane=p)
 
 
 def at_model_scale(
