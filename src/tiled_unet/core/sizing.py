@@ -122,6 +122,29 @@ def object_measures(probs: np.ndarray, labels: np.ndarray, object_class: int) ->
     return len(ids), float(median_diameter([labels])), float(np.median(peaks))
 
 
+def _measure_iter(
+    predictor: Any, plane: Any, stats: Any, scale: float, window: int, keep: dict | None
+) -> Generator[Progress, None, tuple[int, float, float] | None]:
+    """``(objects, median diameter in the image, median peak)`` found in the central window at
+    ``scale``; None if the window is too small to see anything there."""
+    _, ny, nx = (int(s) for s in plane.shape)
+    h, w = min(ny, int(window / scale)), min(nx, int(window / scale))
+    if min(h, w) * scale < 32:
+        return None
+    y0, x0 = (ny - h) // 2, (nx - w) // 2
+    crop = np.asarray(plane[:, y0 : y0 + h, x0 : x0 + w])
+    message = f"measuring object size at {scale:g}x"
+    probs = yield from relay(
+        predictor.region_iter(crop if scale == 1 else ScaledPlane(crop, scale), stats=stats),
+        lambda _item: Progress(0, 0, message),  # a stage: tile batches are counted after
+    )
+    if keep is not None and scale == 1 and (h, w) == (ny, nx):
+        keep[1.0] = probs
+    labels = predictor.labels(probs, PredictOptions(min_size=4))
+    n, diameter, peak = object_measures(probs, labels, predictor.object_class)
+    return n, diameter / scale, peak
+
+
 def estimate_diameter_iter(
     predictor: Any,
     plane: Any,
@@ -130,34 +153,40 @@ def estimate_diameter_iter(
     scales: tuple[float, ...] = SCALES,
     window: int = WINDOW,
     keep: dict[float, np.ndarray] | None = None,
+    climb: bool = True,
 ) -> Generator[Progress, None, float | None]:
     """The objects' median diameter (pixels) in a ``(C, Y, X)`` plane, or None if none are found.
 
     See the module notes (``scales`` and ``window``: :data:`SCALES`, :data:`WINDOW`). Only a
-    window around the centre is read (lazy planes stay lazy). Yields a stage
+    window around the centre is read (lazy planes stay lazy). ``climb``: start at scale 1 and
+    go on only towards the side where objects get more certain, until they get less so (three
+    of the five scales for most images); False: try every scale. Yields a stage
     :class:`Progress` per scale tried. ``keep`` (a dict) receives under ``1.0`` the plane's
     probabilities at scale 1 when the window there is the whole plane: exactly what predicting
     the plane as it is gives.
     """
-    _, ny, nx = (int(s) for s in plane.shape)
-    best: tuple[float, float] | None = None  # (peak, diameter in the image)
-    settings = PredictOptions(min_size=4)
-    for k, scale in enumerate(scales):
-        h, w = min(ny, int(window / scale)), min(nx, int(window / scale))
-        if min(h, w) * scale < 32:  # too few pixels to see anything at this scale
-            continue
-        y0, x0 = (ny - h) // 2, (nx - w) // 2
-        crop = np.asarray(plane[:, y0 : y0 + h, x0 : x0 + w])
-        message = f"measuring object size ({k + 1}/{len(scales)})"
-        probs = yield from relay(
-            predictor.region_iter(crop if scale == 1 else ScaledPlane(crop, scale), stats=stats),
-            lambda _item, m=message: Progress(0, 0, m),  # a stage: tile batches are counted after
-        )
-        if keep is not None and scale == 1 and (h, w) == (ny, nx):
-            keep[1.0] = probs
-        n, diameter, peak = object_measures(probs, predictor.labels(probs, settings), predictor.object_class)
-        if n >= MIN_OBJECTS and peak >= MIN_CERTAINTY and (best is None or peak > best[0]):
-            best = (peak, diameter / scale)
+    found: dict[int, tuple[int, float, float] | None] = {}
+
+    def certainty(i: int) -> float:
+        m = found[i]
+        return 0.0 if m is None or m[0] < MIN_OBJECTS else m[2]
+
+    def measure(i: int) -> Generator[Progress, None, float]:
+        if i not in found:
+            found[i] = yield from _measure_iter(predictor, plane, stats, scales[i], window, keep)
+        return certainty(i)
+
+    start = scales.index(1.0) if 1.0 in scales else len(scales) // 2
+    for i in range(len(scales)) if not climb else (start,):
+        yield from measure(i)
+    for step in (1, -1) if climb else ():
+        i = start
+        while 0 <= i + step < len(scales) and (yield from measure(i + step)) > certainty(i):
+            i += step
+        if i != start:  # it got more certain this way: the other side is less so
+            break
+    counted = [m for _, m in sorted(found.items()) if m and m[0] >= MIN_OBJECTS and m[2] >= MIN_CERTAINTY]
+    best = max(counted, key=lambda m: m[2], default=None)  # ties: the smaller scale
     return None if best is None else best[1]
 
 
