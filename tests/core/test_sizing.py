@@ -225,3 +225,26 @@ def test_a_small_image_used_as_it_is_is_predicted_once(sized, monkeypatch):
     probs = drain(segment_iter(predictor, img, device="cpu", output="probabilities"))
     ref = drain(segment_iter(predictor, img, device="cpu", output="probabilities", diameter="off"))
     np.testing.assert_array_equal(probs, ref)
+
+
+def test_climbing_finds_what_trying_every_scale_finds_with_fewer_passes():
+    from tiled_unet._sample_data import nuclei
+    from tiled_unet.core.engine import Predictor
+    from tiled_unet.core.image import to_planes
+    from tiled_unet.core.sizing import estimate_diameter_iter
+
+    predictor = Predictor("nuclei", device="cpu")
+    img = nuclei()[0][0].astype(np.float32)
+    plane = np.asarray(to_planes(img, in_channels=predictor.config.in_channels)[0][0])
+    stats = predictor.normalization.stats(plane)
+    tried = {}
+    found = {}
+    for climb in (True, False):
+        stages = set()
+        found[climb] = drain(
+            estimate_diameter_iter(predictor, plane, stats, climb=climb), lambda p: stages.add(p.message)
+        )
+        tried[climb] = stages
+    assert found[True] == found[False] and found[True] is not None
+    assert len(tried[False]) == 5 and 2 <= len(tried[True]) < 5
+    assert "measuring object size at 1x" in tried[True]

@@ -160,8 +160,8 @@ def estimate_diameter_iter(
     See the module notes (``scales`` and ``window``: :data:`SCALES`, :data:`WINDOW`). Only a
     window around the centre is read (lazy planes stay lazy). ``climb``: start at scale 1 and
     go on only towards the side where objects get more certain, until they get less so (three
-    of the five scales for most images); False: try every scale. Yields a stage
-    :class:`Progress` per scale tried. ``keep`` (a dict) receives under ``1.0`` the plane's
+    of the five scales for most images), and try the rest only if no scale counted on the way;
+    False: try every scale. Yields a stage :class:`Progress` per scale tried. ``keep`` (a dict) receives under ``1.0`` the plane's
     probabilities at scale 1 when the window there is the whole plane: exactly what predicting
     the plane as it is gives.
     """
@@ -185,8 +185,14 @@ def estimate_diameter_iter(
             i += step
         if i != start:  # it got more certain this way: the other side is less so
             break
-    counted = [m for _, m in sorted(found.items()) if m and m[0] >= MIN_OBJECTS and m[2] >= MIN_CERTAINTY]
-    best = max(counted, key=lambda m: m[2], default=None)  # ties: the smaller scale
+
+    def counted() -> list[tuple[int, float, float]]:
+        return [m for _, m in sorted(found.items()) if m and m[0] >= MIN_OBJECTS and m[2] >= MIN_CERTAINTY]
+
+    if not counted():  # nothing certain on the way: the other scales are tried after all
+        for i in range(len(scales)):
+            yield from measure(i)
+    best = max(counted(), key=lambda m: m[2], default=None)  # ties: the smaller scale
     return None if best is None else best[1]
 
 
