@@ -12,6 +12,7 @@ resampling, so that the automatic object size keeps it as it is) unless ``--imag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -47,7 +48,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--image", type=Path, help="the image to predict (default: a 256 x 256 sample crop)")
     args = ap.parse_args()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if "model name" in ln), "?")
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as info:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in info if "model name" in ln), cpu)
     print(f"CPU: {cpu} ({os.cpu_count()} cores), Python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
         image = args.image or _sample(Path(tmp) / "small.tif")

@@ -240,11 +240,45 @@ def test_climbing_finds_what_trying_every_scale_finds_with_fewer_passes():
     tried = {}
     found = {}
     for climb in (True, False):
-        stages = set()
+        tried[climb] = set()
         found[climb] = drain(
-            estimate_diameter_iter(predictor, plane, stats, climb=climb), lambda p: stages.add(p.message)
+            estimate_diameter_iter(predictor, plane, stats, climb=climb),
+            lambda p, seen=tried[climb]: seen.add(p.message),
         )
-        tried[climb] = stages
     assert found[True] == found[False] and found[True] is not None
     assert len(tried[False]) == 5 and 2 <= len(tried[True]) < 5
     assert "measuring object size at 1x" in tried[True]
+
+
+def test_the_climb_picks_what_every_scale_picks_whenever_certainty_has_one_peak(monkeypatch):
+    """Every curve of certainty over the five scales that rises (or stays level) to one peak
+    and then falls (or stays level): the climb returns the scale trying every scale returns."""
+    import itertools
+
+    from tiled_unet.core import sizing
+
+    curve: tuple[float, ...] = ()
+    passes = []
+
+    def fake_measure(predictor, plane, stats, scale, window, keep):
+        passes.append(scale)
+        i = sizing.SCALES.index(scale)
+        return (5 if curve[i] > 0 else 0, float(i + 1), curve[i])  # diameter = scale's number
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(sizing, "_measure_iter", fake_measure)
+    levels = (0.0, 0.93, 0.96, 0.99, 1.0)
+    checked = 0
+    for curve in itertools.product(levels, repeat=len(sizing.SCALES)):
+        top = int(np.argmax(curve))
+        if any(b < a for a, b in itertools.pairwise(curve[: top + 1])) or any(
+            b > a for a, b in itertools.pairwise(curve[top:])
+        ):
+            continue  # not one peak
+        results = [drain(sizing.estimate_diameter_iter(None, None, climb=c)) for c in (True, False)]
+        assert results[0] == results[1], curve
+        checked += 1
+    assert checked > 300
+    passes.clear()
+    curve = (0.9, 0.96, 0.98, 0.97, 0.5)  # a typical image: three passes
+    assert drain(sizing.estimate_diameter_iter(None, None)) == 3.0 and len(passes) == 3

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def load_pairs(images: Sequence[str], labels: Sequence[str]) -> tuple[list, list, list[str]]:
     """Images, labels and names of the ``--images``/``--labels`` files paired by file stem."""
@@ -54,21 +56,42 @@ def validation_split(args: argparse.Namespace, images: list, labels: list, names
     return val, (images, labels, names)
 
 
-def at_object_size(args: argparse.Namespace, start: Any, images: list, labels: list, val: dict) -> tuple:
-    """``--object-size``: the images as the model sees them, each resampled to that object size."""
+def at_object_size(
+    args: argparse.Namespace, start: Any, data: tuple[list, list, list], val: dict
+) -> tuple[tuple[list, list, list], dict]:
+    """``--object-size``: the images as Segment feeds them to the model (its channel choice),
+    each resampled so that its objects' median diameter is that size (instance models only)."""
     from tiled_unet.core.channels import model_image
+    from tiled_unet.core.image import to_planes
     from tiled_unet.core.sizing import to_object_size
 
     if args.sparse:
         raise ValueError("--object-size measures dense labels; leave out --sparse")
+    is_model = hasattr(start, "boundary_class")  # else the architecture of a model from scratch
+    if (start.boundary_class < 0) if is_model else (start.n_classes != 3 or bool(args.class_names)):
+        raise ValueError("--object-size is for instance models (object and boundary classes)")
     channels = getattr(start, "config", start).in_channels
 
-    def resampled(imgs: list, labs: list) -> tuple[list, list]:
-        seen = [model_image(im, in_channels=channels) for im in imgs]
+    def resampled(imgs: list, labs: list, names: list) -> tuple[list, list, list]:
+        seen = []
+        for image, lab, name in zip(imgs, labs, names, strict=True):
+            planes, _ = to_planes(image, in_channels=channels)
+            if planes.shape[0] != 1:
+                raise ValueError(
+                    f"{name}: image of shape {np.shape(image)} is a stack; give its planes separately"
+                )
+            if np.shape(lab)[-2:] != tuple(planes.shape[-2:]):
+                raise ValueError(
+                    f"{name}: image size {planes.shape[-2]}x{planes.shape[-1]} does not match labels shape "
+                    f"{np.shape(lab)}"
+                )
+            seen.append(model_image(image, in_channels=channels))
         out_images, out_labels, _ = to_object_size(seen, labs, args.object_size)
-        return out_images, out_labels
+        return out_images, out_labels, names
 
-    images, labels = resampled(images, labels)
+    data = resampled(*data)
     if val:
-        val["val_images"], val["val_labels"] = resampled(val["val_images"], val["val_labels"])
-    return images, labels, val
+        val["val_images"], val["val_labels"], _ = resampled(
+            val["val_images"], val["val_labels"], val["val_names"]
+        )
+    return data, val

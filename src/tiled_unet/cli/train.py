@@ -153,7 +153,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--object-size",
         type=positive_float,
         metavar="PX",
-        help="resample each (validation) image so its objects' median diameter is PX, the size recorded",
+        help="instance models: resample each (validation) image, as Segment feeds it, so its objects' median "
+        "diameter is PX; the model records PX",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -226,7 +227,7 @@ def _training(args: argparse.Namespace, hooks: Any) -> tuple[Any, Any, bool]:
     images, labels, names = load_pairs(args.images, args.labels)
     val, (images, labels, names) = validation_split(args, images, labels, names)
     if args.object_size is not None:
-        images, labels, val = at_object_size(args, init or config, images, labels, val)
+        (images, labels, names), val = at_object_size(args, init or config, (images, labels, names), val)
     common = {"images": images, "labels": labels, "settings": settings, "names": names, "hooks": hooks}
     common["data_description"] = describe(names)
     if painted:
@@ -311,7 +312,7 @@ def _train_and_save(args: argparse.Namespace, hooks: Any, out: Path) -> int:
     )
     if args.name:
         ckpt.provenance["name"] = args.name
-    if args.object_size is not None:
+    if args.object_size is not None and ckpt.object_diameter is not None:  # an instance model
         ckpt.object_diameter = args.object_size
     try:
         save_checkpoint(ckpt, out, overwrite=args.overwrite, half=args.half)

@@ -159,11 +159,12 @@ def estimate_diameter_iter(
 
     See the module notes (``scales`` and ``window``: :data:`SCALES`, :data:`WINDOW`). Only a
     window around the centre is read (lazy planes stay lazy). ``climb``: start at scale 1 and
-    go on only towards the side where objects get more certain, until they get less so (three
-    of the five scales for most images), and try the rest only if no scale counted on the way;
-    False: try every scale. Yields a stage :class:`Progress` per scale tried. ``keep`` (a dict) receives under ``1.0`` the plane's
-    probabilities at scale 1 when the window there is the whole plane: exactly what predicting
-    the plane as it is gives.
+    go on towards the side where objects get more certain (over level steps too) until they
+    get less so: three of the five scales for most images, the scale trying every scale picks
+    whenever certainty rises to one peak; the rest is tried only if no scale counted on the
+    way. False: try every scale. Yields a stage :class:`Progress` per scale tried. ``keep``
+    (a dict) receives under ``1.0`` the plane's probabilities at scale 1 when the window there
+    is the whole plane: exactly what predicting the plane as it is gives.
     """
     found: dict[int, tuple[int, float, float] | None] = {}
 
@@ -181,9 +182,9 @@ def estimate_diameter_iter(
         yield from measure(i)
     for step in (1, -1) if climb else ():
         i = start
-        while 0 <= i + step < len(scales) and (yield from measure(i + step)) > certainty(i):
+        while 0 <= i + step < len(scales) and (yield from measure(i + step)) >= certainty(i):
             i += step
-        if i != start:  # it got more certain this way: the other side is less so
+        if certainty(i) > certainty(start):  # more certain this way: the other side is less so
             break
 
     def counted() -> list[tuple[int, float, float]]:
