@@ -77,8 +77,8 @@ polish_nuclei() {  # third stage (one GPU): 284-px patches at lr 3e-4, then 380-
         "${budget_b[@]}" --lr 2e-4 --patch 380 --seed 8
 }
 
-select_nuclei() {  # $OUT/nuclei-select: 40 training images held out to choose a checkpoint
-    local sel="$OUT/nuclei-select"
+select_nuclei() {  # $1 = folder: 40 training images held out to choose a checkpoint
+    local sel="$1"
     rm -rf "$sel" && mkdir -p "$sel/images" "$sel/labels"
     while read -r id; do
         ln -s "$(realpath "$DATA"/dsb2018/images/"$id".*)" "$sel/images/$id.png"
@@ -87,9 +87,9 @@ select_nuclei() {  # $OUT/nuclei-select: 40 training images held out to choose a
 }
 
 nuclei_v2() {  # the shipped nuclei one level deeper, trained on with scale and appearance changes
-    local data="$OUT/nuclei-v2-data" sel="$OUT/nuclei-select"
+    local data="$OUT/nuclei-v2-data" sel="$OUT/nuclei-v2-select"
     link_nuclei_data "$data" "$DATA/dsb2018/val.txt" "$here/configs/nuclei-select-ids.txt"
-    select_nuclei
+    select_nuclei "$sel"
     $TU train --images "$data/images" --labels "$data/labels" --val-images "$sel/images" \
         --val-labels "$sel/labels" --init nuclei --deepen --out "$OUT/nuclei-v2.pt" \
         --minutes "${V2_MINUTES:-85}" --schedule cosine --lr 2e-4 --patch 380 --batch-size 8 \
@@ -98,9 +98,9 @@ nuclei_v2() {  # the shipped nuclei one level deeper, trained on with scale and 
 }
 
 nuclei_sized() {  # the shipped nuclei trained on at its object size (20 px), where Segment predicts
-    local data="$OUT/nuclei-sized-data" sel="$OUT/nuclei-select"
+    local data="$OUT/nuclei-sized-data" sel="$OUT/nuclei-sized-select"
     link_nuclei_data "$data" "$DATA/dsb2018/val.txt" "$here/configs/nuclei-select-ids.txt"
-    select_nuclei
+    select_nuclei "$sel"
     $TU train --images "$data/images" --labels "$data/labels" --val-images "$sel/images" \
         --val-labels "$sel/labels" --init nuclei --object-size 20 --out "$OUT/nuclei-sized.pt" \
         --minutes "${SIZED_MINUTES:-100}" --schedule cosine --lr 2e-4 --patch 284 --batch-size 8 \
