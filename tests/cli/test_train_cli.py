@@ -252,7 +252,8 @@ def test_object_size_resamples_the_data_and_is_recorded(data, capsys):
 def test_object_size_checks_its_inputs_and_the_model_kind(data, capsys):
     tifffile.imwrite(data / "lab" / "s1.tif", np.zeros((32, 32), np.uint16))  # image is 64 x 64
     assert main(args(data, "--object-size", "24")) == 2
-    assert capsys.readouterr().err.strip().endswith("s1: image size 64x64 does not match labels shape (32, 32)")
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("s1: image size 64x64 does not match labels shape (32, 32)")
     (data / "sem.json").write_text(json.dumps({**CONFIG, "n_classes": 2}))
     argv = args(data, "--object-size", "24")
     argv[argv.index("--config") + 1] = str(data / "sem.json")
