@@ -178,8 +178,7 @@ def estimate_diameter_iter(
         return certainty(i)
 
     start = scales.index(1.0) if 1.0 in scales else len(scales) // 2
-    for i in range(len(scales)) if not climb else (start,):
-        yield from measure(i)
+    yield from measure(start)
     for step in (1, -1) if climb else ():
         i = start
         while 0 <= i + step < len(scales) and (yield from measure(i + step)) >= certainty(i):
@@ -190,7 +189,7 @@ def estimate_diameter_iter(
     def counted() -> list[tuple[int, float, float]]:
         return [m for _, m in sorted(found.items()) if m and m[0] >= MIN_OBJECTS and m[2] >= MIN_CERTAINTY]
 
-    if not counted():  # nothing certain on the way: the other scales are tried after all
+    if not climb or not counted():  # every scale, or nothing certain on the way: the others too
         for i in range(len(scales)):
             yield from measure(i)
     best = max(counted(), key=lambda m: m[2], default=None)  # ties: the smaller scale
