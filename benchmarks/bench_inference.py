@@ -260,9 +260,9 @@ def bf16_on_real_data() -> None:
     t32 = time.perf_counter() - t
     from tiled_unet.core.engine import Predictor
 
-    bf16_predictor = Predictor(ckpt, device="cpu", cpu_bf16=True)  # opt-in CPU bfloat16 autocast
+    bf16_predictor = Predictor(ckpt, device="cpu", precision="bfloat16")
     t = time.perf_counter()
-    bf16 = segment(bf16_predictor, img, output="semantic", device="cpu")
+    bf16 = segment(bf16_predictor, img, output="semantic", device="cpu", precision="bfloat16")
     t16 = time.perf_counter() - t
     agree = float((fp32 == bf16).mean())
     print(

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tiled_unet.core import devices
 from tiled_unet.core import predict as predict_module
 from tiled_unet.core.blockwise import segment_blockwise
 from tiled_unet.core.checkpoint import Checkpoint, Normalization
@@ -121,10 +122,21 @@ def test_normalization_override_reaches_every_region():
     assert np.abs(a - segment(ckpt, image, output="probabilities", device="cpu")).max() > 1e-3
 
 
-def test_cpu_bfloat16_is_opt_in_and_close():
+def test_cpu_bfloat16_is_opt_in_and_close(monkeypatch):
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)  # runs (slowly) on any CPU
     ckpt = tiny_checkpoint()
     image = noisy()
-    exact = segment(Predictor(ckpt, device="cpu"), image, output="probabilities", device="cpu")
+    exact = segment(ckpt, image, output="probabilities", device="cpu", precision="float32")
     assert np.array_equal(exact, segment(ckpt, image, output="probabilities", device="cpu"))  # the default
-    bf16 = segment(Predictor(ckpt, device="cpu", cpu_bf16=True), image, output="probabilities", device="cpu")
+    bf16 = segment(ckpt, image, output="probabilities", device="cpu", precision="bfloat16")
     assert 0 < np.abs(bf16 - exact).max() < 0.05
+
+
+def test_bfloat16_needs_a_cpu_that_computes_it(monkeypatch):
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ValueError, match="does not compute bfloat16 natively; use float32"):
+        segment(tiny_checkpoint(), noisy(), device="cpu", precision="bfloat16")
+    with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16; got 'half'"):
+        PredictOptions(precision="half")
+
+

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import error
-from ._args import add_tta_option, channel_arg, diameter_arg, positive_float
+from ._args import add_precision_option, add_tta_option, channel_arg, diameter_arg, positive_float
 
 DESCRIPTION = """\
 Segment IMAGES with MODEL and compare with LABELS (paired by file stem), with the metric code
@@ -58,6 +58,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--tile", type=int, help="input tile edge (default: from free memory)")
     parser.add_argument("--min-size", type=int, help="drop objects smaller than this (pixels)")
     add_tta_option(parser)
+    add_precision_option(parser)
     parser.add_argument(
         "--optimize",
         metavar="OUT.pt",
@@ -172,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
             on_image=show,
             diameter=args.diameter,
             channel=args.channel,
+            precision=args.precision,
         )
     except (ValueError, OSError) as exc:
         error(str(exc))

@@ -12,7 +12,15 @@ from typing import Any
 from tiled_unet.core.options import BACKENDS, OUTPUTS, PredictOptions
 
 from . import error, warn
-from ._args import add_tta_option, channel_arg, diameter_arg, non_negative_int, positive_int, probability
+from ._args import (
+    add_precision_option,
+    add_tta_option,
+    channel_arg,
+    diameter_arg,
+    non_negative_int,
+    positive_int,
+    probability,
+)
 from ._bars import drain_batches
 
 log = logging.getLogger(__name__)
@@ -84,6 +92,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="drop objects whose highest object probability is below P (instances; default: the model's)",
     )
     add_tta_option(parser)
+    add_precision_option(parser)
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -191,6 +200,7 @@ def _model_and_options(args: argparse.Namespace) -> tuple[Any, PredictOptions]:
         diameter=args.diameter,
         channel=args.channel,
         backend=args.backend,
+        precision=args.precision,
     )
     log.debug("model %s on %s, output %s", args.model, device, args.output)
     predictor = Predictor.from_options(checkpoint, options)

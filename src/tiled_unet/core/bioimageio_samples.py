@@ -83,7 +83,7 @@ def reference_probabilities(checkpoint: Any, image_cyx: np.ndarray) -> np.ndarra
     plane = np.pad(image, ((0, 0), (a, 0), (a, 0)), mode="reflect") if a else image
     lo, hi = checkpoint.normalization.stats(image)
     probs = predict_probabilities(
-        checkpoint.build_model(), checkpoint.normalization.apply(plane, lo, hi), amp=False
+        checkpoint.build_model(), checkpoint.normalization.apply(plane, lo, hi), precision="float32"
     )
     ny, nx = (output_size(n, config) for n in image.shape[1:])
     return np.ascontiguousarray(probs[None, :, a + h : a + h + ny, a + h : a + h + nx], dtype=np.float32)

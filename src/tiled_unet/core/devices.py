@@ -70,15 +70,38 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def autocast_for(
-    device: torch.device, amp: bool, cpu_bf16: bool = False
-) -> contextlib.AbstractContextManager:
-    """The autocast of a prediction: bfloat16 on the CPU if asked, float16 on CUDA/MPS if ``amp``."""
-    if cpu_bf16 and device.type == "cpu":
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
-    if amp and device.type in ("cuda", "mps"):
-        try:
-            return torch.autocast(device_type=device.type, dtype=torch.float16)
-        except RuntimeError:  # an older torch without autocast for this device: run in float32
-            log.debug("no float16 autocast on %s; running in float32", device)
+def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """The arithmetic of a prediction on ``device`` (see ``PredictOptions.precision``).
+
+    ``"auto"``: float16 autocast on CUDA/MPS, float32 on the CPU; ``"float32"``: float32;
+    ``"bfloat16"``: bfloat16 autocast where the device computes it natively.
+
+    Raises
+    ------
+    ValueError
+        For ``"bfloat16"`` on a CPU or GPU without native bfloat16 (one line, naming the device).
+    """
+    if precision == "float32" or device.type not in ("cpu", "cuda", "mps"):
+        return torch.float32
+    if precision != "bfloat16":
+        return torch.float32 if device.type == "cpu" else torch.float16
+    native = (
+        cpu_has_native_bf16()
+        if device.type == "cpu"
+        else device.type != "cuda" or torch.cuda.is_bf16_supported()
+    )
+    if not native:
+        what = "CPU (it needs AVX512-BF16 or AMX)" if device.type == "cpu" else "GPU"
+        raise ValueError(f"precision bfloat16: this {what} does not compute bfloat16 natively; use float32")
+    return torch.bfloat16
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """The autocast of a prediction in ``dtype`` (:func:`compute_dtype`); none for float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    try:
+        return torch.autocast(device_type=device.type, dtype=dtype)
+    except RuntimeError:  # an older torch without this autocast for the device: run in float32
+        log.debug("no %s autocast on %s; running in float32", dtype, device)
     return contextlib.nullcontext()

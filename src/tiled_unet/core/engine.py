@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, Normalization, network_on
-from .devices import autocast_for, is_out_of_memory, resolve_device
+from .devices import autocast_for, compute_dtype, is_out_of_memory, resolve_device
 from .model import UNet, UNetConfig, eval_mode
-from .options import PredictOptions, check_backend
+from .options import PredictOptions, check_backend, check_precision
 from .postprocess import InstanceSettings, to_instances, to_semantic
 from .progress import BatchCounter, Progress
 from .runtime import forward_for
@@ -83,12 +83,11 @@ class Predictor:
     tta : bool or int
         Test-time augmentation: True or 2 averages with the prediction of the plane rotated by
         180 degrees; 8 averages all its rotations and mirror images (:mod:`.views`).
-    amp : bool
-        Half-precision autocast on CUDA/MPS.
+    precision : {"auto", "float32", "bfloat16"}
+        The network's arithmetic (:attr:`.options.PredictOptions.precision`; default float16
+        autocast on CUDA/MPS, float32 on the CPU).
     normalization : Normalization, optional
         Overrides the checkpoint's (default ``Normalization()`` for a bare network).
-    cpu_bf16 : bool
-        bfloat16 autocast on the CPU (opt-in: labels may change slightly; off by default).
     backend : {"auto", "torch", "openvino"}
         Who runs the network's forward pass on the CPU (:mod:`.runtime`).
 
@@ -107,15 +106,16 @@ class Predictor:
         tile: int | None = None,
         batch_size: int | None = None,
         tta: bool = False,
-        amp: bool = True,
+        precision: str = "auto",
         normalization: Normalization | None = None,
-        cpu_bf16: bool = False,
         backend: str = "torch",
     ) -> None:
         check_backend(backend)
-        self.cpu_bf16, self.backend = bool(cpu_bf16), backend
+        check_precision(precision)
+        self.precision, self.backend = precision, backend
         dev = resolve_device(device) if device is not None else None
         self.model, self.checkpoint, self.device = network_on(model, dev)
+        self.dtype = compute_dtype(self.device, precision)
         self.config: UNetConfig = self.model.config
         ckpt = self.checkpoint
         n = self.config.n_classes
@@ -129,7 +129,7 @@ class Predictor:
             check_tile_size(int(tile), self.config)
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.tile, self.batch_size, self.amp = tile, batch_size, bool(amp)
+        self.tile, self.batch_size = tile, batch_size
         self.tta = view_count(tta)  # views averaged: 1, 2 (180-degree rotation) or 8
         # largest automatic tile: after an out-of-memory error, or a fixed-size imported network's
         fixed = getattr(self.config, "fixed_size", None)
@@ -166,6 +166,7 @@ class Predictor:
             tta=options.tta,
             normalization=normalization,
             backend=options.backend,
+            precision=options.precision,
         )
 
     def matches(self, options: PredictOptions) -> bool:
@@ -180,7 +181,13 @@ class Predictor:
             and options.batch_size == self.batch_size
             and view_count(options.tta) == self.tta
             and options.backend == self.backend
+            and options.precision == self.precision
         )
+
+    @property
+    def half(self) -> bool:
+        """Whether the forward pass runs in a 16-bit float type (activations take half the memory)."""
+        return self.dtype != torch.float32
 
     # ------------------------------------------------------------------ sizes
 
@@ -194,7 +201,7 @@ class Predictor:
         if self.tile is not None:
             return int(self.tile)
         auto = auto_tile_size(
-            self.config, self.device, batch_size=self.batch_size, shape_yx=tuple(shape_yx), amp=self.amp
+            self.config, self.device, batch_size=self.batch_size, shape_yx=tuple(shape_yx), amp=self.half
         )
         return auto if self._cap is None else min(auto, self._cap)
 
@@ -204,7 +211,7 @@ class Predictor:
             return int(self.batch_size)
         if self.device.type == "cpu":
             return 1  # large tiles, one at a time: the CPU gains nothing from batching
-        per_tile = activation_bytes_per_pixel(self.config, bytes_per_value=2 if self.amp else 4) * tile**2
+        per_tile = activation_bytes_per_pixel(self.config, bytes_per_value=2 if self.half else 4) * tile**2
         return int(max(1, min(_MAX_AUTO_BATCH, memory_budget(self.device) // per_tile)))
 
     def _plan(self, shape_yx: tuple[int, int]) -> tuple[TilePlan, int, int]:
@@ -360,7 +367,7 @@ class Predictor:
             if self.device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)
             # inference mode and autocast are entered per batch, never held across a yield
-            with torch.inference_mode(), autocast_for(self.device, self.amp, self.cpu_bf16):
+            with torch.inference_mode(), autocast_for(self.device, self.dtype):
                 logits = (forward or self.model)(x.to(self.device))
             with torch.inference_mode():
                 probs = torch.softmax(logits.float(), dim=1).cpu().numpy()

@@ -75,6 +75,7 @@ def evaluate(
     on_image: Callable[[str, dict[str, float]], None] | None = None,
     diameter: float | str | None = None,
     channel: int | str | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Segment each image and score it against its labels.
 
@@ -95,6 +96,8 @@ def evaluate(
         The objects' size (see :class:`~.options.PredictOptions`; default: the model's).
     channel : int or "auto" or "all", optional
         The channel that feeds the model (see :class:`~.options.PredictOptions`).
+    precision : {"auto", "float32", "bfloat16"}
+        The network's arithmetic (see :class:`~.options.PredictOptions`).
 
     Returns
     -------
@@ -123,6 +126,7 @@ def evaluate(
                 tta=tta,
                 diameter=diameter,
                 channel=channel,
+                precision=precision,
             )
             matchings = match_thresholds(labels, pred, THRESHOLDS)
             f1 = scores["all"].add(matchings)
@@ -132,7 +136,14 @@ def evaluate(
             per = {"f1_0.5": f1, "n_true": int(len(np.unique(labels)) - 1), "n_pred": int(pred.max())}
         else:
             pred = segment(
-                checkpoint, image, output="semantic", device=device, tile=tile, tta=tta, channel=channel
+                checkpoint,
+                image,
+                output="semantic",
+                device=device,
+                tile=tile,
+                tta=tta,
+                channel=channel,
+                precision=precision,
             )
             true_cls = (np.asarray(labels) > 0).astype(np.uint8) * checkpoint.object_class
             pe = pixel_error(true_cls, pred)

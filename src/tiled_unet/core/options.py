@@ -17,6 +17,8 @@ OutputKind = Literal["instances", "semantic", "probabilities"]
 OUTPUTS: tuple[str, ...] = ("instances", "semantic", "probabilities")
 #: Who runs the network's forward pass (:mod:`.runtime`).
 BACKENDS: tuple[str, ...] = ("auto", "torch", "openvino")
+#: Arithmetic of the network's forward pass (:func:`.devices.autocast_for`).
+PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
 
 #: Default output block edge of block-wise prediction (pixels): about 50 MB of float32
 #: probabilities of a 3-class model per block.
@@ -74,6 +76,10 @@ class PredictOptions:
         Who runs the network on the CPU (:mod:`.runtime`): ``"torch"`` (default), ``"openvino"``
         (the ``openvino`` extra), or ``"auto"``: OpenVINO for regions of 4 MPix or more when it
         is installed.
+    precision : {"auto", "float32", "bfloat16"}
+        The network's arithmetic: ``"auto"`` (default) float16 autocast on CUDA/MPS and float32
+        on the CPU; ``"float32"`` everywhere; ``"bfloat16"`` autocast (on the CPU only where it
+        computes bfloat16 natively: AVX512-BF16 or AMX; labels may change on a few pixels).
     """
 
     output: OutputKind = "instances"
@@ -88,6 +94,7 @@ class PredictOptions:
     diameter: float | Literal["auto", "off"] | None = None
     channel: int | Literal["auto", "all"] | None = None
     backend: Literal["auto", "torch", "openvino"] = "torch"
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -115,6 +122,7 @@ class PredictOptions:
         if isinstance(self.channel, int) and self.channel < 0:
             raise ValueError(f"channel must be 0 or more (0-based), got {self.channel}")
         check_backend(self.backend)
+        check_precision(self.precision)
 
     @property
     def block_edge(self) -> int:
@@ -130,6 +138,12 @@ def check_backend(backend: str) -> None:
     """Raise ``ValueError`` (one line) for an unknown backend name (:data:`BACKENDS`)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+
+
+def check_precision(precision: str) -> None:
+    """Raise ``ValueError`` (one line) for an unknown precision name (:data:`PRECISIONS`)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
 
 
 def goes_blockwise(

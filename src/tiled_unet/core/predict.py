@@ -53,7 +53,7 @@ def predict_probabilities_iter(
     tile: int | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
-    amp: bool = True,
+    precision: str = "auto",
     tta: bool | int = False,
 ) -> Generator[Progress, None, np.ndarray]:
     """Class probabilities of one normalised plane by overlap-tile prediction.
@@ -71,8 +71,9 @@ def predict_probabilities_iter(
         Tiles per forward pass; default 1 on the CPU, what fits (up to 8) on accelerators.
     device : str or torch.device, optional
         Moves the model there; ``None`` uses the model's device.
-    amp : bool
-        Half-precision autocast on CUDA/MPS (never on the CPU).
+    precision : {"auto", "float32", "bfloat16"}
+        The network's arithmetic (see :class:`.options.PredictOptions`; default float16
+        autocast on CUDA/MPS, float32 on the CPU).
     tta : bool or int
         Test-time augmentation: True or 2 views (with the image rotated by 180 degrees), or 8
         (all rotations and mirror images); see :class:`.options.PredictOptions`.
@@ -99,7 +100,9 @@ def predict_probabilities_iter(
         raise ValueError(f"expected a ({config.in_channels}, Y, X) image, got shape {image.shape}")
     if 0 in image.shape:
         raise ValueError(f"image of shape {image.shape} is empty")
-    predictor = Predictor(model, device=device, tile=tile, batch_size=batch_size, tta=tta, amp=amp)
+    predictor = Predictor(
+        model, device=device, tile=tile, batch_size=batch_size, tta=tta, precision=precision
+    )
     return (yield from predictor.region_iter(image))
 
 
