@@ -151,10 +151,7 @@ def main() -> None:
         raise SystemExit(
             "this CPU does not compute bfloat16 natively (AVX512-BF16 or AMX); nothing to compare"
         )
-    print(
-        f"{cpu_name()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
-    )
+    print(f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     segment(
         resolve_model("nuclei"), np.zeros((256, 256), np.uint8), device="cpu", precision="bfloat16"
     )  # warm-up
