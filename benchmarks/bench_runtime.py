@@ -8,8 +8,9 @@ MPix/s x the ideal FLOPs per output pixel / the float32 4096x4096 matmul rate (m
 taken each round). The largest difference in logits from torch NCHW is printed per variant.
 
 End to end (``--e2e SIZE``): ``tiled_unet.core.predict.segment`` of a SIZE x SIZE nuclei image
-(the sample mirror-tiled) with ``backend="torch"`` and ``"openvino"`` (conversion included in
-the first OpenVINO run, reported separately).
+(the sample mirror-tiled) with ``backend="torch"``, ``"openvino"`` (conversion in a first run,
+reported separately) and, on CPUs that compute bfloat16 natively, ``precision="bfloat16"``
+(also a per-tile variant: torch channels-last under bfloat16 autocast).
 
 Example::
 
@@ -52,6 +53,7 @@ def variants(net: Any, x: torch.Tensor, compile_too: bool) -> dict[str, Any]:
     import copy
 
     from tiled_unet.core import runtime
+    from tiled_unet.core.devices import cpu_has_native_bf16
 
     cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
@@ -64,6 +66,13 @@ def variants(net: Any, x: torch.Tensor, compile_too: bool) -> dict[str, Any]:
         return run
 
     found = {"torch NCHW": eager(net, x), "torch channels-last": eager(cl, x_cl)}
+    if cpu_has_native_bf16():  # what precision="bfloat16" runs
+
+        def bf16() -> torch.Tensor:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                return cl(x_cl)
+
+        found["torch channels-last bfloat16"] = bf16
     if runtime.openvino_available():
         t = time.perf_counter()
         from tiled_unet.core.tiling import min_tile_size
@@ -141,6 +150,7 @@ def per_tile(name: str, repeat: int, compile_too: bool) -> None:
 
 def end_to_end(size: int, repeat: int) -> None:
     from tiled_unet.core import runtime
+    from tiled_unet.core.devices import cpu_has_native_bf16
     from tiled_unet.core.options import PredictOptions
     from tiled_unet.core.predict import segment
 
@@ -148,16 +158,20 @@ def end_to_end(size: int, repeat: int) -> None:
     from bench_gui import nuclei_1024
 
     image = nuclei_1024(size)
-    backends = ["torch"] + (["openvino"] if runtime.openvino_available() else [])
-    t = time.perf_counter()
-    segment("nuclei", image, PredictOptions(device="cpu", backend=backends[-1], diameter="off"))
-    print(f"\nfirst {backends[-1]} run (conversion included): {time.perf_counter() - t:.1f} s")
-    times: dict[str, list[float]] = {b: [] for b in backends}
+    runs = {"torch": PredictOptions(device="cpu", diameter="off")}
+    if cpu_has_native_bf16():
+        runs["torch bfloat16"] = runs["torch"].replace(precision="bfloat16")
+    if runtime.openvino_available():
+        runs["openvino"] = runs["torch"].replace(backend="openvino")
+        t = time.perf_counter()
+        segment("nuclei", image, runs["openvino"])
+        print(f"\nfirst openvino run (conversion included): {time.perf_counter() - t:.1f} s")
+    times: dict[str, list[float]] = {b: [] for b in runs}
     labels = {}
     for _ in range(repeat):
-        for b in backends:
+        for b, options in runs.items():
             t = time.perf_counter()
-            labels[b] = segment("nuclei", image, PredictOptions(device="cpu", backend=b, diameter="off"))
+            labels[b] = segment("nuclei", image, options)
             times[b].append(time.perf_counter() - t)
     print(f"segment() of a {size}x{size} image, nuclei model, diameter off, median of {repeat}:")
     print("| backend | s | MPix/s |")
@@ -165,9 +179,9 @@ def end_to_end(size: int, repeat: int) -> None:
     for b, v in times.items():
         s = statistics.median(v)
         print(f"| {b} | {s:.2f} | {size * size / s / 1e6:.3f} |")
-    if len(labels) == 2:
-        agree = float(((labels["torch"] > 0) == (labels["openvino"] > 0)).mean())
-        print(f"foreground agreement torch vs openvino: {agree * 100:.3f} % of pixels")
+    for b in list(labels)[1:]:
+        agree = float(((labels["torch"] > 0) == (labels[b] > 0)).mean())
+        print(f"foreground agreement torch vs {b}: {agree * 100:.3f} % of pixels")
 
 
 def main() -> None:
