@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -78,7 +79,7 @@ def variants(net: Any, x: torch.Tensor, compile_too: bool) -> dict[str, Any]:
         from tiled_unet.core.tiling import min_tile_size
 
         small = min_tile_size(net.config)
-        ov_net = runtime._convert(net, x[:, :, :small, :small])
+        ov_net = runtime._convert(net, x[:, :, :small, :small], Path(tempfile.mkdtemp()) / "net.xml")
         print(f"OpenVINO conversion {time.perf_counter() - t:.1f} s")
         if ov_net is not None:
             found["openvino"] = lambda: ov_net(x)

@@ -8,7 +8,7 @@ from scipy import ndimage as ndi
 from skimage.draw import disk
 from skimage.segmentation import find_boundaries
 
-from tiled_unet.core.postprocess import label_dtype, to_instances, to_semantic
+from tiled_unet.core.postprocess import grow_seeds, label_dtype, to_instances, to_semantic
 
 
 def one_hot(classes: np.ndarray, n_classes: int, sharpness: float = 0.9) -> np.ndarray:
@@ -56,6 +56,21 @@ def test_without_a_boundary_class_objects_are_what_the_background_separates():
     assert to_instances(one_hot(cell, 2), object_class=1).max() == 1
     classes[:, truth.shape[1] // 2] = 0  # a membrane between the discs separates them
     assert to_instances(one_hot(classes, 2), object_class=1).max() == 2
+
+
+@pytest.mark.parametrize("distance", [0.0, 1.0, 1.5, 2.0, 2.5, 5.0])
+def test_seeds_grow_exactly_as_expand_labels_does(distance):
+    # random seeds touching and crowded (ties between equidistant seeds everywhere), a random
+    # foreground; the same labels as skimage's expand_labels masked by the foreground
+    from skimage.segmentation import expand_labels
+
+    rng = np.random.default_rng(int(distance * 10))
+    seeds, _ = ndi.label(rng.random((120, 90)) > 0.93)
+    foreground = (rng.random((120, 90)) > 0.3) | (seeds > 0)
+    expected = np.where(foreground, expand_labels(seeds, distance=distance), 0)
+    np.testing.assert_array_equal(grow_seeds(seeds, foreground, distance), expected)
+    assert not grow_seeds(np.zeros_like(seeds), foreground, distance).any()
+    assert not grow_seeds(seeds, np.zeros_like(foreground), distance).any()
 
 
 def test_min_size_removes_small_objects_and_relabels():

