@@ -138,5 +138,3 @@ def test_bfloat16_needs_a_cpu_that_computes_it(monkeypatch):
         segment(tiny_checkpoint(), noisy(), device="cpu", precision="bfloat16")
     with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16; got 'half'"):
         PredictOptions(precision="half")
-
-
