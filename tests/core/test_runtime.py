@@ -160,3 +160,23 @@ def test_weights_changed_in_place_are_converted_again():
     x = torch.rand(1, 1, 124, 124)
     with torch.no_grad():
         assert float((after(x) - net(x)).abs().max()) <= 1e-5
+
+
+def test_auto_is_the_default_and_bfloat16_keeps_to_torch(monkeypatch):
+    from tiled_unet.core import devices
+
+    assert PredictOptions().backend == "auto" and PredictOptions().precision == "auto"
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    net = _net("valid", 1)
+    with pytest.raises(
+        ValueError, match="the openvino backend runs in float32; use precision float32 or auto"
+    ):
+        Predictor(net, device="cpu", backend="openvino", precision="bfloat16")
+    asked: list[str] = []
+    monkeypatch.setattr(
+        "tiled_unet.core.engine.forward_for", lambda model, backend, *args: asked.append(backend)
+    )
+    image = np.random.default_rng(0).random((1, 100, 100)).astype(np.float32)
+    _probabilities(Predictor(net, device="cpu", backend="auto", precision="bfloat16"), image)
+    _probabilities(Predictor(net, device="cpu", backend="auto"), image)
+    assert asked == ["torch", "auto"]  # OpenVINO runs float32 only: bfloat16 is torch's

@@ -96,10 +96,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
-        default="torch",
-        help="who runs the network on the CPU: 'torch' (default), 'openvino' (the openvino extra: "
-        "converted once and cached; 1.1-1.2x faster on a 2-core AVX2 CPU), or 'auto' (OpenVINO for "
-        "images or blocks of 4 MPix or more when it is installed)",
+        default="auto",
+        help="who runs the network on the CPU: 'auto' (default: OpenVINO, when the openvino extra is "
+        "installed, for images or blocks of 4 MPix or more; converted once and cached), 'torch', or "
+        "'openvino'",
     )
     parser.add_argument(
         "--diameter",

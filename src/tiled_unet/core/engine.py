@@ -116,6 +116,8 @@ class Predictor:
         dev = resolve_device(device) if device is not None else None
         self.model, self.checkpoint, self.device = network_on(model, dev)
         self.dtype = compute_dtype(self.device, precision)
+        if backend == "openvino" and self.dtype != torch.float32:
+            raise ValueError("the openvino backend runs in float32; use precision float32 or auto")
         self.config: UNetConfig = self.model.config
         ckpt = self.checkpoint
         n = self.config.n_classes
@@ -359,7 +361,8 @@ class Predictor:
         progress.restart(n_batches, progress.views_after)
         in_y, in_x = plan.in_tile
         out = np.empty((self.config.n_classes, *plan.shape), np.float32)
-        forward = forward_for(self.model, self.backend, self.device, plan.shape[0] * plan.shape[1])
+        backend = self.backend if self.dtype == torch.float32 else "torch"  # OpenVINO: float32 only
+        forward = forward_for(self.model, backend, self.device, plan.shape[0] * plan.shape[1])
         for b in range(n_batches):
             origins = plan.origins[b * batch : (b + 1) * batch]
             # the input holds the context already: tile origins index it directly

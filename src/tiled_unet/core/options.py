@@ -72,10 +72,10 @@ class PredictOptions:
         Which channel of a multichannel image feeds the model (0-based), or all of them;
         None/``"auto"``: the only channel with signal if there is one, else all
         (:mod:`.channels`).
-    backend : {"torch", "openvino", "auto"}
-        Who runs the network on the CPU (:mod:`.runtime`): ``"torch"`` (default), ``"openvino"``
-        (the ``openvino`` extra), or ``"auto"``: OpenVINO for regions of 4 MPix or more when it
-        is installed.
+    backend : {"auto", "torch", "openvino"}
+        Who runs the network on the CPU (:mod:`.runtime`): ``"auto"`` (default): OpenVINO for
+        regions of 4 MPix or more when it is installed (the ``openvino`` extra) and the network
+        runs in float32, else torch; ``"torch"``; or ``"openvino"``.
     precision : {"auto", "float32", "bfloat16"}
         The network's arithmetic: ``"auto"`` (default) float16 autocast on CUDA/MPS and float32
         on the CPU; ``"float32"`` everywhere; ``"bfloat16"`` autocast (on the CPU only where it
@@ -93,7 +93,7 @@ class PredictOptions:
     block: int | None = None
     diameter: float | Literal["auto", "off"] | None = None
     channel: int | Literal["auto", "all"] | None = None
-    backend: Literal["auto", "torch", "openvino"] = "torch"
+    backend: Literal["auto", "torch", "openvino"] = "auto"
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
     def __post_init__(self) -> None:

@@ -1,21 +1,21 @@
 """The network's forward pass on the CPU: torch, or OpenVINO (the optional ``openvino`` extra).
 
-OpenVINO ran our U-Nets 1.10-1.17x faster per tile than torch (channels-last, oneDNN) on a
-2-core AVX2 AMD EPYC, at 0.84-0.96 of the float32 matmul roofline (1.65x once, on a busier
-machine; ``benchmarks/bench_runtime.py``). torch stays the reference: the OpenVINO network is
-converted from the torch one (:func:`openvino.convert_model`, float32 inference precision,
-spatial sizes left dynamic; 4-6 s the first time), checked against it on two tile sizes, and
-used only for the forward pass; tiling, normalisation and post-processing are the engine's
-(:mod:`.engine`), so both give the same probabilities to float tolerance.
+Per tile, OpenVINO ran our U-Nets 1.10-1.17x faster than torch (channels-last, oneDNN) on a
+2-core AVX2 AMD EPYC (0.84-0.96 of the float32 matmul roofline) and 1.40-1.72x faster on a
+2-core AVX-512 one (``benchmarks/bench_runtime.py``). torch stays the reference: the OpenVINO
+network is converted from the torch one (:func:`openvino.convert_model`, float32 inference
+precision, spatial sizes left dynamic; 3-6 s the first time), checked against it on two tile
+sizes, and used only for the forward pass; tiling, normalisation and post-processing are the
+engine's (:mod:`.engine`), so both give the same probabilities to float tolerance.
 
 Backends (:attr:`.options.PredictOptions.backend`):
 
-* ``"torch"`` (default): always torch.
-* ``"openvino"``: OpenVINO on the CPU (an error if it is not installed or the device is not the
-  CPU).
-* ``"auto"``: OpenVINO when it is installed, the device is the CPU, the network is a tiled-unet
-  U-Net, and a region has at least :data:`AUTO_MIN_PIXELS` output pixels (where the conversion
-  is won back); else torch.
+* ``"auto"`` (default): OpenVINO when it is installed, the device is the CPU, the network is a
+  tiled-unet U-Net running in float32, and a region has at least :data:`AUTO_MIN_PIXELS` output
+  pixels (where a first conversion is won back); else torch.
+* ``"torch"``: always torch.
+* ``"openvino"``: OpenVINO on the CPU (an error if it is not installed, the device is not the
+  CPU, or the precision asked for is bfloat16).
 
 A network that fails to convert or to match torch falls back to torch, with a warning. The
 converted network is kept in the user's cache folder (:func:`cache_path`), so later runs read it
