@@ -245,9 +245,13 @@ def bf16_on_real_data() -> None:
     from importlib import resources
 
     from tiled_unet.core.checkpoint import resolve_model
+    from tiled_unet.core.devices import cpu_has_native_bf16
     from tiled_unet.core.imageio import read_image
     from tiled_unet.core.predict import segment
 
+    if not cpu_has_native_bf16():
+        print("\nbf16 on real data: this CPU does not compute bfloat16 natively; skipped")
+        return
     try:
         ckpt = resolve_model("nuclei")
     except ValueError:
@@ -256,13 +260,15 @@ def bf16_on_real_data() -> None:
     with resources.as_file(resources.files("tiled_unet") / "sample_data" / "nuclei.png") as path:
         img = read_image(path)
     t = time.perf_counter()
-    fp32 = segment(ckpt, img, output="semantic", device="cpu")
+    fp32 = segment(ckpt, img, output="semantic", device="cpu", backend="torch")
     t32 = time.perf_counter() - t
     from tiled_unet.core.engine import Predictor
 
-    bf16_predictor = Predictor(ckpt, device="cpu", precision="bfloat16")
+    bf16_predictor = Predictor(ckpt, device="cpu", precision="bfloat16", backend="torch")
     t = time.perf_counter()
-    bf16 = segment(bf16_predictor, img, output="semantic", device="cpu", precision="bfloat16")
+    bf16 = segment(
+        bf16_predictor, img, output="semantic", device="cpu", precision="bfloat16", backend="torch"
+    )
     t16 = time.perf_counter() - t
     agree = float((fp32 == bf16).mean())
     print(

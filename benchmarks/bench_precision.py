@@ -69,13 +69,14 @@ class Tally:
 
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(PRECISIONS, 0.0)
-        self.pixels = self.class_changed = self.object_changed = 0
+        self.pixels = self.class_changed = 0
+        self.object_changed = -1  # not measured (semantic models)
         self.scores = {p: InstanceScores() for p in PRECISIONS}
         self.errors: dict[str, list[tuple[float, float]]] = {p: [] for p in PRECISIONS}
 
     def timed(self, precision: str, *args, **kwargs) -> np.ndarray:
         t = time.perf_counter()
-        out = segment(*args, device="cpu", precision=precision, **kwargs)
+        out = segment(*args, device="cpu", precision=precision, backend="torch", **kwargs)
         self.seconds[precision] += time.perf_counter() - t
         return out
 
@@ -83,7 +84,7 @@ class Tally:
         t32, t16 = self.seconds["float32"], self.seconds["bfloat16"]
         print(f"\n{name}: float32 {t32:.1f} s, bfloat16 {t16:.1f} s ({t32 / t16:.2f}x)")
         print(f"  class changed on {100 * self.class_changed / self.pixels:.4f} % of {self.pixels:,} pixels")
-        if self.object_changed:
+        if self.object_changed >= 0:
             print(f"  object changed on {100 * self.object_changed / self.pixels:.4f} % of pixels")
         for p in PRECISIONS:
             if self.scores[p].per_image_f1:
@@ -110,10 +111,15 @@ def nuclei(zoom: float, limit: int | None) -> Tally:
         if zoom != 1:
             image, truth = zoom_pair(image, truth, zoom)
         inst = {p: tally.timed(p, ckpt, image) for p in PRECISIONS}
-        sem = {p: segment(ckpt, image, device="cpu", precision=p, output="semantic") for p in PRECISIONS}
+        sem = {
+            p: segment(ckpt, image, device="cpu", precision=p, backend="torch", output="semantic")
+            for p in PRECISIONS
+        }
         tally.pixels += truth.size
         tally.class_changed += int(np.count_nonzero(sem["float32"] != sem["bfloat16"]))
-        tally.object_changed += changed_objects(inst["float32"], inst["bfloat16"])
+        tally.object_changed = max(tally.object_changed, 0) + changed_objects(
+            inst["float32"], inst["bfloat16"]
+        )
         for p in PRECISIONS:
             tally.scores[p].add(match_thresholds(truth, inst[p], THRESHOLDS))
     return tally

@@ -159,7 +159,7 @@ def end_to_end(size: int, repeat: int) -> None:
     from bench_gui import nuclei_1024
 
     image = nuclei_1024(size)
-    runs = {"torch": PredictOptions(device="cpu", diameter="off")}
+    runs = {"torch": PredictOptions(device="cpu", diameter="off", backend="torch")}
     if cpu_has_native_bf16():
         runs["torch bfloat16"] = runs["torch"].replace(precision="bfloat16")
     if runtime.openvino_available():

@@ -378,6 +378,25 @@ def test_predict_bad_tile(
     assert code == 2 and len(err) == 1 and err[0].startswith("tiled-unet: error: --tile: ")
 
 
+def test_predict_precision_the_machine_lacks_is_one_line(
+    capsys: pytest.CaptureFixture,
+    tmp_path: Path,
+    model_path: Path,
+    images: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tiled_unet.core import devices
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    common = (images["png"], "--model", model_path, "--device", "cpu", "--precision", "bfloat16")
+    code, _, err = run_cli(capsys, "predict", *common, "--out", tmp_path / "a")
+    assert code == 2 and len(err) == 1 and "does not compute bfloat16 natively; use float32" in err[0]
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    code, _, err = run_cli(capsys, "predict", *common, "--backend", "openvino", "--out", tmp_path / "b")
+    assert code == 2 and len(err) == 1 and "the openvino backend runs in float32" in err[0]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_predict_unavailable_device(
     capsys: pytest.CaptureFixture, tmp_path: Path, model_path: Path, images: dict[str, Path]

@@ -69,6 +69,7 @@ def test_seeds_grow_exactly_as_expand_labels_does(distance):
     foreground = (rng.random((120, 90)) > 0.3) | (seeds > 0)
     expected = np.where(foreground, expand_labels(seeds, distance=distance), 0)
     np.testing.assert_array_equal(grow_seeds(seeds, foreground, distance), expected)
+    np.testing.assert_array_equal(grow_seeds(np.asfortranarray(seeds), foreground.T.T, distance), expected)
     assert not grow_seeds(np.zeros_like(seeds), foreground, distance).any()
     assert not grow_seeds(seeds, np.zeros_like(foreground), distance).any()
 

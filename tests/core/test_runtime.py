@@ -166,17 +166,20 @@ def test_auto_is_the_default_and_bfloat16_keeps_to_torch(monkeypatch):
     from tiled_unet.core import devices
 
     assert PredictOptions().backend == "auto" and PredictOptions().precision == "auto"
+    assert Predictor(_net("valid", 1), device="cpu").matches(PredictOptions(device="cpu"))  # same defaults
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
     net = _net("valid", 1)
     with pytest.raises(
         ValueError, match="the openvino backend runs in float32; use precision float32 or auto"
     ):
         Predictor(net, device="cpu", backend="openvino", precision="bfloat16")
-    asked: list[str] = []
-    monkeypatch.setattr(
-        "tiled_unet.core.engine.forward_for", lambda model, backend, *args: asked.append(backend)
-    )
+    asked: list[tuple] = []
+    monkeypatch.setattr("tiled_unet.core.engine.forward_for", lambda m, *args: asked.append(args))
     image = np.random.default_rng(0).random((1, 100, 100)).astype(np.float32)
     _probabilities(Predictor(net, device="cpu", backend="auto", precision="bfloat16"), image)
-    _probabilities(Predictor(net, device="cpu", backend="auto"), image)
-    assert asked == ["torch", "auto"]  # OpenVINO runs float32 only: bfloat16 is torch's
+    assert asked and asked[0][0] == "auto" and asked[0][-1] == torch.bfloat16
+    monkeypatch.undo()
+    runtime._CONVERTED.clear()
+    big = runtime.AUTO_MIN_PIXELS
+    assert runtime.forward_for(net, "auto", torch.device("cpu"), big, torch.bfloat16) is None  # float32 only
+    assert runtime._CONVERTED == {}

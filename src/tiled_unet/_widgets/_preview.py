@@ -91,7 +91,10 @@ def preview_job(checkpoint: Any, target: PreviewTarget, device: str) -> Generato
     from tiled_unet.core.predict import segment_iter
 
     start = time.perf_counter()
-    labels = yield from segment_iter(checkpoint, target.data, axes=target.plane_axes, device=device)
+    # torch: each preview has new weights, which OpenVINO would convert (and cache) anew
+    labels = yield from segment_iter(
+        checkpoint, target.data, axes=target.plane_axes, device=device, backend="torch"
+    )
     return labels, time.perf_counter() - start
 
 

@@ -203,7 +203,10 @@ def _model_and_options(args: argparse.Namespace) -> tuple[Any, PredictOptions]:
         precision=args.precision,
     )
     log.debug("model %s on %s, output %s", args.model, device, args.output)
-    predictor = Predictor.from_options(checkpoint, options)
+    try:
+        predictor = Predictor.from_options(checkpoint, options)
+    except ValueError as exc:  # bfloat16 on a CPU without it, openvino on a GPU, ...
+        raise _Usage(str(exc)) from None
     try:
         size_mode(predictor, options)
     except ValueError as exc:

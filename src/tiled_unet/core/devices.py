@@ -85,14 +85,17 @@ def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
         return torch.float32
     if precision != "bfloat16":
         return torch.float32 if device.type == "cpu" else torch.float16
-    native = (
-        cpu_has_native_bf16()
-        if device.type == "cpu"
-        else device.type != "cuda" or torch.cuda.is_bf16_supported()
-    )
+    if device.type == "cpu":
+        native = cpu_has_native_bf16()
+    elif device.type == "cuda":  # Ampere (compute capability 8) and later; ROCm GPUs
+        native = bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
+    else:
+        native = True  # MPS: torch's autocast decides
     if not native:
-        what = "CPU (it needs AVX512-BF16 or AMX)" if device.type == "cpu" else "GPU"
-        raise ValueError(f"precision bfloat16: this {what} does not compute bfloat16 natively; use float32")
+        what, advice = (
+            ("CPU (it needs AVX512-BF16 or AMX)", "float32") if device.type == "cpu" else ("GPU", "auto")
+        )
+        raise ValueError(f"precision bfloat16: this {what} does not compute bfloat16 natively; use {advice}")
     return torch.bfloat16
 
 

@@ -40,7 +40,7 @@ from .model import UNet, UNetConfig, eval_mode
 from .options import PredictOptions, check_backend, check_precision
 from .postprocess import InstanceSettings, to_instances, to_semantic
 from .progress import BatchCounter, Progress
-from .runtime import forward_for
+from .runtime import check_runtime, forward_for
 from .scaling import ScaledPlane, back_weights, resample, scaled_length
 from .tiling import (
     TilePlan,
@@ -94,8 +94,8 @@ class Predictor:
     Raises
     ------
     ValueError
-        If ``tile`` is not a usable tile size (the message names valid ones), or the device is
-        unknown or not available.
+        If ``tile`` is not a usable tile size (the message names valid ones), the device is
+        unknown or not available, or the precision or backend cannot run on it.
     """
 
     def __init__(
@@ -108,7 +108,7 @@ class Predictor:
         tta: bool = False,
         precision: str = "auto",
         normalization: Normalization | None = None,
-        backend: str = "torch",
+        backend: str = "auto",
     ) -> None:
         check_backend(backend)
         check_precision(precision)
@@ -116,8 +116,8 @@ class Predictor:
         dev = resolve_device(device) if device is not None else None
         self.model, self.checkpoint, self.device = network_on(model, dev)
         self.dtype = compute_dtype(self.device, precision)
-        if backend == "openvino" and self.dtype != torch.float32:
-            raise ValueError("the openvino backend runs in float32; use precision float32 or auto")
+        self.half = self.dtype != torch.float32  # 16-bit activations: half the memory
+        check_runtime(backend, self.device, self.dtype)
         self.config: UNetConfig = self.model.config
         ckpt = self.checkpoint
         n = self.config.n_classes
@@ -159,22 +159,16 @@ class Predictor:
     def from_options(
         cls, model: Any, options: PredictOptions, *, normalization: Normalization | None = None
     ) -> Predictor:
-        """The predictor of ``options`` (device, tile, batch size, test-time augmentation)."""
-        return cls(
-            model,
-            device=options.device,
-            tile=options.tile,
-            batch_size=options.batch_size,
-            tta=options.tta,
-            normalization=normalization,
-            backend=options.backend,
-            precision=options.precision,
-        )
+        """The predictor of ``options`` (device, tile, batch, TTA, backend, precision)."""
+        fields = ("device", "tile", "batch_size", "tta", "backend", "precision")
+        return cls(model, normalization=normalization, **{name: getattr(options, name) for name in fields})
 
     def matches(self, options: PredictOptions) -> bool:
-        """Whether this predictor runs as ``options`` ask (device, tile, batch, TTA): reusable."""
+        """Whether this predictor runs as ``options`` ask (device, tile, batch, TTA, backend,
+        arithmetic): reusable."""
         try:
             device = resolve_device(options.device)
+            dtype = compute_dtype(device, options.precision)
         except ValueError:
             return False
         return (
@@ -183,13 +177,8 @@ class Predictor:
             and options.batch_size == self.batch_size
             and view_count(options.tta) == self.tta
             and options.backend == self.backend
-            and options.precision == self.precision
+            and dtype == self.dtype
         )
-
-    @property
-    def half(self) -> bool:
-        """Whether the forward pass runs in a 16-bit float type (activations take half the memory)."""
-        return self.dtype != torch.float32
 
     # ------------------------------------------------------------------ sizes
 
@@ -361,8 +350,9 @@ class Predictor:
         progress.restart(n_batches, progress.views_after)
         in_y, in_x = plan.in_tile
         out = np.empty((self.config.n_classes, *plan.shape), np.float32)
-        backend = self.backend if self.dtype == torch.float32 else "torch"  # OpenVINO: float32 only
-        forward = forward_for(self.model, backend, self.device, plan.shape[0] * plan.shape[1])
+        forward = forward_for(
+            self.model, self.backend, self.device, plan.shape[0] * plan.shape[1], self.dtype
+        )
         for b in range(n_batches):
             origins = plan.origins[b * batch : (b + 1) * batch]
             # the input holds the context already: tile origins index it directly

@@ -92,7 +92,9 @@ class Normalization:
         """Scale a ``(C, Y, X)`` block with precomputed per-channel ``lo``/``hi`` values (float32)."""
         lo, hi = np.asarray(lo, np.float32), np.asarray(hi, np.float32)
         scale = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
-        out = np.subtract(image, lo[:, None, None], dtype=np.float32)  # one pass, no float copy first
+        out = np.subtract(
+            np.asarray(image), lo[:, None, None], dtype=np.float32
+        )  # one pass, no float copy first
         out /= scale[:, None, None]
         return out
 

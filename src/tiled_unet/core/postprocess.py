@@ -121,7 +121,10 @@ def grow_seeds(seeds: np.ndarray, foreground: np.ndarray, distance: float) -> np
     """
     from scipy import ndimage as ndi
 
-    out = np.zeros_like(seeds)
+    seeds = np.ascontiguousarray(seeds)
+    if np.shape(foreground) != seeds.shape:
+        raise ValueError(f"foreground of shape {np.shape(foreground)} does not match seeds {seeds.shape}")
+    out = np.zeros(seeds.shape, seeds.dtype)
     where = np.flatnonzero(foreground)
     if where.size == 0 or not seeds.any():
         return out

@@ -101,7 +101,7 @@ def predict_probabilities_iter(
     if 0 in image.shape:
         raise ValueError(f"image of shape {image.shape} is empty")
     predictor = Predictor(
-        model, device=device, tile=tile, batch_size=batch_size, tta=tta, precision=precision
+        model, device=device, tile=tile, batch_size=batch_size, tta=tta, precision=precision, backend="torch"
     )
     return (yield from predictor.region_iter(image))
 

@@ -55,26 +55,44 @@ def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+def check_runtime(backend: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Raise ``ValueError`` (one line) if ``backend`` cannot run on ``device`` in ``dtype``:
+    OpenVINO runs on the CPU, in float32."""
+    if backend == "openvino" and device.type != "cpu":
+        raise ValueError(f"the openvino backend runs on the CPU only, not on {device}")
+    if backend == "openvino" and dtype != torch.float32:
+        raise ValueError("the openvino backend runs in float32; use precision float32 or auto")
+
+
 def forward_for(
-    model: torch.nn.Module, backend: str, device: torch.device, pixels: int
+    model: torch.nn.Module,
+    backend: str,
+    device: torch.device,
+    pixels: int,
+    dtype: torch.dtype = torch.float32,
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The forward pass to use instead of ``model(x)`` for a region of ``pixels`` output pixels,
-    or None for torch itself.
+    """The forward pass to use instead of ``model(x)`` for a region of ``pixels`` output pixels
+    computed in ``dtype``, or None for torch itself (always for ``"auto"`` in another dtype than
+    float32: OpenVINO runs float32 only).
 
     Raises
     ------
     ValueError
-        If ``backend`` is ``"openvino"`` and OpenVINO cannot be used (not installed, not the CPU).
+        If ``backend`` is ``"openvino"`` and OpenVINO cannot be used (not installed, not the CPU,
+        not float32).
     """
     if backend == "torch":
         return None
     if backend == "openvino":
-        if device.type != "cpu":
-            raise ValueError(f"the openvino backend runs on the CPU only, not on {device}")
+        check_runtime(backend, device, dtype)
         if not openvino_available():
             raise ValueError("the openvino backend needs OpenVINO: pip install 'napari-tiled-unet[openvino]'")
     elif not (
-        device.type == "cpu" and pixels >= AUTO_MIN_PIXELS and _is_ours(model) and openvino_available()
+        device.type == "cpu"
+        and dtype == torch.float32
+        and pixels >= AUTO_MIN_PIXELS
+        and _is_ours(model)
+        and openvino_available()
     ):
         return None
     key = weights_key(model)  # the weights, not the module: one trained in place converts anew
