@@ -5,7 +5,8 @@
 #
 # Environment: DATA (default ../shared/data), OUT (default runs), DEVICE (default auto),
 # MINUTES (training budget per model, default 6), WORKERS (patch workers, default 4),
-# TU (the command, default `tiled-unet`; e.g. "python -m tiled_unet.cli" from a source tree).
+# TU (the command, default `tiled-unet`; e.g. "python -m tiled_unet.cli" from a source tree),
+# PYTHON (the interpreter of the experiment scripts, default `python`).
 # The shipped models were trained on one GPU with MINUTES=6; on a 2-core CPU the same step
 # count takes many hours (see the model cards for steps and time). The nuclei models' post-
 # processing is then tuned on 74 training images (configs/nuclei-tune-ids.txt) with
@@ -114,6 +115,9 @@ train_em() {
         --val-ids "$OUT/isbi-val.txt" --config "$here/configs/em-membranes.json" \
         --targets semantic --class-names membrane,cell --out "$OUT/em-membranes.pt" \
         --patch 572 --batch-size 4 --lr 5e-4 --val-every 250 --name em-membranes "${common[@]}"
+    # instances: cells flooded over the membranes, the setting of least Rand error on training slices
+    "${PYTHON:-python}" "$here/experiments/em_instances.py" --slices 10-19 --model "$OUT/em-membranes.pt" \
+        --tune "$OUT/em-membranes-tuned.pt"
 }
 
 models=("$@")

@@ -426,7 +426,13 @@ def test_info_json_matches_core(capsys: pytest.CaptureFixture, model_path: Path)
     assert info["classes"] == ["background", "object", "boundary"]
     assert (info["object_class"], info["boundary_class"]) == (1, 2)
     assert info["normalization"] == {"mode": "percentile", "low": 1.0, "high": 99.8}
-    assert info["instances"] == {"threshold": 0.5, "expand": 2.0, "min_size": 32, "min_peak": 0.0}
+    assert info["instances"] == {
+        "threshold": 0.5,
+        "expand": 2.0,
+        "min_size": 32,
+        "min_peak": 0.0,
+        "flood": False,
+    }
     assert info["provenance"]["date"] == "2025-01-01"
     first = info["valid_sizes"]["first"]
     assert first[0] == [44, 4] and all(b[0] - a[0] == 4 for a, b in zip(first, first[1:], strict=False))

@@ -95,6 +95,33 @@ def test_evaluate_pools_instance_counts_over_images_and_groups(monkeypatch):
     assert "none_here" not in result  # a group with no scored image is left out, not an error
 
 
+def test_semantic_models_are_scored_on_their_own_cells_and_on_the_class_map(monkeypatch):
+    from test_postprocess import _membrane_grid
+
+    from tiled_unet.core import predict
+    from tiled_unet.core.checkpoint import Checkpoint
+    from tiled_unet.core.evaluate import evaluate
+    from tiled_unet.core.model import UNetConfig
+    from tiled_unet.core.postprocess import InstanceSettings
+
+    probs = _membrane_grid(gap=0.6)  # 4 cells, one membrane with a gap
+    truth = (probs[1] > 0.5) & (probs[1] != np.float32(0.6))  # annotated cells: 1, membranes: 0
+    monkeypatch.setattr(predict, "segment", lambda ckpt, image, **kw: probs)
+    scores = {}
+    for flood in (False, True):
+        ckpt = Checkpoint(
+            config=UNetConfig(n_classes=2, depth=1, base_features=1),
+            state_dict={},
+            class_names=("membrane", "cell"),
+            instances=InstanceSettings(threshold=0.7 if flood else 0.5, min_size=16, flood=flood),
+        )
+        scores[flood] = evaluate(ckpt, [("a", "a", truth)])["all"]
+    assert scores[False]["rand_error"] == pytest.approx(scores[False]["rand_error_class_map"])
+    assert scores[True]["rand_error_class_map"] == scores[False]["rand_error_class_map"] > 0.2  # merged
+    assert scores[True]["rand_error"] == pytest.approx(0.0, abs=1e-9)  # four cells, none merged
+    assert scores[True]["pixel_error"] == pytest.approx(float(np.mean(truth != (probs[1] > 0.5))))
+
+
 def test_optimize_instance_settings_finds_the_peak_filter(monkeypatch):
     from test_postprocess import faint_and_sure_discs
 

@@ -8,7 +8,7 @@ from scipy import ndimage as ndi
 from skimage.draw import disk
 from skimage.segmentation import find_boundaries
 
-from tiled_unet.core.postprocess import grow_seeds, label_dtype, to_instances, to_semantic
+from tiled_unet.core.postprocess import InstanceSettings, grow_seeds, label_dtype, to_instances, to_semantic
 
 
 def one_hot(classes: np.ndarray, n_classes: int, sharpness: float = 0.9) -> np.ndarray:
@@ -173,4 +173,43 @@ def test_instance_settings_overrides_keep_the_rest():
     assert tuned.overridden() is tuned
     assert tuned.overridden(min_size=5) == InstanceSettings(min_peak=0.8, expand=1.0, min_size=5)
     assert tuned.overridden(min_peak=0.0) == InstanceSettings(expand=1.0)
-    assert set(tuned.to_dict()) == {"threshold", "expand", "min_size", "min_peak"}
+    assert set(tuned.to_dict()) == {"threshold", "expand", "min_size", "min_peak", "flood"}
+
+
+def _membrane_grid(gap: float) -> np.ndarray:
+    """Cell probability of a 2 x 2 grid of cells (0.95) between membranes (0.05), one membrane
+    with a 6-px gap of probability ``gap``."""
+    p = np.full((80, 80), 0.95, np.float32)
+    p[38:42, :] = p[:, 38:42] = 0.05
+    p[:4, :] = p[-4:, :] = p[:, :4] = p[:, -4:] = 0.05
+    p[38:42, 15:21] = gap
+    return np.stack([1 - p, p])
+
+
+def test_flooded_cells_fill_the_membranes_and_a_gap_does_not_merge_them():
+    probs = _membrane_grid(gap=0.6)
+    components = to_instances(probs, object_class=1, min_size=16)
+    assert components.max() == 3  # the gap joins two cells' components
+    flooded = to_instances(probs, object_class=1, threshold=0.7, min_size=16, flood=True)
+    assert flooded.max() == 4 and np.all(flooded > 0)  # every pixel belongs to a cell
+    inner = probs[1] > 0.9
+    assert np.array_equal(ndi.label(inner)[0] > 0, inner)
+    for cell in range(1, 5):  # each cell's interior is one flooded object
+        assert len(np.unique(flooded[inner & (ndi.label(inner)[0] == cell)])) == 1
+    # seeds under min_size do not make objects: their pixels go to the neighbours
+    speck = _membrane_grid(gap=0.05)
+    speck[1, 60:63, 60:63], speck[0, 60:63, 60:63] = 0.99, 0.01
+    speck[1, 58:65, 58:65][[0, -1]] = 0.05
+    assert to_instances(speck, object_class=1, threshold=0.7, min_size=16, flood=True).max() == 4
+    assert not to_instances(np.stack([np.ones((9, 9)), np.zeros((9, 9))]), object_class=1, flood=True).any()
+
+
+def test_flood_is_stored_with_the_model(tmp_path, small_checkpoint):
+    import dataclasses
+
+    from tiled_unet.core.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = small_checkpoint()
+    flooded = dataclasses.replace(ckpt, instances=InstanceSettings(threshold=0.7, min_size=16, flood=True))
+    path = save_checkpoint(flooded, tmp_path / "m.pt")
+    assert load_checkpoint(path).instances == InstanceSettings(threshold=0.7, min_size=16, flood=True)

@@ -15,7 +15,9 @@ DESCRIPTION = """\
 Segment IMAGES with MODEL and compare with LABELS (paired by file stem), with the metric code
 the trainer uses. Instance models: F1 at IoU 0.5 and average precision TP/(TP+FP+FN) at IoU
 0.5, 0.75 and 0.9, counts pooled over all images. Semantic models: pixel error and the ISBI 2012
-foreground-restricted Rand error, averaged over images.
+foreground-restricted Rand error, averaged over images: rand_error of the objects the model
+outputs (--output instances; em-membranes: cells flooded over the membranes) and
+rand_error_class_map of the connected components of the object class in the class map.
 
 With --optimize OUT.pt, instead search the post-processing parameters of an instance model
 (minimum peak probability, minimum size, seed growth) for the best pooled F1 at IoU 0.5 on

@@ -177,6 +177,7 @@ def format_text(info: dict[str, Any]) -> str:
         lines.append(
             f"instances        threshold {inst['threshold']:g}, seeds grown {inst['expand']:g} px, "
             f"min size {inst['min_size']} px, min peak probability {inst['min_peak']:g}"
+            + (", flooded over the other class (every pixel in an object)" if inst.get("flood") else "")
         )
     if info.get("object_diameter"):
         lines.append(

@@ -4,7 +4,9 @@ Instance models (a boundary class, e.g. ``nuclei``) are scored by matching predi
 objects one-to-one (:func:`.metrics.match_instances`, Hungarian assignment on IoU): F1 at IoU 0.5
 and average precision ``TP / (TP + FP + FN)`` at several IoU thresholds, with TP/FP/FN summed
 over all images ("overall") and averaged per image. Semantic models (e.g. ``em-membranes``) are
-scored by pixel error and the ISBI 2012 foreground-restricted Rand error.
+scored by pixel error and the ISBI 2012 foreground-restricted Rand error of the objects the
+model outputs (``rand_error``: its instances, e.g. cells flooded over the membranes between them)
+and of the connected components of the object class in its class map (``rand_error_class_map``).
 
 :func:`optimize_instance_settings` picks an instance model's post-processing parameters
 (:class:`~.postprocess.InstanceSettings`) by the pooled F1 at IoU 0.5 on annotated images,
@@ -104,7 +106,6 @@ def evaluate(
     dict
         ``{"all": {...}, "<group>": {...}}`` with the scores described in the module docstring.
     """
-    from skimage.measure import label
 
     from .predict import segment
 
@@ -113,7 +114,7 @@ def evaluate(
     if instance:
         scores = {"all": InstanceScores(), **{g: InstanceScores() for g in names_in}}
     else:
-        sem: dict[str, list[tuple[float, float]]] = {"all": [], **{g: [] for g in names_in}}
+        sem: dict[str, list[dict[str, float]]] = {"all": [], **{g: [] for g in names_in}}
     for name, image, labels in pairs:
         if instance:
             pred = segment(
@@ -135,26 +136,18 @@ def evaluate(
                     scores[g].add(matchings)
             per = {"f1_0.5": f1, "n_true": int(len(np.unique(labels)) - 1), "n_pred": int(pred.max())}
         else:
-            pred = segment(
+            per = _semantic_scores(
                 checkpoint,
                 image,
-                output="semantic",
+                labels,
                 device=device,
                 tile=tile,
                 tta=tta,
                 channel=channel,
                 precision=precision,
             )
-            true_cls = (np.asarray(labels) > 0).astype(np.uint8) * checkpoint.object_class
-            pe = pixel_error(true_cls, pred)
-            # the challenge's Rand error compares 2-D connected components of the cell class
-            re = rand_error(
-                label(true_cls == checkpoint.object_class, connectivity=1),
-                label(pred == checkpoint.object_class, connectivity=1),
-            )
             for g in ["all", *[g for g, m in names_in.items() if name in m]]:
-                sem[g].append((pe, re))
-            per = {"pixel_error": pe, "rand_error": re}
+                sem[g].append(per)
         if on_image is not None:
             on_image(name, per)
     # a group none of whose images was scored is left out ("all" always stays)
@@ -163,11 +156,36 @@ def evaluate(
     return {
         g: {
             "n_images": len(v),
-            "pixel_error": float(np.mean([p for p, _ in v])) if v else float("nan"),
-            "rand_error": float(np.mean([r for _, r in v])) if v else float("nan"),
+            **{k: float(np.mean([p[k] for p in v])) if v else float("nan") for k in SEMANTIC_SCORES},
         }
         for g, v in sem.items()
         if g == "all" or v
+    }
+
+
+#: What semantic models are scored by (means over the images).
+SEMANTIC_SCORES = ("pixel_error", "rand_error", "rand_error_class_map")
+
+
+def _semantic_scores(checkpoint: Checkpoint, image: Any, labels: Any, **options: Any) -> dict[str, float]:
+    """Pixel error of the class map and Rand errors of a semantic model's objects on one image
+    (labels: nonzero = the object class)."""
+    from skimage.measure import label
+
+    from .postprocess import to_instances, to_semantic
+    from .predict import segment
+
+    probs = segment(checkpoint, image, output="probabilities", **options)
+    classes = to_semantic(probs)
+    true_cls = (np.asarray(labels) > 0).astype(np.uint8) * checkpoint.object_class
+    # the challenge's Rand error compares 2-D objects of the cell class; ours are the model's
+    # instances (cells flooded over the membranes, for em-membranes) and the class map's components
+    true = label(true_cls == checkpoint.object_class, connectivity=1)
+    cells = to_instances(probs, object_class=checkpoint.object_class, **checkpoint.instances.to_dict())
+    return {
+        "pixel_error": pixel_error(true_cls, classes),
+        "rand_error": rand_error(true, cells),
+        "rand_error_class_map": rand_error(true, label(classes == checkpoint.object_class, connectivity=1)),
     }
 
 
