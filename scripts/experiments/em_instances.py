@@ -11,9 +11,10 @@ predicted pieces (each holding at least 10 % of the cell)::
 
     python scripts/experiments/em_instances.py [--slices 20-24] [--model em-membranes]
 
-``--tune OUT.pt`` instead picks the (d) setting with the lowest mean Rand error on the slices
-given (use training slices, e.g. ``--slices 10-19``) and writes a copy of the model carrying
-it (the model itself is never changed).
+``--tune OUT.pt`` instead picks the (d) setting with the lowest mean Rand error and the class
+map's cell-probability threshold with the lowest pixel error on the slices given (use training
+slices, e.g. ``--slices 10-19``) and writes a copy of the model carrying them (the model itself
+is never changed).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def seeded_membrane_watershed(p_cell: np.ndarray, seed: float) -> np.ndarray:
     return watershed(1 - p_cell, markers=seeds, mask=p_cell > 0.5)
 
 
+CLASS_MAP_GRID = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 FLOOD_GRID = [(t, m) for t in (0.5, 0.6, 0.7, 0.8) for m in (0, 16, 32, 100)]
 
 
@@ -99,14 +101,20 @@ def tune(model: str, out: str) -> None:
         print(f"flood, threshold {t}, min size {m}: Rand error {scores[(t, m)]:.4f}")
     (t, m), best = min(scores.items(), key=lambda kv: kv[1])
     settings = dataclasses.replace(ckpt.instances, threshold=t, min_size=m, flood=True)
-    tuned = dataclasses.replace(ckpt, instances=settings, provenance=dict(ckpt.provenance))
-    tuned.provenance["instances_optimized"] = {
-        "rand_error": round(best, 4),
-        "slices": f"{SLICES[0]}-{SLICES[-1]}",
-    }
+    errors = {}  # the class map: the cell-probability threshold of least pixel error
+    for c in CLASS_MAP_GRID:
+        errors[c] = float(np.mean([np.mean((p[1] > c) != (true > 0)) for true, p in cases]))
+        print(f"class map, cell probability above {c:g}: pixel error {errors[c]:.4f}")
+    c = min(errors, key=errors.get)
+    tuned = dataclasses.replace(
+        ckpt, instances=settings, class_map_threshold=c, provenance=dict(ckpt.provenance)
+    )
+    where = f"{SLICES[0]}-{SLICES[-1]}"
+    tuned.provenance["instances_optimized"] = {"rand_error": round(best, 4), "slices": where}
+    tuned.provenance["class_map_optimized"] = {"pixel_error": round(errors[c], 4), "slices": where}
     half = any(v.dtype == torch.float16 for v in ckpt.state_dict.values())
     save_checkpoint(tuned, out, overwrite=True, half=half)
-    print(f"wrote {out}: {settings}")
+    print(f"wrote {out}: {settings}, class map threshold {c}")
 
 
 def main() -> None:

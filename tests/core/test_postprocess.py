@@ -213,3 +213,24 @@ def test_flood_is_stored_with_the_model(tmp_path, small_checkpoint):
     flooded = dataclasses.replace(ckpt, instances=InstanceSettings(threshold=0.7, min_size=16, flood=True))
     path = save_checkpoint(flooded, tmp_path / "m.pt")
     assert load_checkpoint(path).instances == InstanceSettings(threshold=0.7, min_size=16, flood=True)
+
+
+def test_class_map_threshold_moves_the_two_class_decision(tmp_path, small_checkpoint):
+    import dataclasses
+
+    from tiled_unet.core.checkpoint import CheckpointError
+
+    p = np.linspace(0.01, 0.99, 99, dtype=np.float32).reshape(1, 9, 11)
+    probs = np.concatenate([1 - p, p])
+    assert np.array_equal(to_semantic(probs), (p[0] > 0.5).astype(np.uint8))
+    assert np.array_equal(to_semantic(probs, threshold=0.15), (p[0] > 0.15).astype(np.uint8))
+    assert np.array_equal(to_semantic(probs, threshold=0.15, object_class=0), np.where(1 - p[0] > 0.15, 0, 1))
+    with pytest.raises(ValueError, match="needs 2 classes"):
+        to_semantic(np.ones((3, 4, 4)) / 3, threshold=0.5)
+    from tiled_unet.core.checkpoint import Checkpoint
+    from tiled_unet.core.model import UNet, UNetConfig
+
+    net = UNet(UNetConfig(in_channels=1, n_classes=2, depth=2, base_features=4, dropout=0.0))
+    two = Checkpoint.from_model(net, class_names=("membrane", "cell"), class_map_threshold=0.15)
+    with pytest.raises(CheckpointError, match=r"value in \(0, 1\)"):
+        dataclasses.replace(two, class_map_threshold=1.5)

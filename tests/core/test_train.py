@@ -165,9 +165,14 @@ def test_semantic_binary_model_and_prediction_shape():
         class_names=("membrane", "cell"),
     )
     assert ckpt.boundary_class == -1 and ckpt.class_names == ("membrane", "cell")
+    assert ckpt.class_map_threshold is None  # from scratch: the most probable class
     probs = predict_probabilities(ckpt.build_model(), img[None], device=torch.device("cpu"), tile=60)
     assert probs.shape == (2, 96, 96)
     np.testing.assert_allclose(probs.sum(0), 1.0, rtol=1e-5)
+    # fine-tuned, a model keeps its base's class-map calibration (the same weighted loss)
+    base = dataclasses.replace(ckpt, class_map_threshold=0.15)
+    tuned = train(images=[img], labels=[binary], settings=settings(steps=2), init=base)
+    assert tuned.class_map_threshold == 0.15
 
 
 def test_cpu_bf16_detection_asks_torch(monkeypatch):

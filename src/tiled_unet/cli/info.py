@@ -87,6 +87,7 @@ def describe(model: str) -> dict[str, Any]:
         "normalization": dataclasses.asdict(ckpt.normalization),
         "instances": ckpt.instances.to_dict(),
         "object_diameter": ckpt.object_diameter,
+        "class_map_threshold": getattr(ckpt, "class_map_threshold", None),
         "provenance": ckpt.provenance,
         "model_card": model_card(model) if builtin else "",
     }
@@ -183,6 +184,10 @@ def format_text(info: dict[str, Any]) -> str:
         lines.append(
             f"object size      {info['object_diameter']:g} px diameter: images are rescaled to it "
             "(--diameter auto measures their objects; off keeps them as they are)"
+        )
+    if info.get("class_map_threshold") is not None:
+        lines.append(
+            f"class map        object class where its probability exceeds {info['class_map_threshold']:g}"
         )
     if info["provenance"]:
         lines.append("provenance")

@@ -61,6 +61,10 @@ class Checkpoint:
     #: The object diameter (pixels) the model segments best, measured on its training data;
     #: None: the model has no object size (no rescaling, see :mod:`.sizing`).
     object_diameter: float | None = None
+    #: Two-class models: the class map (semantic output) is the object class where its
+    #: probability exceeds this, chosen on training images to undo the shift of a class-weighted
+    #: loss; None: the most probable class.
+    class_map_threshold: float | None = None
     #: Whether the network is a tiled-unet U-Net that can be trained and saved (an imported
     #: bioimage.io model with its own architecture is not: :mod:`.bioimageio_import`).
     trainable: ClassVar[bool] = True
@@ -68,6 +72,12 @@ class Checkpoint:
     def __post_init__(self) -> None:
         if self.object_diameter is not None and not self.object_diameter > 0:
             raise CheckpointError(f"object_diameter must be > 0 pixels, got {self.object_diameter}")
+        if self.class_map_threshold is not None and not (
+            self.config.n_classes == 2 and 0 < self.class_map_threshold < 1
+        ):
+            raise CheckpointError(
+                f"class_map_threshold {self.class_map_threshold} needs a 2-class model and a value in (0, 1)"
+            )
         if len(self.class_names) != self.config.n_classes:
             raise CheckpointError(
                 f"{len(self.class_names)} class names for a model with {self.config.n_classes} classes"
@@ -110,6 +120,7 @@ class Checkpoint:
             "boundary_class": int(self.boundary_class),
             "instances": self.instances.to_dict(),
             "object_diameter": None if self.object_diameter is None else float(self.object_diameter),
+            "class_map_threshold": self.class_map_threshold,
             "provenance": _plain(self.provenance),
         }
 
@@ -186,6 +197,7 @@ def checkpoint_from_dict(data: Any, *, source: str = "checkpoint") -> Checkpoint
             provenance=dict(data.get("provenance", {})),
             instances=InstanceSettings(**data.get("instances", {})),
             object_diameter=data.get("object_diameter"),
+            class_map_threshold=data.get("class_map_threshold"),
         )
     except CheckpointError as exc:
         raise CheckpointError(f"{source}: {exc}") from None

@@ -127,6 +127,7 @@ class Predictor:
             self.object_class, self.boundary_class = (1 if n >= 2 else -1), (2 if n == 3 else -1)
         self.normalization = normalization or (ckpt.normalization if ckpt is not None else Normalization())
         self.instances = ckpt.instances if ckpt is not None else InstanceSettings()
+        self.class_map_threshold = ckpt.class_map_threshold if ckpt is not None else None
         if tile is not None:
             check_tile_size(int(tile), self.config)
         if batch_size is not None and batch_size < 1:
@@ -380,7 +381,7 @@ class Predictor:
         them; a ``min_size`` given in ``options`` is in the image's pixels already.
         """
         if options.output == "semantic":
-            return to_semantic(probs)
+            return to_semantic(probs, threshold=self.class_map_threshold, object_class=self.object_class)
         if options.output != "instances":
             raise ValueError(f"no labels for output {options.output!r}")
         if self.object_class < 0:

@@ -176,7 +176,9 @@ def _semantic_scores(checkpoint: Checkpoint, image: Any, labels: Any, **options:
     from .predict import segment
 
     probs = segment(checkpoint, image, output="probabilities", **options)
-    classes = to_semantic(probs)
+    classes = to_semantic(
+        probs, threshold=checkpoint.class_map_threshold, object_class=checkpoint.object_class
+    )
     true_cls = (np.asarray(labels) > 0).astype(np.uint8) * checkpoint.object_class
     # the challenge's Rand error compares 2-D objects of the cell class; ours are the model's
     # instances (cells flooded over the membranes, for em-membranes) and the class map's components

@@ -105,13 +105,19 @@ def label_dtype(max_label: int) -> np.dtype:
     return np.dtype(np.uint16) if max_label < 65535 else np.dtype(np.uint32)
 
 
-def to_semantic(probs: np.ndarray) -> np.ndarray:
-    """Most probable class per pixel.
+def to_semantic(probs: np.ndarray, *, threshold: float | None = None, object_class: int = 1) -> np.ndarray:
+    """Most probable class per pixel, or for two classes ``object_class`` where its probability
+    exceeds ``threshold``.
 
     Parameters
     ----------
     probs : ndarray, shape (K, Y, X)
-        Class probabilities (or logits).
+        Class probabilities (or logits, without ``threshold``).
+    threshold : float, optional
+        Two classes only: the object class's probability above which a pixel is that class
+        (:attr:`.checkpoint.Checkpoint.class_map_threshold`); None: the most probable class.
+    object_class : int
+        The class ``threshold`` applies to.
 
     Returns
     -------
@@ -120,7 +126,14 @@ def to_semantic(probs: np.ndarray) -> np.ndarray:
     """
     probs = _check_probs(probs)
     dtype = np.uint8 if probs.shape[0] <= 256 else np.uint16
-    return np.argmax(probs, axis=0).astype(dtype)
+    if threshold is None:
+        return np.argmax(probs, axis=0).astype(dtype)
+    if probs.shape[0] != 2 or object_class not in (0, 1):
+        raise ValueError(
+            f"a class-map threshold needs 2 classes and object class 0 or 1, got {probs.shape[0]}"
+        )
+    above = probs[object_class] > threshold
+    return np.where(above, object_class, 1 - object_class).astype(dtype)
 
 
 def grow_seeds(seeds: np.ndarray, foreground: np.ndarray, distance: float) -> np.ndarray:

@@ -119,6 +119,10 @@ class _Setup:
             provenance=provenance,
             instances=self.instances,
             object_diameter=self.object_diameter,
+            # the base's class-map calibration: the same class-weighted loss shifts it alike
+            class_map_threshold=getattr(self.base, "class_map_threshold", None)
+            if self.cfg.n_classes == 2
+            else None,
         )
 
 
