@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrain the built-in models from the shared data with the recorded commands.
 #
-#   scripts/train-builtin-models.sh [nuclei|nuclei-depth4|nuclei-v2|nuclei-sized|em-membranes ...]   (default: all)
+#   scripts/train-builtin-models.sh [nuclei|nuclei-depth4|nuclei-v2|nuclei-sized|nuclei-wide|em-membranes ...]   (default: all)
 #
 # Environment: DATA (default ../shared/data), OUT (default runs), DEVICE (default auto),
 # MINUTES (training budget per model, default 6), WORKERS (patch workers, default 4),
@@ -109,6 +109,17 @@ nuclei_sized() {  # the shipped nuclei trained on at its object size (20 px), wh
         --workers 1 --seed 31 --half --name nuclei --device "$DEVICE" --no-progress --overwrite
 }
 
+nuclei_wide() {  # nuclei-sized with 24 base features (Net2Net widening of the shipped weights)
+    local data="$OUT/nuclei-wide-data" sel="$OUT/nuclei-wide-select"
+    link_nuclei_data "$data" "$DATA/dsb2018/val.txt" "$here/configs/nuclei-select-ids.txt"
+    select_nuclei "$sel"
+    $TU train --images "$data/images" --labels "$data/labels" --val-images "$sel/images" \
+        --val-labels "$sel/labels" --init nuclei --widen 24 --object-size 20 --out "$OUT/nuclei-wide.pt" \
+        --minutes "${WIDE_MINUTES:-100}" --schedule cosine --lr 2e-4 --patch 284 --batch-size 8 \
+        --zoom 0.67 1.5 --blur 1 --colour-jitter 0.2 --grey 0.1 --val-every 400 \
+        --workers 1 --seed 41 --half --name nuclei --device "$DEVICE" --no-progress --overwrite
+}
+
 train_em() {
     printf '%s\n' 20 21 22 23 24 > "$OUT/isbi-val.txt"
     $TU train --images "$DATA/isbi2012/train/images" --labels "$DATA/isbi2012/train/labels" \
@@ -134,6 +145,7 @@ for m in "${models[@]}"; do
             > "$OUT/nuclei-polish.log" 2>&1 & pids+=($!) ;;
         nuclei-v2) { nuclei_v2 && tune_nuclei nuclei-v2; } > "$OUT/nuclei-v2.log" 2>&1 & pids+=($!) ;;
         nuclei-sized) { nuclei_sized && tune_nuclei nuclei-sized; } > "$OUT/nuclei-sized.log" 2>&1 & pids+=($!) ;;
+        nuclei-wide) { nuclei_wide && tune_nuclei nuclei-wide; } > "$OUT/nuclei-wide.log" 2>&1 & pids+=($!) ;;
         em-membranes) train_em > "$OUT/em-membranes.log" 2>&1 & pids+=($!) ;;
         *) echo "unknown model: $m" >&2; exit 2 ;;
     esac
