@@ -198,9 +198,27 @@ def test_flooded_cells_fill_the_membranes_and_a_gap_does_not_merge_them():
         assert len(np.unique(flooded[inner & (ndi.label(inner)[0] == cell)])) == 1
     # seeds under min_size do not make objects: their pixels go to the neighbours
     speck = _membrane_grid(gap=0.05)
-    speck[1, 60:63, 60:63], speck[0, 60:63, 60:63] = 0.99, 0.01
-    speck[1, 58:65, 58:65][[0, -1]] = 0.05
-    assert to_instances(speck, object_class=1, threshold=0.7, min_size=16, flood=True).max() == 4
+    speck[1, 56:67, 56:67] = 0.05  # a 3 x 3 seed alone in a pool of membrane
+    speck[1, 60:63, 60:63] = 0.99
+    speck[0] = 1 - speck[1]
+    assert to_instances(speck, object_class=1, threshold=0.7, min_size=0, flood=True).max() == 5
+    small_gone = to_instances(speck, object_class=1, threshold=0.7, min_size=16, flood=True)
+    assert small_gone.max() == 4 and np.all(small_gone > 0)  # its pixels went to the neighbour
+    # min_peak drops seeds before they grow too: no holes
+    faint = speck.copy()
+    faint[1, 4:38, 4:38], faint[0, 4:38, 4:38] = 0.8, 0.2  # one cell only 0.8 sure
+    peaked = to_instances(faint, object_class=1, threshold=0.7, min_size=16, min_peak=0.9, flood=True)
+    assert peaked.max() == 3 and np.all(peaked[:, 40:] > 0)  # the other cells have no holes
+    assert 0 < np.count_nonzero(peaked == 0) < 34 * 34 // 2  # the dropped cell: neighbours reach most
+    # pixels farther than FLOOD_REACH from every seed stay background
+    far = _membrane_grid(gap=0.05)
+    far[1, :, 42:] = 0.05
+    far[0] = 1 - far[1]
+    wide = np.concatenate(
+        [far, np.concatenate([1 - far[1:, :, :1] * 0, far[1:, :, :1] * 0], 0).repeat(60, 2)], 2
+    )
+    reach = to_instances(wide, object_class=1, threshold=0.7, min_size=16, flood=True)
+    assert reach.max() == 2 and reach[:, -20:].max() == 0 and reach[:, :60].min() > 0
     assert not to_instances(np.stack([np.ones((9, 9)), np.zeros((9, 9))]), object_class=1, flood=True).any()
 
 

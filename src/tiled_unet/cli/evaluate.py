@@ -219,7 +219,9 @@ def _optimize(ckpt: Any, pairs: Any, args: argparse.Namespace) -> int:
         return 1
     current = next((f1 for s, f1 in table if s == ckpt.instances), None)
     for settings, f1 in table[:10]:
-        fields = ", ".join(f"{k} {v:g}" for k, v in settings.to_dict().items())
+        fields = ", ".join(
+            f"{k} {v}" if isinstance(v, bool) else f"{k} {v:g}" for k, v in settings.to_dict().items()
+        )
         sys.stdout.write(f"f1_0.5 {f1:.4f}: {fields}\n")
     if current is not None:
         sys.stdout.write(f"the model's own settings: f1_0.5 {current:.4f}\n")

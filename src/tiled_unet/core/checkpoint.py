@@ -120,7 +120,9 @@ class Checkpoint:
             "boundary_class": int(self.boundary_class),
             "instances": self.instances.to_dict(),
             "object_diameter": None if self.object_diameter is None else float(self.object_diameter),
-            "class_map_threshold": self.class_map_threshold,
+            "class_map_threshold": None
+            if self.class_map_threshold is None
+            else float(self.class_map_threshold),
             "provenance": _plain(self.provenance),
         }
 

@@ -140,6 +140,7 @@ def evaluate(
                 checkpoint,
                 image,
                 labels,
+                min_size=min_size,
                 device=device,
                 tile=tile,
                 tta=tta,
@@ -167,7 +168,9 @@ def evaluate(
 SEMANTIC_SCORES = ("pixel_error", "rand_error", "rand_error_class_map")
 
 
-def _semantic_scores(checkpoint: Checkpoint, image: Any, labels: Any, **options: Any) -> dict[str, float]:
+def _semantic_scores(
+    checkpoint: Checkpoint, image: Any, labels: Any, min_size: int | None = None, **options: Any
+) -> dict[str, float]:
     """Pixel error of the class map and Rand errors of a semantic model's objects on one image
     (labels: nonzero = the object class)."""
     from skimage.measure import label
@@ -183,7 +186,8 @@ def _semantic_scores(checkpoint: Checkpoint, image: Any, labels: Any, **options:
     # the challenge's Rand error compares 2-D objects of the cell class; ours are the model's
     # instances (cells flooded over the membranes, for em-membranes) and the class map's components
     true = label(true_cls == checkpoint.object_class, connectivity=1)
-    cells = to_instances(probs, object_class=checkpoint.object_class, **checkpoint.instances.to_dict())
+    settings = checkpoint.instances.overridden(min_size=min_size)
+    cells = to_instances(probs, object_class=checkpoint.object_class, **settings.to_dict())
     return {
         "pixel_error": pixel_error(true_cls, classes),
         "rand_error": rand_error(true, cells),

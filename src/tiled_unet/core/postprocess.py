@@ -1,6 +1,7 @@
 """From class probabilities ``(K, Y, X)`` to label images.
 
-:func:`to_semantic` takes the most probable class per pixel. :func:`to_instances` separates
+:func:`to_semantic` takes the most probable class per pixel (or, for a two-class model with a
+class-map threshold, the object class above it). :func:`to_instances` separates
 touching objects with a seeded watershed (scikit-image):
 
 * With a boundary class (instance models: background, object, boundary), the seeds are the
@@ -18,9 +19,11 @@ touching objects with a seeded watershed (scikit-image):
   cells with straight lines: on ISBI 2012 training slices 10-19 it cut 242 annotated cells and
   gave an adapted Rand error of 0.381; connected components cut 23, with 0.230;
   ``scripts/experiments/em_instances.py``.) With ``flood`` (``em-membranes``), the seeds are
-  flooded over the membranes by a watershed of the cell probability, so that every pixel
-  belongs to a cell, as in EM neuron segmentation: a thin gap in a predicted membrane then
-  merges only the pixels near it, not two whole cells' components.
+  flooded over the membranes by a watershed of the cell probability (up to
+  :data:`FLOOD_REACH` pixels from a seed), so that every pixel belongs to a cell, as in EM
+  neuron segmentation: a thin gap in a predicted membrane then merges only the pixels near it,
+  not two whole cells' components. Seeds under ``min_size`` or ``min_peak`` are dropped
+  before they grow, so their pixels go to their neighbours.
 
 Objects smaller than ``min_size`` pixels, or whose highest object probability is below
 ``min_peak``, are removed and labels are renumbered 1..n. The peak test drops faint, unsure
@@ -90,7 +93,7 @@ class InstanceSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for checkpoints and as ``to_instances`` keyword arguments)."""
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "flood": bool(self.flood)}
 
 
 def _check_probs(probs: np.ndarray) -> np.ndarray:
@@ -160,6 +163,26 @@ def grow_seeds(seeds: np.ndarray, foreground: np.ndarray, distance: float) -> np
     return out
 
 
+#: How far (pixels) flooded objects reach from their seeds; farther pixels stay background, so
+#: that block-wise prediction (margins of 64 pixels) equals whole-plane prediction.
+FLOOD_REACH = 32
+
+
+def _drop_objects(labels: np.ndarray, p_object: np.ndarray, min_size: int, min_peak: float) -> np.ndarray:
+    """``labels`` with objects under ``min_size`` pixels, or whose highest object probability is
+    below ``min_peak``, set to 0 (in place)."""
+    n = int(labels.max())
+    if n > 0 and (min_size > 1 or min_peak > 0):
+        drop = np.zeros(n + 1, bool)
+        if min_size > 1:
+            drop |= np.bincount(labels.ravel(), minlength=n + 1) < min_size
+        if min_peak > 0:  # no pixel reaches min_peak (a bincount: much faster than ndi.maximum)
+            drop |= np.bincount(labels[p_object >= min_peak], minlength=n + 1) == 0
+        drop[0] = False
+        labels[drop[labels]] = 0
+    return labels
+
+
 def to_instances(
     probs: np.ndarray,
     *,
@@ -216,20 +239,12 @@ def to_instances(
     elif flood:  # cells fill the membranes between them: a watershed of the cell probability
         from skimage.segmentation import watershed
 
-        seeds, _ = ndi.label(p_object > threshold)
-        if min_size > 1:
-            seeds[(np.bincount(seeds.ravel()) < min_size)[seeds] & (seeds > 0)] = 0
-        labels = watershed(1.0 - p_object, markers=seeds)
+        seeds = _drop_objects(ndi.label(p_object > threshold)[0], p_object, min_size, min_peak)
+        reach = ndi.distance_transform_edt(seeds == 0) <= FLOOD_REACH if seeds.any() else None
+        labels = watershed(1.0 - p_object, markers=seeds, mask=reach)
     else:  # cells between membranes: the membrane separates them
         labels, _ = ndi.label(p_object > threshold)
-    n = int(labels.max())
-    if n > 0 and (min_size > 1 or min_peak > 0):
-        drop = np.zeros(n + 1, bool)
-        if min_size > 1:
-            drop |= np.bincount(labels.ravel(), minlength=n + 1) < min_size
-        if min_peak > 0:  # no pixel reaches min_peak (a bincount: much faster than ndi.maximum)
-            drop |= np.bincount(labels[p_object >= min_peak], minlength=n + 1) == 0
-        drop[0] = False
-        labels[drop[labels]] = 0
+    if not flood or boundary_class >= 0:  # flooded seeds were filtered before they grew
+        labels = _drop_objects(labels, p_object, min_size, min_peak)
     labels, _, _ = relabel_sequential(labels)
     return labels.astype(label_dtype(int(labels.max())))

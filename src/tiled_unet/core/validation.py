@@ -12,7 +12,7 @@ from .checkpoint import cpu_state_dict
 from .data import TrainingImage
 from .metrics import iou, match_instances, pixel_error, rand_error
 from .model import UNet
-from .postprocess import InstanceSettings, to_instances
+from .postprocess import InstanceSettings, to_instances, to_semantic
 from .predict import predict_probabilities
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ def validation_metrics(
     object_class: int,
     boundary_class: int,
     instances: InstanceSettings | None = None,
+    class_map_threshold: float | None = None,
 ) -> dict[str, float]:
     """Mean metrics over validation images.
 
@@ -34,7 +35,8 @@ def validation_metrics(
     models) with the annotation on annotated pixels; ``f1`` matches instances at IoU 0.5;
     ``rand_error`` (semantic models) is the adapted Rand error of the objects. ``score`` is
     what "best" means: ``f1`` for instance models, ``1 - pixel_error`` for semantic ones.
-    Objects are made with ``instances`` (default :class:`~.postprocess.InstanceSettings`).
+    Objects are made with ``instances`` (default :class:`~.postprocess.InstanceSettings`), the
+    class map with ``class_map_threshold`` (two-class models; None: the most probable class).
     """
     kwargs = (instances or InstanceSettings()).to_dict()
     was_training = model.training
@@ -43,7 +45,7 @@ def validation_metrics(
     try:
         for it in items:
             probs = predict_probabilities(model, it.image, device=device)
-            pred = probs.argmax(0)
+            pred = to_semantic(probs, threshold=class_map_threshold, object_class=object_class)
             fg_pred = pred == object_class
             if boundary_class >= 0:
                 fg_pred |= pred == boundary_class
@@ -83,6 +85,9 @@ class Validation:
             object_class=self.setup.object_class,
             boundary_class=self.setup.boundary_class,
             instances=self.setup.instances,
+            class_map_threshold=getattr(self.setup.base, "class_map_threshold", None)
+            if self.setup.cfg.n_classes == 2
+            else None,
         )
         self.history.append({"step": step, **metrics})
         if self.best_metrics is None or metrics["score"] > self.best_metrics["score"]:
