@@ -106,3 +106,67 @@ def test_labels_at_a_scale_count_sizes_in_image_pixels(intensity_checkpoint, blo
     probs = drain(predictor.region_iter(tiny[None], stats=stats, scale=0.5))
     assert predictor.labels(probs, PredictOptions(), scale=0.5).max() == 0
     assert predictor.labels(probs, PredictOptions(min_size=10), scale=0.5).max() == 1
+
+
+def test_instances_of_an_enlarged_plane_are_found_in_its_pixels(intensity_checkpoint, blobs):
+    """scale > 1: objects are labelled on the enlarged plane, each image pixel takes the label
+    of the enlarged pixel its centre falls in, and ids stay 1..n."""
+    from tiled_unet.core.engine import Predictor
+    from tiled_unet.core.options import PredictOptions
+    from tiled_unet.core.postprocess import to_instances
+    from tiled_unet.core.progress import drain
+    from tiled_unet.core.scaling import nearest_source
+
+    predictor = Predictor(intensity_checkpoint, device="cpu")
+    plane = blobs[None]
+    stats = predictor.normalization.stats(plane)
+    scale = 1.7
+    sp = ScaledPlane(plane, scale)
+    _, sy, sx = sp.shape
+    fine = to_instances(
+        drain(predictor.region_iter(sp, stats=stats)),
+        object_class=1,
+        boundary_class=2,
+        **predictor.instances.to_dict(),
+    )
+    rows, cols = nearest_source(sy, 160, np.arange(160)), nearest_source(sx, 200, np.arange(200))
+    expected = fine[np.ix_(rows, cols)]
+    labels = drain(predictor.labels_iter(plane, None, stats=stats, scale=scale, options=PredictOptions()))
+    np.testing.assert_array_equal(labels, expected)  # the 5 discs keep their ids: nothing vanished
+    assert set(np.unique(labels)) == set(range(6))
+    # below 1 the image's own pixels are the finer ones: probabilities come back, then labels
+    probs = drain(predictor.region_iter(plane, stats=stats, scale=0.6))
+    np.testing.assert_array_equal(
+        drain(predictor.labels_iter(plane, None, stats=stats, scale=0.6, options=PredictOptions())),
+        predictor.labels(probs, PredictOptions(), scale=0.6),
+    )
+
+
+def test_nearest_source_reads_the_enlarged_pixel_under_each_centre():
+    from tiled_unet.core.scaling import nearest_source
+
+    # an axis of 5 pixels enlarged to 15: image pixel i reads enlarged pixel 3i + 1
+    np.testing.assert_array_equal(nearest_source(15, 5, np.arange(5)), [1, 4, 7, 10, 13])
+
+
+def test_blockwise_instances_at_an_enlarged_scale_equal_whole_plane(intensity_checkpoint):
+    """Block-wise and whole-plane instances agree when the plane is predicted enlarged."""
+    import dataclasses
+
+    from tiled_unet.core.blockwise import segment_blockwise
+    from tiled_unet.core.options import PredictOptions
+    from tiled_unet.core.predict import segment
+
+    ckpt = dataclasses.replace(intensity_checkpoint, object_diameter=20.0)
+    yy, xx = np.mgrid[:200, :220]
+    img = np.zeros((200, 220), np.float32)
+    rng = np.random.default_rng(3)
+    for cy, cx in rng.integers(8, 192, size=(40, 2)):  # small discs, some touching, across blocks
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 5**2] = 1.0
+    options = PredictOptions(output="instances", diameter=10.0, device="cpu")  # scale 2
+    whole = segment(ckpt, img, options)
+    blocks = segment_blockwise(ckpt, img, options.replace(block=64), margin=32)[:]
+    assert whole.max() > 10
+    pairs = np.unique(np.stack([whole.ravel(), blocks.ravel()]), axis=1)
+    assert len(pairs[0]) == len(np.unique(pairs[0])) == len(np.unique(pairs[1]))  # the same partition
+    assert ((whole > 0) == (blocks > 0)).all()

@@ -118,22 +118,22 @@ def _predict_block(
     s = spec
     options: PredictOptions = s["options"]
     predictor = network.value if isinstance(network, _Opaque) else _predictor(s, network)
-    y0, y1, x0, x1 = s["block"]
-    gy0, _, gx0, _ = s["grown"]
-    scale = s["scale"]
-    probs = drain(predictor.region_iter(source.value[s["plane"]], s["grown"], stats=s["stats"], scale=scale))
+    (y0, y1, x0, x1), (gy0, _, gx0, _) = s["block"], s["grown"]
+    scale, plane = s["scale"], source.value[s["plane"]]
     core = (slice(y0 - gy0, y1 - gy0), slice(x0 - gx0, x1 - gx0))
     lead = () if s["plane_index"] is None else (s["plane_index"],)
     array = out.value
-    if options.output == "probabilities":
-        array[(*lead, slice(None), slice(y0, y1), slice(x0, x1))] = probs[(slice(None), *core)]
+    if options.output != "instances":
+        probs = drain(predictor.region_iter(plane, s["grown"], stats=s["stats"], scale=scale))
+        if options.output == "probabilities":
+            array[(*lead, slice(None), slice(y0, y1), slice(x0, x1))] = probs[(slice(None), *core)]
+        else:
+            array[(*lead, slice(y0, y1), slice(x0, x1))] = predictor.labels(
+                probs[(slice(None), *core)], options, scale
+            )
         return {}
-    if options.output == "semantic":
-        array[(*lead, slice(y0, y1), slice(x0, x1))] = predictor.labels(
-            probs[(slice(None), *core)], options, scale
-        )
-        return {}
-    labels = predictor.labels(probs, options, scale).astype(np.uint32, copy=False)
+    labels = drain(predictor.labels_iter(plane, s["grown"], stats=s["stats"], scale=scale, options=options))
+    labels = labels.astype(np.uint32, copy=False)
     array[(*lead, slice(y0, y1), slice(x0, x1))] = labels[core]
     return {
         "n": int(labels.max()),

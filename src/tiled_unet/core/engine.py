@@ -36,9 +36,10 @@ import torch
 
 from .checkpoint import Checkpoint, Normalization, network_on
 from .devices import autocast_for, compute_dtype, is_out_of_memory, resolve_device
+from .labelling import labels_iter, labels_of
 from .model import UNet, UNetConfig, eval_mode
 from .options import PredictOptions, check_backend, check_precision
-from .postprocess import InstanceSettings, to_instances, to_semantic
+from .postprocess import InstanceSettings
 from .progress import BatchCounter, Progress
 from .runtime import check_runtime, forward_for
 from .scaling import ScaledPlane, back_weights, resample, scaled_length
@@ -374,21 +375,11 @@ class Predictor:
     # ------------------------------------------------------------------ labels
 
     def labels(self, probs: np.ndarray, options: PredictOptions, scale: float | None = None) -> np.ndarray:
-        """Labels of a region's probabilities: instances (uint16/uint32) or classes (uint8).
+        """Labels of a region's probabilities predicted at ``scale`` (:func:`.labelling.labels_of`)."""
+        return labels_of(self, probs, options, scale)
 
-        Probabilities predicted at ``scale`` (:meth:`region_iter`) are post-processed in the
-        image's pixels with the model's sizes (minimum object size, seed growth) converted to
-        them; a ``min_size`` given in ``options`` is in the image's pixels already.
-        """
-        if options.output == "semantic":
-            return to_semantic(probs, threshold=self.class_map_threshold, object_class=self.object_class)
-        if options.output != "instances":
-            raise ValueError(f"no labels for output {options.output!r}")
-        if self.object_class < 0:
-            raise ValueError("this model has no object class; use output='semantic' or 'probabilities'")
-        settings = self.instances.at_scale(scale).overridden(
-            min_size=options.min_size, min_peak=options.min_peak
-        )
-        return to_instances(
-            probs, object_class=self.object_class, boundary_class=self.boundary_class, **settings.to_dict()
-        )
+    def labels_iter(
+        self, plane: Any, region: Region | None, *, stats: Any, scale: float | None, options: PredictOptions
+    ) -> Generator[Progress, None, np.ndarray]:
+        """Labels of a region of a plane, predicted at ``scale`` (:func:`.labelling.labels_iter`)."""
+        return labels_iter(self, plane, region, stats=stats, scale=scale, options=options)

@@ -237,18 +237,24 @@ def _segment_planes(
     labels: list[np.ndarray] = []
     prob_stack: np.ndarray | None = None
     for p in range(n_planes):
-        probs = known.get(p)
-        if probs is None:
-            probs = yield from relay(
-                predictor.region_iter(np.asarray(planes[p]), stats=stats_of(p), scale=scale),
-                lambda item, p=p: progress(p, item),
+        relayed = functools.partial(relay, convert=lambda item, p=p: progress(p, item))
+        if p in known and options.output != "probabilities":
+            labels.append(predictor.labels(known[p], options, scale))
+        elif options.output != "probabilities":
+            plane = np.asarray(planes[p])
+            found = yield from relayed(
+                predictor.labels_iter(plane, None, stats=stats_of(p), scale=scale, options=options)
             )
-        if options.output == "probabilities":
+            labels.append(found)
+        else:
+            probs = known.get(p)
+            if probs is None:
+                probs = yield from relayed(
+                    predictor.region_iter(np.asarray(planes[p]), stats=stats_of(p), scale=scale)
+                )
             if prob_stack is None:
                 prob_stack = np.empty((n_planes, *probs.shape), np.float32)
             prob_stack[p] = probs
-        else:
-            labels.append(predictor.labels(probs, options, scale))
     return prob_stack if prob_stack is not None else np.stack(labels)  # np.stack promotes dtypes
 
 

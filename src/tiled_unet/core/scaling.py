@@ -129,11 +129,18 @@ def back_weights(
     return (a, a + wy.shape[1], b, b + wx.shape[1]), wy, wx
 
 
+def nearest_source(n_in: int, n_out: int, index: np.ndarray) -> np.ndarray:
+    """The input pixel whose span holds the centre of each output pixel ``index`` of an axis
+    resampled ``n_in -> n_out`` (the same for a region as for the whole axis)."""
+    index = np.asarray(index, dtype=np.int64)
+    return np.minimum(((index + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
+
+
 def rescale_labels(labels: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
     """Labels resampled to ``shape_yx`` by the nearest pixel centre (no new values)."""
     ny, nx = labels.shape[-2:]
-    rows = np.minimum(((np.arange(shape_yx[0]) + 0.5) * ny / shape_yx[0]).astype(np.int64), ny - 1)
-    cols = np.minimum(((np.arange(shape_yx[1]) + 0.5) * nx / shape_yx[1]).astype(np.int64), nx - 1)
+    rows = nearest_source(ny, shape_yx[0], np.arange(shape_yx[0]))
+    cols = nearest_source(nx, shape_yx[1], np.arange(shape_yx[1]))
     return np.ascontiguousarray(labels[..., rows[:, None], cols[None, :]])
 
 
