@@ -154,8 +154,10 @@ def test_blockwise_instances_at_an_enlarged_scale_equal_whole_plane(intensity_ch
     import dataclasses
 
     from tiled_unet.core.blockwise import segment_blockwise
+    from tiled_unet.core.engine import Predictor
     from tiled_unet.core.options import PredictOptions
     from tiled_unet.core.predict import segment
+    from tiled_unet.core.progress import drain
 
     ckpt = dataclasses.replace(intensity_checkpoint, object_diameter=20.0)
     yy, xx = np.mgrid[:200, :220]
@@ -165,8 +167,32 @@ def test_blockwise_instances_at_an_enlarged_scale_equal_whole_plane(intensity_ch
         img[(yy - cy) ** 2 + (xx - cx) ** 2 < 5**2] = 1.0
     options = PredictOptions(output="instances", diameter=10.0, device="cpu")  # scale 2
     whole = segment(ckpt, img, options)
+    predictor = Predictor(ckpt, device="cpu")
+    stats = predictor.normalization.stats(img[None])
+    # the whole-plane path finds the instances in the enlarged pixels too
+    np.testing.assert_array_equal(
+        whole, drain(predictor.labels_iter(img[None], None, stats=stats, scale=2.0, options=options))
+    )
     blocks = segment_blockwise(ckpt, img, options.replace(block=64), margin=32)[:]
     assert whole.max() > 10
     pairs = np.unique(np.stack([whole.ravel(), blocks.ravel()]), axis=1)
     assert len(pairs[0]) == len(np.unique(pairs[0])) == len(np.unique(pairs[1]))  # the same partition
     assert ((whole > 0) == (blocks > 0)).all()
+
+
+def test_a_minimum_size_given_counts_image_pixels_at_an_enlarged_scale(intensity_checkpoint):
+    from tiled_unet.core.engine import Predictor
+    from tiled_unet.core.options import PredictOptions
+    from tiled_unet.core.progress import drain
+
+    img = np.zeros((120, 140), np.float32)
+    for k, (h, w) in enumerate([(2, 2), (3, 3), (3, 5), (4, 4), (4, 6), (5, 5), (6, 8)]):
+        img[10 + 15 * k : 10 + 15 * k + h, 20 : 20 + w] = 1.0
+    predictor = Predictor(intensity_checkpoint, device="cpu")
+    stats = predictor.normalization.stats(img[None])
+    for scale in (1.5, 2.7):
+        options = PredictOptions(min_size=16)
+        labels = drain(predictor.labels_iter(img[None], None, stats=stats, scale=scale, options=options))
+        sizes = np.bincount(labels.ravel())[1:]
+        assert len(sizes) and sizes.min() >= 16, (scale, sizes)
+        assert labels.max() == len(sizes) and labels.dtype == np.uint16

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .options import PredictOptions
-from .postprocess import to_instances, to_semantic
+from .postprocess import label_dtype, to_instances, to_semantic
 from .progress import Progress
 from .scaling import ScaledPlane, nearest_source, scaled_length
 
@@ -69,8 +69,10 @@ def labels_iter(
     (module notes).
 
     Instances of an enlarged plane get consecutive ids (an object too thin to hold an image
-    pixel's centre has none). A region's labels equal the whole plane's there, up to objects
-    that the region's edge cuts (block-wise prediction grows each block by a margin for them).
+    pixel's centre has none); a ``min_size`` in ``options`` counts image pixels. A region's
+    labels equal the whole plane's there, up to objects that the region's edge cuts (block-wise
+    prediction grows each block by a margin for them). :func:`labels_of` with ``scale`` > 1
+    post-processes probabilities already resampled to the image (the size estimate does).
     """
     if options.output != "instances" or scale is None or scale <= 1 or predictor.object_class < 0:
         probs = yield from predictor.region_iter(plane, region, stats=stats, scale=scale)
@@ -78,19 +80,28 @@ def labels_iter(
     from skimage.segmentation import relabel_sequential
 
     _, ny, nx = (int(s) for s in plane.shape)
+    sy, sx = scaled_length(ny, scale), scaled_length(nx, scale)
     y0, y1, x0, x1 = region if region is not None else (0, ny, 0, nx)
-    rows = nearest_source(scaled_length(ny, scale), ny, np.arange(y0, y1))
-    cols = nearest_source(scaled_length(nx, scale), nx, np.arange(x0, x1))
+    rows, cols = nearest_source(sy, ny, np.arange(y0, y1)), nearest_source(sx, nx, np.arange(x0, x1))
     step = predictor.step  # the scaled region starts where a whole scaled-plane pass puts its tiles
     a, c = int(rows[0]) - int(rows[0]) % step, int(cols[0]) - int(cols[0]) % step
-    span = (a, int(rows[-1]) + 1, c, int(cols[-1]) + 1)
+    # up to the scaled plane's edge where the region reaches the image's (the tiles counted)
+    span = (a, sy if y1 == ny else int(rows[-1]) + 1, c, sx if x1 == nx else int(cols[-1]) + 1)
     probs = yield from predictor.region_iter(ScaledPlane(plane, scale), span, stats=stats)
-    min_size = None if options.min_size is None else int(round(options.min_size * scale**2))
-    settings = predictor.instances.overridden(min_size=min_size, min_peak=options.min_peak)
+    # the model's sizes hold in the scaled pixels; a minimum size given is counted in the image's
+    settings = predictor.instances.overridden(
+        min_size=None if options.min_size is None else 0, min_peak=options.min_peak
+    )
     fine = to_instances(
         probs,
         object_class=predictor.object_class,
         boundary_class=predictor.boundary_class,
         **settings.to_dict(),
     )
-    return relabel_sequential(np.ascontiguousarray(fine[np.ix_(rows - a, cols - c)]))[0]
+    labels = np.ascontiguousarray(fine[np.ix_(rows - a, cols - c)])
+    if options.min_size:
+        small = np.bincount(labels.ravel()) < options.min_size
+        small[0] = False
+        labels[small[labels]] = 0
+    labels = relabel_sequential(labels)[0]
+    return labels.astype(label_dtype(int(labels.max(initial=0))), copy=False)
