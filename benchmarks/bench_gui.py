@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import tempfile
@@ -81,6 +82,37 @@ class StallProbe:
         self.ticks += 1
 
 
+class GcPasses:
+    """The garbage collector's passes (``gc.callbacks``), each timed. A pass holds the GIL, so a
+    long one stalls the GUI thread whichever thread's allocation started it; a full pass
+    (generation 2) walks every object of the process: napari's, torch's, ours."""
+
+    def __init__(self, phase: Any = None) -> None:
+        self.phase = phase or (lambda: "")
+        self.passes: list[tuple[str, int, float]] = []  # (phase, generation, seconds)
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, what: str, info: dict) -> None:
+        if what == "start":
+            self._start = time.perf_counter()
+        else:
+            self.passes.append((self.phase(), int(info["generation"]), time.perf_counter() - self._start))
+
+    def take(self) -> list[tuple[str, int, float]]:
+        """The passes since the last call."""
+        out, self.passes = self.passes, []
+        return out
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._callback)
+
+
+def gc_summary(passes: list[tuple[str, int, float]]) -> tuple[int, float]:
+    """(number of full passes, longest pass in seconds)."""
+    return sum(g == 2 for _, g, _ in passes), max((d for _, _, d in passes), default=0.0)
+
+
 def napari_floor(viewer: Any, shape: tuple[int, ...], name: str) -> float:
     """The longest stall (s) of napari alone adding a Labels layer of ``shape`` (and drawing it):
     what any plugin that adds its result as a layer costs the event loop."""
@@ -88,14 +120,15 @@ def napari_floor(viewer: Any, shape: tuple[int, ...], name: str) -> float:
 
     labels = np.zeros(shape, np.uint16)
     labels[: shape[0] // 2, : shape[1] // 2] = 1
-    probe, loop = StallProbe(10), QEventLoop()
+    probe, loop, passes = StallProbe(10), QEventLoop(), GcPasses()
     probe.start()
     QTimer.singleShot(50, lambda: viewer.add_labels(labels, name=name))
     QTimer.singleShot(1500, loop.quit)
     loop.exec()
     probe.stop()
+    passes.close()
     viewer.layers[name].visible = False  # kept: removing it right away crashed Mesa here
-    return probe.max_stall
+    return probe.max_stall, gc_summary(passes.take())
 
 
 def gui_run(viewer: Any, widget: Any, image_name: str, timeout: float = 600.0) -> dict[str, float]:
@@ -122,7 +155,7 @@ def gui_run(viewer: Any, widget: Any, image_name: str, timeout: float = 600.0) -
     poll.setInterval(20)
     poll.timeout.connect(check)
     viewer.layers.events.inserted.connect(on_inserted)
-    probe = StallProbe(10)
+    probe, passes = StallProbe(10), GcPasses()
     deadline = QTimer()
     deadline.setSingleShot(True)
     deadline.timeout.connect(loop.quit)
@@ -137,6 +170,7 @@ def gui_run(viewer: Any, widget: Any, image_name: str, timeout: float = 600.0) -
         probe.stop()
     finally:
         poll.stop()
+        passes.close()
         viewer.layers.events.inserted.disconnect(on_inserted)
     if "layer" not in state:
         raise RuntimeError(f"no layer after {timeout} s: {widget.status.value}")
@@ -149,6 +183,7 @@ def gui_run(viewer: Any, widget: Any, image_name: str, timeout: float = 600.0) -
         "ticks": probe.ticks,
         "until_idle": t_end - t0,
         "objects": float(widget.last_result.n_objects or 0),
+        "gc": gc_summary(passes.take()),
     }
 
 
@@ -207,7 +242,7 @@ def finetune_run(
     poll = QTimer()
     poll.setInterval(50)
     poll.timeout.connect(lambda: None if ft.running else loop.quit())
-    probe = PhaseStallProbe(phase)
+    probe, passes = PhaseStallProbe(phase), GcPasses(phase)
     probe.start()
     t0 = time.perf_counter()
     ft.run_button.native.click()
@@ -221,7 +256,12 @@ def finetune_run(
     end.exec()
     probe.stop()
     poll.stop()
+    passes.close()
+    by_phase: dict[str, list] = {}
+    for item in passes.take():
+        by_phase.setdefault(item[0], []).append(item)
     return {
+        "gc": {name: gc_summary(items) for name, items in by_phase.items()},
         "seconds": seconds,
         "steps": len(ft.plot.history),
         "stalls": probe.by_phase,
@@ -283,9 +323,9 @@ def main() -> None:
     print()
     print(
         "| run | Run->layer s | job s (worker) | longest stall ms | stall from..to s | timer ticks "
-        "| objects | core segment() s |"
+        "| objects | full GC passes | longest GC pass ms | core segment() s |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     rows, core = [], []
     for i in range(args.repeat):
         # GUI and core runs interleave, so both see the same load on a shared machine
@@ -295,9 +335,10 @@ def main() -> None:
         print(
             f"| {i + 1} | {r['run_to_layer']:.2f} | {r['job_seconds']:.2f} | {r['stall'] * 1000:.0f} | "
             f"{r['stall_at'] - r['stall']:.2f}..{r['stall_at']:.2f} | {r['ticks']} | {r['objects']:.0f} "
-            f"| {core[-1]:.2f} |"
+            f"| {r['gc'][0]} | {r['gc'][1] * 1000:.0f} | {core[-1]:.2f} |"
         )
-    floor = [napari_floor(viewer, image.shape, f"napari floor {i}") for i in range(args.repeat)]
+    floors = [napari_floor(viewer, image.shape, f"napari floor {i}") for i in range(args.repeat)]
+    floor = [f for f, _ in floors]
     viewer.close()
     if args.finetune > 0:
         from tiled_unet._sample_data import nuclei_with_labels
@@ -315,10 +356,11 @@ def main() -> None:
         print()
         print(f"Fine-tune ({args.finetune} min budget, preview every {args.preview} steps, sample 520x696):")
         print(f"{ft['steps']} steps in {ft['seconds']:.1f} s; status: {ft['status']}")
-        print("| phase | longest stall ms |")
-        print("|---|---|")
+        print("| phase | longest stall ms | full GC passes | longest GC pass ms |")
+        print("|---|---|---|---|")
         for name, stall in ft["stalls"].items():
-            print(f"| {name} | {stall * 1000:.0f} |")
+            n_full, longest = ft["gc"].get(name, (0, 0.0))
+            print(f"| {name} | {stall * 1000:.0f} | {n_full} | {longest * 1000:.0f} |")
 
     def fmt(values: list[float]) -> str:
         return ", ".join(f"{v:.2f}" for v in values)
@@ -336,6 +378,8 @@ def main() -> None:
     print(f"| longest GUI stall | {statistics.median(stall_ms):.0f} ms | {fmt(stall_ms)} ms |")
     floor_ms = [f * 1000 for f in floor]
     print(f"| napari add_labels alone (stall) | {statistics.median(floor_ms):.0f} ms | {fmt(floor_ms)} ms |")
+    floor_gc = ", ".join(f"{n} full, {d * 1000:.0f} ms" for _, (n, d) in floors)
+    print(f"| napari add_labels alone: GC passes (full, longest) | - | {floor_gc} |")
     print(f"| core segment() only | {med_core:.2f} s | {fmt(core)} |")
     overhead = med_layer - med_core
     print(

@@ -99,11 +99,30 @@ _TORCH_READY = threading.Event()
 
 
 def _warm_job() -> Generator[None, None, list[str]]:
-    """Import torch (a worker thread) and list the devices."""
+    """Import torch (a worker thread) and list the devices; then warm napari's Labels code."""
     yield from ()
     devices = _devices()
     _TORCH_READY.set()
+    _warm_labels_code()
     return devices
+
+
+def _warm_labels_code() -> None:
+    """Do off the GUI thread what napari does the first time it adds a Labels layer and needs
+    no display: its lazy imports (a Labels model, no visual) and vispy's line-dash patterns
+    (cached numpy arrays). About 0.2 s less of the first result layer's stall; best effort."""
+    import logging
+
+    import numpy as np
+
+    try:
+        from napari.layers import Labels
+        from vispy.visuals.line.dash_atlas import DashAtlas
+
+        Labels(np.zeros((2, 2), np.uint8))
+        DashAtlas()
+    except Exception:  # another napari or vispy: the first layer is only slower
+        logging.getLogger(__name__).debug("warming napari's Labels code failed", exc_info=True)
 
 
 def cuda_build_hint(devices: Sequence[str]) -> str:
