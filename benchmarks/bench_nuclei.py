@@ -38,15 +38,16 @@ def main() -> None:
     image = nuclei_1024(args.size)
     small = ScaledPlane(nuclei_1024(4 * args.size)[None], 0.25)[:, :, :][0]  # area-averaged
     segment(resolve_model(args.model), image, device="cpu")  # warm-up: oneDNN kernels, caches
-    runs = {"as it is (diameter off)": {"diameter": "off"}, "auto diameter (default)": {}}
-    runs["tta (+180 deg), diameter off"] = {"diameter": "off", "tta": True}
-    runs["sample shrunk 4x, auto diameter (enlarged)"] = {"image": small}
+    runs = {  # name: (image, segment() options)
+        "as it is (diameter off)": (image, {"diameter": "off"}),
+        "auto diameter (default)": (image, {}),
+        "tta (+180 deg), diameter off": (image, {"diameter": "off", "tta": True}),
+        "sample shrunk 4x, auto diameter (enlarged)": (small, {}),
+    }
     times: dict[str, list[float]] = {name: [] for name in runs}
     counts: dict[str, int] = {}
     for _ in range(args.repeat):
-        for name, kwargs in runs.items():
-            kwargs = dict(kwargs)
-            data = kwargs.pop("image", image)
+        for name, (data, kwargs) in runs.items():
             t = time.perf_counter()
             labels = segment(resolve_model(args.model), data, device="cpu", **kwargs)
             times[name].append(time.perf_counter() - t)

@@ -238,15 +238,7 @@ def _segment_planes(
     prob_stack: np.ndarray | None = None
     for p in range(n_planes):
         relayed = functools.partial(relay, convert=lambda item, p=p: progress(p, item))
-        if p in known and options.output != "probabilities":
-            labels.append(predictor.labels(known[p], options, scale))
-        elif options.output != "probabilities":
-            plane = np.asarray(planes[p])
-            found = yield from relayed(
-                predictor.labels_iter(plane, None, stats=stats_of(p), scale=scale, options=options)
-            )
-            labels.append(found)
-        else:
+        if options.output == "probabilities":
             probs = known.get(p)
             if probs is None:
                 probs = yield from relayed(
@@ -255,6 +247,14 @@ def _segment_planes(
             if prob_stack is None:
                 prob_stack = np.empty((n_planes, *probs.shape), np.float32)
             prob_stack[p] = probs
+        elif p in known:
+            labels.append(predictor.labels(known[p], options, scale))
+        else:
+            plane = np.asarray(planes[p])
+            found = yield from relayed(
+                predictor.labels_iter(plane, None, stats=stats_of(p), scale=scale, options=options)
+            )
+            labels.append(found)
     return prob_stack if prob_stack is not None else np.stack(labels)  # np.stack promotes dtypes
 
 
